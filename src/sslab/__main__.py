@@ -1,0 +1,3 @@
+from sslab.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,287 @@
+"""One dataclass tree for a run. Every field is a command-line flag (`--batch-size 256`) and a YAML key
+(`train: {batch_size: 256}`); the resolved tree is saved as `config.yaml` in every run folder.
+
+A field left at `None` means "the method's recipe for this dataset decides" (METHODS.md); `resolve()`
+fills those in, so the saved config always shows the values that were really used.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from sslab.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "digits"
+    data_dir: Optional[str] = None  # where the dataset lives; None: ~/.cache/sslab/data/<dataset>
+    download: bool = False  # fetch from the official source (with checksum) when missing
+    train_split: str = "train"  # stl10: train, unlabeled, train+unlabeled
+    image_size: Optional[int] = None  # resize every image to this size; None: native (folders: most common)
+    test_fraction: float = 0.2  # sets without a test split: share held out, stratified and seeded
+    strict: bool = False  # refuse a folder with corrupt images instead of skipping and listing them
+    limit_train: Optional[int] = None  # keep N training images, stratified (quick runs and tests)
+    limit_test: Optional[int] = None
+
+
+@dataclass
+class AugmentConfig:
+    preset: str = "auto"  # auto: the method's preset for this image size; or a preset name
+    crop_scale: Optional[tuple[float, float]] = None
+    crop_ratio: Optional[tuple[float, float]] = None
+    flip_p: Optional[float] = None
+    jitter: Optional[tuple[float, float, float, float]] = None  # brightness, contrast, saturation, hue
+    jitter_p: Optional[float] = None
+    grayscale_p: Optional[float] = None
+    blur_p: Optional[float] = None
+    blur_sigma: Optional[tuple[float, float]] = None
+    solarize_p: Optional[float] = None
+    solarize_threshold: Optional[float] = None
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "resnet18"
+    stem: str = "auto"  # auto: cifar stem (3x3, no max-pool) at <= 64 px, imagenet stem above
+
+
+@dataclass
+class MethodConfig:
+    method: Optional[str] = None  # simsiam, phinet, ... (`sslab methods` lists them)
+    proj_layers: Optional[int] = None
+    proj_hidden: Optional[int] = None
+    proj_dim: Optional[int] = None
+    pred_hidden: Optional[int] = None
+    fixed_predictor_lr: Optional[bool] = None  # SimSiam/PhiNet: predictor h keeps the base lr
+    temperature: Optional[float] = None  # contrastive methods
+    ema: Optional[float] = None  # EMA momentum of target/slow/key encoders
+    lam: Optional[float] = None  # PhiNet/X-PhiNet weight of the MSE term
+    third_view: Optional[str] = None  # PhiNet x0: "clean" image or a third "strong" view
+    queue_size: Optional[int] = None  # MoCo v2
+
+
+@dataclass
+class OptimConfig:
+    optimizer: Optional[str] = None  # sgd, adamw, lars
+    lr: Optional[float] = None  # base lr for batch 256; the run uses lr * batch_size / 256
+    momentum: Optional[float] = None
+    weight_decay: Optional[float] = None
+    warmup_epochs: Optional[int] = None
+    min_lr: float = 0.0  # cosine schedule floor, as a fraction of the peak lr
+
+
+@dataclass
+class TrainConfig:
+    epochs: Optional[int] = None
+    batch_size: Optional[int] = None
+    seed: int = 0
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU), bf16, fp32
+    channels_last: Optional[bool] = None  # None: on GPU only
+    compile: bool = False  # torch.compile the model
+    knn_every: int = 1  # kNN monitor every N epochs (0: off)
+    knn_k: int = 200
+    knn_t: float = 0.1
+    checkpoint_every: int = 0  # keep checkpoints/epoch_NNNN.pt every N epochs (last.pt is always written)
+    collapse_threshold: float = 0.25  # warn when z_std * sqrt(d) falls below this (1.0 when healthy)
+    out: str = "runs"  # where run folders are created
+    name: Optional[str] = None  # run folder name; None: <method>-<dataset>-<backbone>-<timestamp>
+    progress: bool = True  # progress bar
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    # ---- dict / YAML ------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        def plain(v: Any) -> Any:
+            return list(v) if isinstance(v, tuple) else v
+
+        return {s.name: {f.name: plain(getattr(getattr(self, s.name), f.name)) for f in fields(getattr(self, s.name))}
+                for s in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Config":
+        cfg = cls()
+        cfg.update(d)
+        return cfg
+
+    def update(self, d: dict[str, Any], where: str = "config") -> None:
+        """Set fields from a nested dict ({section: {field: value}}), type-checked."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"{where}: expected a mapping of sections ({', '.join(SECTIONS)}), got {type(d).__name__}")
+        for section, values in d.items():
+            if section not in SECTIONS:
+                raise ConfigError(f"{where}: unknown section {section!r}; sections are {', '.join(SECTIONS)}")
+            if not isinstance(values, dict):
+                raise ConfigError(f"{where}: section {section!r} must be a mapping of field: value")
+            obj = getattr(self, section)
+            known = {f.name: f for f in fields(obj)}
+            for key, value in values.items():
+                if key not in known:
+                    raise ConfigError(f"{where}: unknown field {section}.{key}; known: {', '.join(known)}")
+                setattr(obj, key, coerce(value, FIELD_TYPES[section][key], f"{section}.{key}"))
+
+    def save(self, path: Path) -> None:
+        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Config":
+        path = Path(path)
+        try:
+            d = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} not found; pass an existing YAML file to --config") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML ({str(e).splitlines()[0]}); fix the file") from None
+        cfg = cls()
+        cfg.update(d, where=str(path))
+        return cfg
+
+    # ---- checks -----------------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Reject values that cannot work, with the flag to fix. Called after `resolve()`."""
+        t, o = self.train, self.optim
+        checks = [
+            (t.epochs is None or t.epochs >= 1, "--epochs must be >= 1"),
+            (t.batch_size is None or t.batch_size >= 2, "--batch-size must be >= 2 (the losses compare samples)"),
+            (o.lr is None or o.lr > 0, "--lr must be > 0"),
+            (o.weight_decay is None or o.weight_decay >= 0, "--weight-decay must be >= 0"),
+            (o.warmup_epochs is None or o.warmup_epochs >= 0, "--warmup-epochs must be >= 0"),
+            (0 <= self.data.test_fraction < 1, "--test-fraction must be in [0, 1)"),
+            (self.data.limit_train is None or self.data.limit_train >= 2, "--limit-train must be >= 2"),
+            (self.data.image_size is None or self.data.image_size >= 8, "--image-size must be >= 8"),
+            (t.knn_every >= 0 and t.checkpoint_every >= 0, "--knn-every and --checkpoint-every must be >= 0"),
+            (t.knn_k >= 1 and t.knn_t > 0, "--knn-k must be >= 1 and --knn-t > 0"),
+            (t.precision in ("auto", "bf16", "fp32"), "--precision must be auto, bf16 or fp32"),
+            (self.model.stem in ("auto", "cifar", "imagenet"), "--stem must be auto, cifar or imagenet"),
+            (t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"), "--device must be auto, cpu or cuda[:N]"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+
+SECTIONS = [f.name for f in fields(Config)]
+_SECTION_TYPES = {f.name: f.default_factory for f in fields(Config)}  # type: ignore[misc]
+FIELD_TYPES: dict[str, dict[str, Any]] = {
+    s: typing.get_type_hints(_SECTION_TYPES[s]) for s in SECTIONS
+}
+FLAG_TO_FIELD: dict[str, tuple[str, str]] = {}
+for _s in SECTIONS:
+    for _f in FIELD_TYPES[_s]:
+        assert _f not in FLAG_TO_FIELD, f"config field name {_f} is used in two sections"
+        FLAG_TO_FIELD[_f] = (_s, _f)
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0], True
+    return tp, False
+
+
+def coerce(value: Any, tp: Any, name: str) -> Any:
+    """Convert a YAML or flag value to the field's type, or raise a ConfigError naming the field."""
+    base, optional = _unwrap_optional(tp)
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and optional):
+        if optional:
+            return None
+        raise ConfigError(f"{name} cannot be empty")
+    try:
+        if base is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if base is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if base is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if base is str:
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise ValueError
+            return str(value)
+        if typing.get_origin(base) is tuple:
+            items = value.split(",") if isinstance(value, str) else value
+            if not isinstance(items, (list, tuple)):
+                raise ValueError
+            args = typing.get_args(base)
+            if len(items) != len(args):
+                raise ValueError
+            return tuple(coerce(v, a, name) for v, a in zip(items, args))
+    except (ValueError, TypeError, OverflowError):
+        pass
+    else:
+        raise AssertionError(f"unsupported config type {tp} for {name}")
+    raise ConfigError(f"{name}: {value!r} is not a valid {_type_name(tp)}")
+
+
+def _type_name(tp: Any) -> str:
+    base, optional = _unwrap_optional(tp)
+    if typing.get_origin(base) is tuple:
+        name = "comma-separated list of " + ", ".join(a.__name__ for a in typing.get_args(base))
+    else:
+        name = base.__name__
+    return name + (" (or none)" if optional else "")
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per config field: `--batch-size`, `--no-download`/`--download` for booleans."""
+    parser.add_argument("--config", help="YAML file with config sections; flags override it")
+    for section in SECTIONS:
+        group = parser.add_argument_group(f"{section} config")
+        for name, tp in FIELD_TYPES[section].items():
+            flag = "--" + name.replace("_", "-")
+            base, _ = _unwrap_optional(tp)
+            default = getattr(_SECTION_TYPES[section](), name)
+            if base is bool:
+                group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                                   help=f"(default: {default})")
+            else:
+                group.add_argument(flag, dest=name, default=argparse.SUPPRESS, metavar=_type_name(tp).split(" ")[0].upper(),
+                                   help=f"{_type_name(tp)} (default: {'from the method recipe' if default is None else default})")
+
+
+def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Config:
+    """The config from `--config FILE` (if given) overridden by the flags that were set."""
+    cfg = base if base is not None else (Config.load(args.config) if getattr(args, "config", None) else Config())
+    overrides: dict[str, dict[str, Any]] = {}
+    for key, value in vars(args).items():
+        if key in FLAG_TO_FIELD:
+            section, name = FLAG_TO_FIELD[key]
+            overrides.setdefault(section, {})[name] = value
+    cfg.update(overrides, where="command line")
+    return cfg
+
+
+def replace(cfg: Config, **sections: dict[str, Any]) -> Config:
+    """A copy of `cfg` with some fields changed: `replace(cfg, train={"epochs": 5})`."""
+    new = Config.from_dict(cfg.to_dict())
+    new.update(sections, where="replace")
+    return new
+
+
+__all__ = ["Config", "DataConfig", "AugmentConfig", "ModelConfig", "MethodConfig", "OptimConfig", "TrainConfig",
+           "add_config_flags", "config_from_args", "replace", "dataclasses"]

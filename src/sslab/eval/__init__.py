@@ -1,0 +1,1 @@
+"""Evaluation: features of a frozen backbone, kNN, linear probes, clustering metrics."""

@@ -1,0 +1,43 @@
+"""Features of a frozen backbone over uint8 images, in one batched pass on the model's device."""
+from __future__ import annotations
+
+import contextlib
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+
+
+def normalize_images(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> float normalised per channel."""
+    m = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
+    return (x.float() / 255.0 - m) / s
+
+
+def autocast_for(device: torch.device, bf16: bool):
+    if bf16 and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def extract_features(backbone: nn.Module, images: torch.Tensor, mean: Sequence[float], std: Sequence[float],
+                     batch_size: int = 1024, bf16: bool = True, channels_last: bool = False) -> torch.Tensor:
+    """Backbone features (N, D) float32 on the model's device, in eval mode (BN running stats)."""
+    device = next(backbone.parameters()).device
+    was_training = backbone.training
+    backbone.eval()
+    out = []
+    try:
+        for i in range(0, len(images), batch_size):
+            x = normalize_images(images[i:i + batch_size].to(device, non_blocking=True), mean, std)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast_for(device, bf16):
+                out.append(backbone(x).float())
+    finally:
+        backbone.train(was_training)
+    if not out:
+        return torch.zeros(0, 0, device=device)
+    return torch.cat(out)

@@ -1,0 +1,31 @@
+"""The teaching model of METHODS.md: 3 x (conv3x3 64 -> ReLU -> maxpool2), flatten (64 * H/8 * W/8)."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from sslab.registry import BACKBONES
+
+
+class SimpleCNN(nn.Module):
+    def __init__(self, in_channels: int = 3, image_size: int = 32, width: int = 64):
+        super().__init__()
+        layers: list[nn.Module] = []
+        c = in_channels
+        for _ in range(3):
+            layers += [nn.Conv2d(c, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+            c = width
+        self.features = nn.Sequential(*layers)
+        side = image_size // 8
+        self.out_dim = width * side * side
+
+    def stages(self) -> dict[str, nn.Module]:
+        return {f"block{i + 1}": self.features[3 * i:3 * i + 3] for i in range(3)}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.features(x), 1)  # B x (64 * H/8 * W/8)
+
+
+@BACKBONES.register("simple-cnn")
+def simple_cnn(in_channels: int = 3, image_size: int = 32, stem: str = "auto") -> SimpleCNN:
+    return SimpleCNN(in_channels, image_size)

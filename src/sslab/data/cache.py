@@ -1,0 +1,134 @@
+"""Decode each dataset once. The uint8 tensors are saved with `torch.save` in `<root>/.sslab-cache/`
+(or `~/.cache/sslab/cache/` when that is not writable) under a key made of the loader, its options and
+the source files' sizes and mtimes, so editing, adding or removing a file decodes again.
+
+Writes are atomic (temp file in the same folder, fsync, rename); an unreadable cache file is decoded
+again and rewritten. Warnings logged while decoding (skipped files, resized images) are stored with the
+tensors and logged again on every load, so a cached dataset still says what was left out.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import secrets
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+
+from sslab.data.base import ImageData
+
+log = logging.getLogger("sslab.data")
+
+CACHE_FORMAT = 1  # bump when the payload layout or a decoder's output changes
+CACHE_DIR_NAME = ".sslab-cache"
+
+
+def fallback_cache_dir() -> Path:
+    return Path.home() / ".cache" / "sslab" / "cache"
+
+
+def cache_key(loader: str, options: dict[str, Any], files: Sequence[Path], base: Path) -> str:
+    """Hash of the loader name, its content-changing options and the sorted (relpath, size, mtime) of `files`."""
+    prefix = str(base) + os.sep
+    entries = []
+    for f in files:
+        st = os.stat(f)
+        name = str(f)
+        entries.append((name[len(prefix):] if name.startswith(prefix) else name, st.st_size, st.st_mtime_ns))
+    entries.sort()
+    blob = json.dumps({"format": CACHE_FORMAT, "loader": loader, "options": options, "files": entries},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def load_or_decode(filename: str, dirs: Sequence[Path], decode: Callable[[], ImageData]) -> ImageData:
+    """The dataset cached as `filename` in the first of `dirs` that has a readable copy, else `decode()`
+    it and save it to the first of `dirs` that is writable."""
+    for folder in dirs:
+        path = folder / filename
+        if not path.exists():
+            continue
+        cached = _read(path)
+        if cached is not None:
+            data, warnings = cached
+            for message in warnings:
+                log.warning(message)
+            log.debug("loaded %s from the cache %s", data.name, path)
+            return data
+        log.warning("cache file %s is unreadable; decoding the dataset again and rewriting it", path)
+    with _collect_warnings() as warnings:
+        data = decode()
+    for folder in dirs:
+        if _write(folder / filename, data, warnings):
+            break
+    return data
+
+
+def _payload(data: ImageData, warnings: list[str]) -> dict[str, Any]:
+    return {"format": CACHE_FORMAT, "name": data.name, "train_x": data.train_x, "train_y": data.train_y,
+            "test_x": data.test_x, "test_y": data.test_y, "classes": list(data.classes),
+            "mean": list(data.mean), "std": list(data.std), "warnings": warnings}
+
+
+def _read(path: Path) -> tuple[ImageData, list[str]] | None:
+    try:
+        p = torch.load(path, map_location="cpu", weights_only=True)
+        images_ok = all(p[k].dtype == torch.uint8 and p[k].ndim == 4 for k in ("train_x", "test_x"))
+        labels_ok = all(p[k].dtype == torch.int64 and p[k].ndim == 1 for k in ("train_y", "test_y"))
+        if p["format"] != CACHE_FORMAT or not images_ok or not labels_ok:
+            return None
+        data = ImageData(p["name"], p["train_x"], p["train_y"], p["test_x"], p["test_y"], list(p["classes"]),
+                         tuple(p["mean"]), tuple(p["std"]))
+        return data, [str(w) for w in p["warnings"]]
+    except Exception:  # any damage to the file (truncated, garbage, wrong layout) means: decode again
+        return None
+
+
+def _write(path: Path, data: ImageData, warnings: list[str]) -> bool:
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = create_temp_file(path.parent, path.name)
+        with os.fdopen(fd, "wb") as f:
+            torch.save(_payload(data, warnings), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        log.info("cached the decoded %s in %s", data.name, path)
+        return True
+    except (OSError, RuntimeError) as e:  # read-only folder, disk full: try the next folder, or go on uncached
+        if tmp is not None:
+            with suppress(OSError):
+                os.unlink(tmp)
+        log.info("could not write the cache file %s (%s)", path, e)
+        return False
+
+
+def create_temp_file(folder: Path, name: str) -> tuple[int, Path]:
+    """A new, empty `.<name>.<random>.tmp` in `folder` (same filesystem, so os.replace is atomic), with the
+    permissions the umask gives, for writing a file that is renamed into place when complete."""
+    path = folder / f".{name}.{secrets.token_hex(6)}.tmp"
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), path
+
+
+class _WarningList(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextmanager
+def _collect_warnings() -> Iterator[list[str]]:
+    handler = _WarningList()
+    log.addHandler(handler)
+    try:
+        yield handler.messages
+    finally:
+        log.removeHandler(handler)

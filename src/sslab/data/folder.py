@@ -1,0 +1,216 @@
+"""An image folder: `ROOT/<class>/*.{png,jpg,jpeg,bmp,webp}`, or `ROOT/train/<class>/...` with
+`ROOT/test/<class>/...` (without `test/`, load_dataset holds out a stratified, seeded share).
+
+Images are decoded in a thread pool (PIL releases the GIL while decoding). Grey images stay one channel
+when every image is grey; otherwise all become RGB, transparent ones composited on white. Images of
+another size than the most common one (or than `image_size`) are resized, with a warning. Unreadable
+files are skipped and listed, or with `strict` stop the load.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from tqdm import tqdm
+
+from sslab.data.base import ImageData
+from sslab.data.prepare import resize_images
+from sslab.data.source import LoadRequest, Source
+from sslab.errors import DataError
+from sslab.registry import DATASETS
+
+log = logging.getLogger("sslab.data")
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+LAYOUT_HINT = "ROOT/<class>/<image>.png, or ROOT/train/<class>/... and ROOT/test/<class>/..."
+_EXIF_ORIENTATION = 0x0112
+_SHOW_AT_MOST = 5  # unreadable files named in a warning
+_FILES_PER_TASK = 256  # small images decode in ~0.1 ms: one task per file would cost more than the decoding
+
+
+@dataclass(frozen=True)
+class FolderListing:
+    classes: list[str]
+    train: list[Path]
+    train_labels: list[int]
+    test: list[Path]  # empty without ROOT/test
+    test_labels: list[int]
+
+
+@DATASETS.register("folder")
+def image_folder(request: LoadRequest) -> Source:
+    listing = list_folder(request.root)
+    return Source(decode=partial(decode, request.root, listing, request.image_size, request.strict),
+                  files=listing.train + listing.test, files_base=request.root, cache_dir=request.root,
+                  options={"strict": request.strict})
+
+
+def list_folder(root: Path) -> FolderListing:
+    if not root.is_dir():
+        raise DataError(f"image folder {root} not found; lay it out as {LAYOUT_HINT}".replace("ROOT", str(root)))
+    train_dir, test_dir = root / "train", root / "test"
+    if not train_dir.is_dir():
+        classes, train, train_labels = list_classes(root)
+        return FolderListing(classes, train, train_labels, [], [])
+    classes, train, train_labels = list_classes(train_dir)
+    if not test_dir.is_dir():
+        return FolderListing(classes, train, train_labels, [], [])
+    test_classes, test, test_labels = list_classes(test_dir)
+    if test_classes != classes:
+        only_train = sorted(set(classes) - set(test_classes)) or ["-"]
+        only_test = sorted(set(test_classes) - set(classes)) or ["-"]
+        raise DataError(f"the class folders of {train_dir} and {test_dir} differ (only in train: "
+                        f"{', '.join(only_train)}; only in test: {', '.join(only_test)}); use the same classes in both")
+    return FolderListing(classes, train, train_labels, test, test_labels)
+
+
+def list_classes(folder: Path) -> tuple[list[str], list[Path], list[int]]:
+    """Class names (sorted subfolder names) and the sorted image paths with their labels."""
+    entries = list(os.scandir(folder))
+    class_dirs = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+    if not class_dirs:
+        loose = sum(1 for e in entries if e.is_file() and _is_image(e.name))
+        found = f" (it holds {loose} images directly)" if loose else ""
+        raise DataError(f"no class subfolders in {folder}{found}; put the images in {folder}/<class>/, one subfolder "
+                        "per class")
+    paths: list[Path] = []
+    labels: list[int] = []
+    empty = []
+    for label, name in enumerate(class_dirs):
+        images = sorted(e.path for e in os.scandir(folder / name) if _is_image(e.name) and e.is_file())
+        if not images:
+            empty.append(name)
+        paths += map(Path, images)
+        labels += [label] * len(images)
+    if empty:
+        raise DataError(f"no images in the class folder(s) {', '.join(empty)} of {folder}; add "
+                        f"{'/'.join(IMAGE_EXTENSIONS)} images there or remove the folder(s)")
+    return class_dirs, paths, labels
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
+
+
+def decode(root: Path, listing: FolderListing, image_size: int | None, strict: bool) -> ImageData:
+    paths = listing.train + listing.test
+    results = read_images(paths, desc=f"decoding {root.name}")
+    failed = [(path, r) for path, r in zip(paths, results) if isinstance(r, str)]
+    if failed and strict:
+        path, reason = failed[0]
+        raise DataError(f"cannot read image {path} ({reason}); remove it, or drop --strict to skip unreadable images")
+    if len(failed) == len(paths):
+        raise DataError(f"none of the {len(paths)} images in {root} could be read (first: {failed[0][0]}: "
+                        f"{failed[0][1]})")
+    if failed:
+        shown = ", ".join(str(p) for p, _ in failed[:_SHOW_AT_MOST]) + (", ..." if len(failed) > _SHOW_AT_MOST else "")
+        log.warning("skipped %d unreadable image(s) of %d in %s: %s (pass --strict to stop instead)",
+                    len(failed), len(paths), root, shown)
+
+    n_train = len(listing.train)
+    train = [(a, y) for a, y in zip(results[:n_train], listing.train_labels) if not isinstance(a, str)]
+    test = [(a, y) for a, y in zip(results[n_train:], listing.test_labels) if not isinstance(a, str)]
+    arrays = [a for a, _ in train + test]
+    channels = 3 if any(a.shape[2] == 3 for a in arrays) else 1
+    size = _common_size(arrays, image_size, root)
+    return ImageData("folder", stack_images([a for a, _ in train], channels, size), _labels(train),
+                     stack_images([a for a, _ in test], channels, size), _labels(test), listing.classes)
+
+
+def _common_size(arrays: list[np.ndarray], image_size: int | None, root: Path) -> tuple[int, int]:
+    """`image_size` square if given, else the most common (H, W); mixed sizes are reported."""
+    sizes = Counter(a.shape[:2] for a in arrays)
+    (h, w), count = sizes.most_common(1)[0]
+    target = (image_size, image_size) if image_size else (h, w)
+    if len(sizes) > 1:
+        n_resized = len(arrays) - sizes.get(target, 0)
+        reason = ("as --image-size asks" if image_size else
+                  f"the most common size ({count} of {len(arrays)} images); pass --image-size to choose another")
+        log.warning("images in %s come in %d sizes; resized %d of them to %dx%d (HxW), %s", root, len(sizes),
+                    n_resized, target[0], target[1], reason)
+    return target
+
+
+def stack_images(arrays: list[np.ndarray], channels: int, size: tuple[int, int]) -> torch.Tensor:
+    """(H, W, 1 or 3) uint8 arrays -> (N, channels, *size) uint8; each size group is resized in one batch."""
+    out = torch.empty((len(arrays), channels, *size), dtype=torch.uint8)
+    by_size: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for i, a in enumerate(arrays):
+        by_size[a.shape[:2]].append(i)
+    for (h, w), rows in by_size.items():
+        group = np.stack([arrays[i] if arrays[i].shape[2] == channels else np.broadcast_to(arrays[i], (h, w, channels))
+                          for i in rows])  # n x h x w x c
+        out[rows] = resize_images(torch.from_numpy(group).permute(0, 3, 1, 2), size)
+    return out
+
+
+def _labels(pairs: list[tuple[np.ndarray, int]]) -> torch.Tensor:
+    return torch.tensor([y for _, y in pairs], dtype=torch.int64)
+
+
+def read_images(paths: list[Path], desc: str) -> list[np.ndarray | str]:
+    """Decode `paths` in a thread pool, in order: an array per readable file, else why it is unreadable."""
+    tasks = [paths[i:i + _FILES_PER_TASK] for i in range(0, len(paths), _FILES_PER_TASK)]
+    results: list[np.ndarray | str] = []
+    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool, \
+            tqdm(total=len(paths), desc=desc, unit="img", disable=None) as bar:
+        for decoded in pool.map(_read_task, tasks):
+            results += decoded
+            bar.update(len(decoded))
+    return results
+
+
+def _read_task(paths: list[Path]) -> list[np.ndarray | str]:
+    return [_read_or_reason(p) for p in paths]
+
+
+def _read_or_reason(path: Path) -> np.ndarray | str:
+    try:
+        return read_image(path)
+    except Exception as e:  # PIL raises many kinds (OSError, SyntaxError, ValueError, ...) for damaged files
+        return f"{type(e).__name__}: {e}"
+
+
+def read_image(path: Path) -> np.ndarray:
+    """A file -> uint8 (H, W, 1) for grey modes, (H, W, 3) otherwise; transparency composited on white."""
+    with Image.open(path) as im:
+        im.load()
+        if im.getexif().get(_EXIF_ORIENTATION, 1) != 1:
+            im = ImageOps.exif_transpose(im)
+        mode = im.mode
+        if mode == "P":
+            im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+            mode = im.mode
+        if mode in ("1", "L"):
+            return np.asarray(im.convert("L"))[..., None]
+        if mode.startswith("I;16"):
+            return _scale_16bit(np.asarray(im))[..., None]
+        if mode == "I":
+            a = np.asarray(im)
+            return (_scale_16bit(a) if a.max(initial=0) > 255 else a.clip(0, 255).astype(np.uint8))[..., None]
+        if mode == "F":
+            return np.asarray(im).clip(0, 255).round().astype(np.uint8)[..., None]
+        if mode in ("LA", "La"):
+            return _on_white(np.asarray(im.convert("LA")))
+        if mode in ("RGBA", "RGBa", "PA"):
+            return _on_white(np.asarray(im.convert("RGBA")))
+        return np.asarray(im if mode == "RGB" else im.convert("RGB"))
+
+
+def _scale_16bit(a: np.ndarray) -> np.ndarray:
+    return ((a.astype(np.int64).clip(0, 65535) * 255 + 32767) // 65535).astype(np.uint8)
+
+
+def _on_white(colour_and_alpha: np.ndarray) -> np.ndarray:
+    """(H, W, C+1) with alpha last -> (H, W, C) composited on a white background."""
+    colour = colour_and_alpha[..., :-1].astype(np.float32)
+    alpha = colour_and_alpha[..., -1:].astype(np.float32) / 255.0
+    return np.rint(colour * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)

@@ -1,0 +1,1 @@
+"""Subcommands of the `sslab` CLI, one module per area."""

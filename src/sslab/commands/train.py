@@ -1,0 +1,75 @@
+"""`sslab train` and `sslab methods`."""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+
+from sslab.config import add_config_flags, config_from_args
+from sslab.methods import METHODS
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a self-supervised method; writes a run folder",
+                       description="Train a method. Every config field is a flag; --config FILE.yaml sets many at once.")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly where it stopped")
+    add_config_flags(p)
+    p.set_defaults(handler=train_command)
+
+    p = sub.add_parser("methods", help="list the methods and their default recipe")
+    p.add_argument("--dataset", default="cifar10", help="show the recipe for this dataset (default: cifar10)")
+    p.add_argument("--image-size", type=int, default=32)
+    p.set_defaults(handler=methods_command)
+
+
+def ask_method() -> str:
+    """The original tool asked which method to train; we ask only on an interactive terminal."""
+    names = METHODS.names()
+    print("Which method? " + "  ".join(f"[{i + 1}] {n}" for i, n in enumerate(names)))
+    while True:
+        answer = input("method> ").strip().lower()
+        if answer in names:
+            choice = answer
+        elif answer.isdigit() and 1 <= int(answer) <= len(names):
+            choice = names[int(answer) - 1]
+        else:
+            print(f"type a number 1-{len(names)} or a name")
+            continue
+        print(f"(next time pass: --method {choice})")
+        return choice
+
+
+def train_command(args: argparse.Namespace) -> int:
+    from sslab.train import Interrupted, fit
+
+    if args.resume:
+        try:
+            summary = fit(resume=args.resume)
+        except Interrupted as e:
+            print(f"sslab: {e}", file=sys.stderr)
+            return 128 + e.signum
+    else:
+        cfg = config_from_args(args)
+        if cfg.method.method is None and sys.stdin.isatty() and sys.stdout.isatty():
+            cfg.method.method = ask_method()
+        try:
+            summary = fit(cfg)
+        except Interrupted as e:
+            print(f"sslab: {e}", file=sys.stderr)
+            return 128 + e.signum
+    print(json.dumps({k: summary[k] for k in ("run_dir", "knn_top1_init", "knn_top1", "epoch_seconds_median")}))
+    return 0
+
+
+def methods_command(args: argparse.Namespace) -> int:
+    for name in METHODS.names():
+        cls = METHODS.get(name)
+        recipe = cls.recipe(args.dataset, args.image_size)
+        flat = ", ".join(f"{k}={v}" for section in recipe.values() for k, v in section.items())
+        doc = (cls.__module__ and sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
+        print(f"{name:9s} {doc}\n          {flat}")
+    return 0
+
+
+_ = signal  # signals are handled inside fit()

@@ -1,21 +1,28 @@
 """The zero-download demo: the whole path on scikit-learn's bundled 8x8 digits, on the CPU, in minutes.
 
-It trains SimSiam and reports the kNN accuracy of the same backbone before training (`knn_top1_init`)
-and after (`knn_top1`).
+Step one trains SimSiam and reports the kNN accuracy of the same backbone before training
+(`knn_top1_init`) and after (`knn_top1`); the later steps (evaluation, analysis, clustering) work on the
+run folder it made. Each step is a function `step(run_dir, log)`; DEMO_STEPS lists them in order.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable
 
 from sslab.config import Config
 
 DEMO_SETTINGS: dict[str, dict[str, Any]] = {
-    "data": {"dataset": "digits", "image_size": 16},  # 8x8 upsampled so random crops keep the digit
+    "data": {"dataset": "digits"},
     "model": {"backbone": "resnet18"},
-    "method": {"method": "simsiam"},
-    "optim": {"lr": 0.06, "warmup_epochs": 2},
-    "train": {"epochs": 30, "batch_size": 128, "device": "cpu", "knn_k": 20, "progress": False},
+    "method": {"method": "simsiam", "proj_hidden": 512, "proj_dim": 512, "pred_hidden": 128},
+    "augment": {"crop_scale": (0.5, 1.0), "flip_p": 0.0},  # a flipped 2 or 5 is another digit
+    "optim": {"lr": 0.1, "warmup_epochs": 1},
+    "train": {"epochs": 8, "batch_size": 128, "device": "cpu", "knn_k": 20, "progress": False},
 }
+
+Log = Callable[[str], None]
+# later steps, each `step(run_dir: Path, log) -> None`, appended by the modules that own them
+DEMO_STEPS: list[str] = []
 
 
 def demo_config(out: str = "runs", **train: Any) -> Config:
@@ -24,10 +31,15 @@ def demo_config(out: str = "runs", **train: Any) -> Config:
     return cfg
 
 
-def run_demo(out: str = "runs", log: Callable[[str], None] = print, **train: Any) -> dict[str, Any]:
+def run_demo(out: str = "runs", log: Log = print, steps: list[str] | None = None, **train: Any) -> dict[str, Any]:
+    import importlib
+
     from sslab.train import fit
 
     summary = fit(demo_config(out, **train), log=log)
     log(f"demo: kNN top-1 {100 * summary['knn_top1_init']:.1f}% before training -> "
         f"{100 * summary['knn_top1']:.1f}% after; run folder {summary['run_dir']}")
+    for path in DEMO_STEPS if steps is None else steps:
+        module, name = path.rsplit(":", 1)
+        getattr(importlib.import_module(module), name)(Path(summary["run_dir"]), log)
     return summary

@@ -1,0 +1,690 @@
+"""`run_scan(run_dir, cfg)`: SCAN's three stages on a trained run, each resumable, outputs under RUN/scan/.
+
+    mine       K nearest neighbours of every train image in the frozen pretext backbone's feature space
+               (+ the k-means baseline on the same features)                     -> neighbors.pt
+    cluster    H linear heads (+ the backbone) trained with the SCAN loss; the head with the lowest loss on
+               the train split (all K neighbours, un-augmented images) is kept   -> cluster.pt
+    selflabel  confident pseudo-labels from one view, class-balanced cross-entropy on a strong view
+                                                                                 -> selflabel.pt
+Each stage checkpoints atomically every epoch (`<stage>.pt`, with optimiser and random-generator state),
+appends to `<stage>_metrics.jsonl` and writes TensorBoard scalars under `tensorboard/<stage>`. A rerun skips
+finished stages and continues an interrupted one; `restart="cluster"` redoes that stage and the ones after.
+Test-split metrics (ACC by Hungarian matching, or majority mapping when clusters outnumber classes; NMI; ARI)
+are only reported, never used to choose anything.
+
+Outputs: scan.json, config.yaml, clusters.npz, confident_images.png, confusion.png (see `write_outputs`).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+
+from sslab.augment import ops
+from sslab.augment.presets import AugmentParams, Augmenter
+from sslab.augment.strong import StrongAugmenter
+from sslab.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from sslab.data.base import ImageData
+from sslab.errors import ConfigError, RunFolderError
+from sslab.eval.clustering import clustering_scores
+from sslab.eval.features import extract_features
+from sslab.pretrained import TrainedRun, load_trained
+from sslab.run import RunDir
+from sslab.scan.config import STAGES, ScanConfig, stage_settings
+from sslab.scan.loss import scan_loss, selflabel_loss
+from sslab.scan.model import ClusterModel
+from sslab.scan.neighbors import mine_neighbors, neighbor_accuracy, neighbor_pool
+
+Log = Callable[[str], None]
+STAGE_FILES = {"mine": ["neighbors.pt"],
+               "cluster": ["cluster.pt", "cluster_metrics.jsonl", "tensorboard/cluster"],
+               "selflabel": ["selflabel.pt", "selflabel_metrics.jsonl", "tensorboard/selflabel"]}
+OUTPUT_FILES = ["scan.json", "clusters.npz", "confident_images.png", "confusion.png"]
+
+
+# ---- context ------------------------------------------------------------------------------------
+@dataclass
+class ScanContext:
+    """Everything the stages share: the pretext run, the config, the data on the device."""
+
+    run: TrainedRun
+    cfg: ScanConfig
+    data: ImageData  # on `device`
+    dir: Path  # RUN/scan
+    log: Log
+    num_clusters: int
+    bf16: bool
+    channels_last: bool
+    pretext_epoch: int
+    _features: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.run.device
+
+    def autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+
+    def images(self, split: str) -> torch.Tensor:
+        return self.data.train_x if split == "train" else self.data.test_x
+
+    def pretext_features(self, split: str) -> torch.Tensor:
+        """The pretext backbone's features (N, D) of the un-augmented `split` images (computed once)."""
+        if split not in self._features:
+            self._features[split] = self.features(self.run.backbone, self.images(split))
+        return self._features[split]
+
+    def train_features(self) -> torch.Tensor:
+        return self.pretext_features("train")
+
+    def features(self, backbone: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+        return extract_features(backbone, images, self.data.mean, self.data.std, batch_size=1024, bf16=self.bf16,
+                                channels_last=self.channels_last)
+
+    def settings(self, stage: str) -> dict[str, Any]:
+        return {**stage_settings(self.cfg, stage), "pretext_epoch": self.pretext_epoch}
+
+    def flip_p(self) -> float:
+        if self.cfg.flip_p is not None:
+            return self.cfg.flip_p
+        run_flip = self.run.cfg.augment.flip_p
+        return 0.5 if run_flip is None else float(run_flip)
+
+    def view(self, kind: str) -> Callable[[torch.Tensor, Optional[torch.Generator]], torch.Tensor]:
+        """uint8 (B, C, H, W) -> normalised float views: "strong" (RandAugment + Cutout), "weak" (crop + flip,
+        the reference's "standard"), "none" (the image itself)."""
+        d, cfg = self.data, self.cfg
+        if kind == "strong":
+            return StrongAugmenter(d.mean, d.std, cfg.strong_ops, self.flip_p(),
+                                   int(round(cfg.cutout * d.image_size)))
+        if kind == "weak":
+            params = AugmentParams("scan-weak", crop_scale=tuple(cfg.weak_crop_scale), flip_p=self.flip_p(),
+                                   jitter_p=0.0, grayscale_p=0.0)
+            return Augmenter(params, d.image_size, d.mean, d.std)
+        return lambda x, generator=None: ops.normalize(ops.to_float(x), d.mean, d.std)
+
+    def to_input(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def generator(self, stage: str) -> torch.Generator:
+        g = torch.Generator(device=self.device)
+        g.manual_seed(self.cfg.seed * 1000 + STAGES.index(stage))
+        return g
+
+    def test_scores(self, clusters: np.ndarray) -> Optional[dict[str, Any]]:
+        return scores(clusters, self.data.test_y.cpu().numpy(), self.num_clusters, self.data.num_classes)
+
+    def fused(self) -> dict[str, bool]:
+        """Adam's fused CUDA kernel on the GPU (one launch for all parameters)."""
+        return {"fused": True} if self.device.type == "cuda" else {}
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+def scores(clusters: np.ndarray, labels: np.ndarray, num_clusters: int, num_classes: int) -> Optional[dict[str, Any]]:
+    """ACC/NMI/ARI over the labelled samples (label >= 0); None when there are none."""
+    known = labels >= 0
+    if len(labels) == 0 or not known.any():
+        return None
+    return clustering_scores(clusters[known], labels[known], num_clusters, num_classes)
+
+
+# ---- stage bookkeeping -----------------------------------------------------------------------------
+class StageLog:
+    """A stage's metrics jsonl and TensorBoard writer, cut back to the checkpoint's epoch on resume."""
+
+    def __init__(self, ctx: ScanContext, stage: str, start_epoch: int):
+        self.path = ctx.dir / f"{stage}_metrics.jsonl"
+        kept = [r for r in _read_jsonl(self.path) if r.get("epoch", 0) <= start_epoch]
+        atomic_write_bytes(self.path, "".join(_json_line(r) for r in kept).encode())
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(ctx.dir / "tensorboard" / stage), purge_step=start_epoch + 1)
+
+    def append(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a") as f:
+            f.write(_json_line(record))
+        for k, v in record.items():
+            if isinstance(v, (int, float)) and v is not None and k != "epoch" and math.isfinite(v):
+                self.writer.add_scalar(k, v, record["epoch"])
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _json_line(record: dict[str, Any]) -> str:
+    import json
+
+    from sslab.run import _finite
+
+    return json.dumps(_finite(record)) + "\n"
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    import json
+
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return out
+
+
+def load_stage(ctx: ScanContext, stage: str) -> Optional[dict[str, Any]]:
+    """The stage's checkpoint, or None; a ConfigError when it was made with other settings."""
+    path = ctx.dir / STAGE_FILES[stage][0]
+    if not path.exists():
+        return None
+    state = load_checkpoint(path, map_location="cpu")
+    want, have = ctx.settings(stage), state.get("settings", {})
+    changed = [f"{k}={have.get(k)!r} (now {v!r})" for k, v in want.items() if have.get(k) != v]
+    if changed:
+        raise ConfigError(f"{path} was made with other settings: {', '.join(changed[:4])}; rerun with the same "
+                          f"settings to continue, or pass --restart {stage} to redo it")
+    return state
+
+
+def make_bar(ctx: ScanContext, total: int, initial: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True,
+                disable=not (ctx.cfg.progress and sys.stderr.isatty()))
+
+
+def model_state(model: ClusterModel, frozen: bool) -> dict[str, Any]:
+    """The weights a checkpoint needs: the heads, and the backbone unless it is the frozen pretext one."""
+    return {"heads": model.heads.state_dict(), "backbone": None if frozen else model.backbone.state_dict()}
+
+
+def load_model_state(model: ClusterModel, state: dict[str, Any]) -> ClusterModel:
+    model.heads.load_state_dict(state["heads"])
+    if state["backbone"] is not None:
+        model.backbone.load_state_dict(state["backbone"])
+    return model
+
+
+def rng_state(gen: torch.Generator) -> dict[str, Any]:
+    return {"gen": gen.get_state(), "torch": torch.get_rng_state()}
+
+
+# ---- stage 1: mine -----------------------------------------------------------------------------------
+def mine_stage(ctx: ScanContext) -> dict[str, Any]:
+    """Neighbours (saved to neighbors.pt) and the k-means baseline on the same features."""
+    cfg, data = ctx.cfg, ctx.data
+    n = len(data.train_x)
+    if cfg.neighbors >= n:
+        raise ConfigError(f"--neighbors {cfg.neighbors} must be smaller than the {n} training images")
+    t0 = time.perf_counter()
+    feats = ctx.train_features()
+    indices, sims = mine_neighbors(feats, cfg.neighbors)
+    ctx.sync()
+    mine_seconds = time.perf_counter() - t0
+    acc = neighbor_accuracy(indices, data.train_y)
+    ctx.log(f"mine: {cfg.neighbors} neighbours of {n} images in {mine_seconds:.1f} s"
+            + (f"; neighbour accuracy {100 * acc:.1f}%" if acc is not None else ""))
+
+    t0 = time.perf_counter()
+    kmeans = kmeans_baseline(ctx, feats)
+    kmeans_seconds = time.perf_counter() - t0
+    if kmeans["scores"] is not None:
+        s = kmeans["scores"]
+        ctx.log(f"k-means baseline ({ctx.num_clusters} clusters, n_init {cfg.kmeans_init}): test ACC "
+                f"{100 * s['acc']:.1f}% NMI {s['nmi']:.3f} ARI {s['ari']:.3f} ({kmeans_seconds:.1f} s)")
+    result = {"neighbor_accuracy": acc, "kmeans": kmeans["scores"],
+              "seconds": {"mine": mine_seconds, "kmeans": kmeans_seconds}}
+    save_checkpoint({"settings": ctx.settings("mine"), "done": True, "indices": indices.cpu(),
+                     "similarities": sims.cpu(), "kmeans_train": kmeans["train"], "kmeans_test": kmeans["test"],
+                     "result": result}, ctx.dir / "neighbors.pt")
+    return result
+
+
+def kmeans_baseline(ctx: ScanContext, train_feats: torch.Tensor) -> dict[str, Any]:
+    """KMeans on l2-normalised train features (n_init restarts), test images assigned to the nearest centre."""
+    from sklearn.cluster import KMeans
+
+    z = torch.nn.functional.normalize(train_feats.float(), dim=1).cpu().numpy()
+    km = KMeans(n_clusters=ctx.num_clusters, n_init=ctx.cfg.kmeans_init, random_state=ctx.cfg.seed).fit(z)
+    test = np.zeros(0, dtype=np.int64)
+    if len(ctx.data.test_x):
+        zt = torch.nn.functional.normalize(ctx.pretext_features("test"), dim=1).cpu().numpy()
+        test = km.predict(zt).astype(np.int64)
+    return {"train": km.labels_.astype(np.int64), "test": test, "scores": ctx.test_scores(test)}
+
+
+# ---- predictions ---------------------------------------------------------------------------------
+@torch.no_grad()
+def predict(ctx: ScanContext, model: ClusterModel, split: str) -> torch.Tensor:
+    """Log-probabilities (H, N, C) of the un-augmented `split` images, model in eval mode. A frozen backbone is
+    still the pretext one, so its features are looked up instead of recomputed."""
+    images = ctx.images(split)
+    if len(images) == 0:
+        return torch.zeros(model.num_heads, 0, model.num_clusters, device=ctx.device)
+    feats = ctx.pretext_features(split) if ctx.cfg.freeze_backbone else ctx.features(model.backbone, images)
+    return torch.log_softmax(model.head_logits(feats).float(), dim=-1)
+
+
+@torch.no_grad()
+def head_losses(log_probs: torch.Tensor, indices: torch.Tensor, entropy_weight: float) -> torch.Tensor:
+    """SCAN loss (H,) of each head over every (anchor, neighbour) pair of the train split (reference
+    `scan_evaluate`, here on the train split so the test split chooses nothing)."""
+    out = []
+    for lp in log_probs:  # N x C, one head at a time
+        log_dot = torch.logsumexp(lp.unsqueeze(1) + lp[indices], dim=-1)  # N x K
+        m = lp.exp().mean(dim=0)
+        entropy = -(m * torch.log(m.clamp_min(1e-8))).sum()
+        out.append(-log_dot.mean() - entropy_weight * entropy)
+    return torch.stack(out)
+
+
+def due(every: int, epoch: int, last: int) -> bool:
+    """Every `every` epochs (0: never) and at the last one."""
+    return every > 0 and (epoch % every == 0 or epoch == last)
+
+
+def monitor(ctx: ScanContext, model: ClusterModel, head: int) -> Optional[dict[str, Any]]:
+    """Test scores of one head (logged each epoch for monitoring only)."""
+    if len(ctx.data.test_x) == 0:
+        return None
+    clusters = predict(ctx, model, "test")[head].argmax(dim=-1).cpu().numpy()
+    return ctx.test_scores(clusters)
+
+
+# ---- stage 2: cluster ------------------------------------------------------------------------------
+def cluster_stage(ctx: ScanContext, neighbors: torch.Tensor, state: Optional[dict[str, Any]]) -> dict[str, Any]:
+    cfg, data, dev = ctx.cfg, ctx.data, ctx.device
+    n, B = len(data.train_x), cfg.batch_size
+    if B > n:
+        raise ConfigError(f"--batch-size {B} is larger than the {n} training images; lower it")
+    steps = n // B  # the last partial batch is dropped (reference drop_last=True)
+    feat_dim = ctx.train_features().shape[1]
+    model = ClusterModel(copy.deepcopy(ctx.run.backbone), feat_dim, ctx.num_clusters, cfg.heads).to(dev)
+    if cfg.freeze_backbone:
+        model.backbone.requires_grad_(False)
+    if ctx.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **ctx.fused())
+    gen = ctx.generator("cluster")
+    start, seconds = 0, 0.0
+    if state is not None:
+        load_model_state(model, state["model"])
+        opt.load_state_dict(state["optimizer"])
+        gen.set_state(state["rng"]["gen"])
+        start, seconds = state["epoch"], state["seconds"]
+        ctx.log(f"cluster: resuming at epoch {start + 1}/{cfg.cluster_epochs}")
+    # frozen backbone and un-augmented views: the features never change, so look them up
+    cached = ctx.train_features() if cfg.freeze_backbone and cfg.cluster_augment == "none" else None
+    view = ctx.view(cfg.cluster_augment)
+    pool = neighbor_pool(neighbors.to(dev), cfg.include_self)  # N x (K+1)
+    logger = StageLog(ctx, "cluster", start)
+
+    def checkpoint(epoch: int, done: bool, result: Optional[dict[str, Any]] = None) -> None:
+        save_checkpoint({"settings": ctx.settings("cluster"), "done": done, "epoch": epoch, "seconds": seconds,
+                         "model": model_state(model, cfg.freeze_backbone), "optimizer": opt.state_dict(),
+                         "rng": rng_state(gen), "result": result}, ctx.dir / "cluster.pt")
+
+    best = 0
+    for epoch in range(start + 1, cfg.cluster_epochs + 1):
+        tick = time.perf_counter()
+        model.train()
+        if cfg.freeze_backbone:
+            model.backbone.eval()  # reference: the frozen backbone keeps its BN statistics
+        perm = torch.randperm(n, device=dev, generator=gen)
+        sums = torch.zeros(3, cfg.heads, device=dev)
+        bar = make_bar(ctx, steps, 0, f"cluster {epoch}/{cfg.cluster_epochs}")
+        for i in range(steps):
+            anchors = perm[i * B:(i + 1) * B]
+            pick = torch.randint(pool.shape[1], (B,), device=dev, generator=gen)
+            both = torch.cat((anchors, pool[anchors, pick]))  # 2B: anchors, then one neighbour each
+            if cached is not None:
+                logits = model.head_logits(cached[both])  # H x 2B x C
+            else:
+                x = ctx.to_input(view(data.train_x[both], gen))
+                with ctx.autocast():
+                    if cfg.freeze_backbone:
+                        with torch.no_grad():
+                            f = model.backbone(x)
+                        logits = model.head_logits(f)
+                    else:
+                        logits = model(x)
+            total, consistency, entropy = scan_loss(logits[:, :B], logits[:, B:], cfg.entropy_weight)  # H each
+            opt.zero_grad(set_to_none=True)
+            total.sum().backward()  # every head at once (reference: the sum of the heads' losses)
+            opt.step()
+            sums += torch.stack((total, consistency, entropy)).detach()
+            bar.update(1)
+        bar.close()
+        ctx.sync()
+        train_seconds = time.perf_counter() - tick
+        means = (sums / max(steps, 1)).cpu()  # one host sync per epoch
+        if not torch.isfinite(means).all():
+            raise ConfigError(f"the SCAN loss became {means[0].tolist()} in epoch {epoch}; lower --lr")
+        best = int(means[0].argmin())
+        record = {"epoch": epoch, "loss": float(means[0].mean()), "consistency": float(means[1].mean()),
+                  "entropy": float(means[2].mean()), "best_head": best, "best_head_loss": float(means[0, best]),
+                  "head_losses": [float(v) for v in means[0]], "epoch_seconds": train_seconds}
+        test = monitor(ctx, model, best) if due(cfg.eval_every, epoch, cfg.cluster_epochs) else None
+        if test is not None:
+            record.update({f"test_{k}": v for k, v in test.items() if k != "acc_mapping"})
+        logger.append(record)
+        ctx.log(f"cluster epoch {epoch}/{cfg.cluster_epochs} loss {record['loss']:.4f} (consistency "
+                f"{record['consistency']:.4f}, entropy {record['entropy']:.4f}) best head {best}"
+                + (f" test ACC {100 * test['acc']:.1f}%" if test else "") + f" {record['epoch_seconds']:.1f} s")
+        seconds += time.perf_counter() - tick  # the stage's wall time: training, monitor, checkpoint
+        if epoch % cfg.checkpoint_every == 0:
+            checkpoint(epoch, done=False)
+    logger.close()
+
+    # choose the head: lowest SCAN loss over all train anchors and their K neighbours, un-augmented
+    tick = time.perf_counter()
+    losses = head_losses(predict(ctx, model, "train"), neighbors.to(dev), cfg.entropy_weight).cpu()
+    best = int(losses.argmin())
+    test_lp = predict(ctx, model, "test")
+    per_head = [ctx.test_scores(test_lp[h].argmax(-1).cpu().numpy()) for h in range(cfg.heads)]
+    seconds += time.perf_counter() - tick
+    result = {"head": best, "head_losses": [float(v) for v in losses], "scores": per_head[best],
+              "heads_test_acc": [s["acc"] if s else None for s in per_head], "seconds": seconds}
+    checkpoint(cfg.cluster_epochs, done=True, result=result)
+    s = per_head[best]
+    ctx.log(f"cluster: kept head {best} (train SCAN loss {losses[best]:.4f})"
+            + (f"; test ACC {100 * s['acc']:.1f}% NMI {s['nmi']:.3f} ARI {s['ari']:.3f}" if s else "")
+            + f" ({seconds:.1f} s)")
+    return result
+
+
+def model_from(ctx: ScanContext, state: dict[str, Any], heads: int) -> ClusterModel:
+    """The model saved in a stage checkpoint (the pretext backbone where it was frozen)."""
+    feat_dim = state["model"]["heads"]["weight"].shape[1]
+    model = ClusterModel(copy.deepcopy(ctx.run.backbone), feat_dim, ctx.num_clusters, heads)
+    return load_model_state(model, state["model"]).to(ctx.device)
+
+
+def cluster_model_from(ctx: ScanContext, state: dict[str, Any]) -> ClusterModel:
+    """The finished clustering model (all heads) from cluster.pt."""
+    return model_from(ctx, state, ctx.cfg.heads)
+
+
+# ---- stage 3: self-label ----------------------------------------------------------------------------
+def selflabel_stage(ctx: ScanContext, cluster_state: dict[str, Any], state: Optional[dict[str, Any]]) -> dict[str, Any]:
+    cfg, data, dev = ctx.cfg, ctx.data, ctx.device
+    n, B = len(data.train_x), cfg.selflabel_batch_size
+    if B > n:
+        raise ConfigError(f"--selflabel-batch-size {B} is larger than the {n} training images; lower it")
+    steps = n // B
+    model = cluster_model_from(ctx, cluster_state).single_head(cluster_state["result"]["head"])
+    if cfg.freeze_backbone:
+        model.backbone.requires_grad_(False)
+    if ctx.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.selflabel_lr,
+                           weight_decay=cfg.selflabel_weight_decay, **ctx.fused())
+    gen = ctx.generator("selflabel")
+    start, seconds = 0, 0.0
+    if state is not None:
+        load_model_state(model, state["model"])
+        opt.load_state_dict(state["optimizer"])
+        gen.set_state(state["rng"]["gen"])
+        start, seconds = state["epoch"], state["seconds"]
+        ctx.log(f"selflabel: resuming at epoch {start + 1}/{cfg.selflabel_epochs}")
+    cached = ctx.train_features() if cfg.freeze_backbone and cfg.selflabel_target_view == "none" else None
+    target_view, train_view = ctx.view(cfg.selflabel_target_view), ctx.view(cfg.selflabel_augment)
+    logger = StageLog(ctx, "selflabel", start)
+
+    def checkpoint(epoch: int, done: bool, result: Optional[dict[str, Any]] = None) -> None:
+        save_checkpoint({"settings": ctx.settings("selflabel"), "done": done, "epoch": epoch, "seconds": seconds,
+                         "model": model_state(model, cfg.freeze_backbone), "optimizer": opt.state_dict(),
+                         "rng": rng_state(gen), "result": result}, ctx.dir / "selflabel.pt")
+
+    confident = float("nan")
+    for epoch in range(start + 1, cfg.selflabel_epochs + 1):
+        tick = time.perf_counter()
+        model.train()
+        if cfg.freeze_backbone:
+            model.backbone.eval()
+        perm = torch.randperm(n, device=dev, generator=gen)
+        sums = torch.zeros(2, device=dev)
+        bar = make_bar(ctx, steps, 0, f"selflabel {epoch}/{cfg.selflabel_epochs}")
+        for i in range(steps):
+            idx = perm[i * B:(i + 1) * B]
+            x = data.train_x[idx]
+            with torch.no_grad(), ctx.autocast():  # targets: no gradient (reference: train mode, no_grad)
+                if cached is not None:
+                    weak = model.head_logits(cached[idx])
+                else:
+                    weak = model(ctx.to_input(target_view(x, gen)))
+            strong_x = ctx.to_input(train_view(x, gen))
+            with ctx.autocast():
+                if cfg.freeze_backbone:
+                    with torch.no_grad():
+                        f = model.backbone(strong_x)
+                    strong = model.head_logits(f)
+                else:
+                    strong = model(strong_x)
+            loss, frac = selflabel_loss(weak[0], strong[0], cfg.confidence, cfg.class_balance)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sums += torch.stack((loss.detach(), frac))
+            bar.update(1)
+        bar.close()
+        ctx.sync()
+        train_seconds = time.perf_counter() - tick
+        loss_mean, confident = (sums / max(steps, 1)).tolist()  # one host sync per epoch
+        if not math.isfinite(loss_mean):
+            raise ConfigError(f"the self-labelling loss became {loss_mean} in epoch {epoch}; lower --selflabel-lr")
+        record = {"epoch": epoch, "loss": loss_mean, "confident_fraction": confident, "epoch_seconds": train_seconds}
+        test = monitor(ctx, model, 0) if due(cfg.eval_every, epoch, cfg.selflabel_epochs) else None
+        if test is not None:
+            record.update({f"test_{k}": v for k, v in test.items() if k != "acc_mapping"})
+        logger.append(record)
+        ctx.log(f"selflabel epoch {epoch}/{cfg.selflabel_epochs} loss {loss_mean:.4f} confident "
+                f"{100 * confident:.1f}%" + (f" test ACC {100 * test['acc']:.1f}%" if test else "")
+                + f" {record['epoch_seconds']:.1f} s")
+        seconds += time.perf_counter() - tick
+        if epoch % cfg.checkpoint_every == 0:
+            checkpoint(epoch, done=False)
+    logger.close()
+    tick = time.perf_counter()
+    test_lp = predict(ctx, model, "test")
+    s = ctx.test_scores(test_lp[0].argmax(-1).cpu().numpy())
+    seconds += time.perf_counter() - tick
+    result = {"scores": s, "confident_fraction": None if math.isnan(confident) else confident, "seconds": seconds}
+    checkpoint(cfg.selflabel_epochs, done=True, result=result)
+    ctx.log("selflabel: done" + (f"; test ACC {100 * s['acc']:.1f}% NMI {s['nmi']:.3f} ARI {s['ari']:.3f}" if s else "")
+            + f" ({seconds:.1f} s)")
+    return result
+
+
+def selflabel_model_from(ctx: ScanContext, state: dict[str, Any]) -> ClusterModel:
+    return model_from(ctx, state, 1)
+
+
+# ---- the whole run -------------------------------------------------------------------------------------
+def scan_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "scan"
+
+
+def saved_config(run_dir: str | Path) -> Optional[ScanConfig]:
+    """RUN/scan/config.yaml of an earlier `sslab scan`, if any (a rerun without flags continues with it)."""
+    path = scan_dir(run_dir) / "config.yaml"
+    return ScanConfig.load(path) if path.exists() else None
+
+
+def clear_stages(directory: Path, first: str) -> None:
+    """Delete the results of stage `first` and every later stage, and the combined outputs."""
+    for stage in STAGES[STAGES.index(first):]:
+        for name in STAGE_FILES[stage]:
+            p = directory / name
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    for name in OUTPUT_FILES:
+        (directory / name).unlink(missing_ok=True)
+
+
+def run_folder(path: str | Path) -> Path:
+    """The run folder of a run folder or of a checkpoint file inside one (as `load_trained` reads it)."""
+    path = Path(path)
+    if path.is_dir() or not path.exists():
+        return path
+    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
+
+
+def run_scan(run_dir: str | Path, cfg: Optional[ScanConfig] = None, *, until: str = "selflabel",
+             restart: Optional[str] = None, log: Log = print) -> dict[str, Any]:
+    """SCAN on a trained run: mine -> cluster -> selflabel (stopping after `until`). Returns scan.json's content.
+
+    `cfg` None: RUN/scan/config.yaml of an earlier call if there is one (and `restart` is not "mine"), else the
+    defaults. `restart`: a stage name: redo it and the stages after it. Finished stages are loaded, an
+    interrupted one continues from its last checkpoint. Raises CheckpointError (a UserError) for a folder without a trained checkpoint.
+    """
+    if until not in STAGES or (restart is not None and restart not in STAGES):
+        raise ConfigError(f"stages are {', '.join(STAGES)}; got until={until!r}, restart={restart!r}")
+    started = time.perf_counter()
+    if cfg is None:  # continue with the last call's settings, unless redoing everything
+        cfg = (None if restart == "mine" else saved_config(run_folder(run_dir))) or ScanConfig()
+    cfg.validate()
+    trained = load_trained(run_dir, cfg.device)
+    out = scan_dir(trained.run_dir)
+    _check_writable(out)
+    if restart is not None:
+        clear_stages(out, restart)
+    data = trained.load_data().to(trained.device)
+    cuda = trained.device.type == "cuda"
+    ctx = ScanContext(trained, cfg, data, out, log, cfg.num_clusters or data.num_classes,
+                      bf16=cuda and cfg.precision in ("auto", "bf16"), channels_last=cuda,
+                      pretext_epoch=int(trained.state.get("loop", {}).get("epoch", 0)))
+    log(f"scan: {data.name} {len(data.train_x)} train / {len(data.test_x)} test images, {ctx.num_clusters} clusters, "
+        f"pretext {trained.cfg.method.method}/{trained.cfg.model.backbone} (epoch {ctx.pretext_epoch}), "
+        f"device {trained.device}; outputs in {out}")
+    torch.manual_seed(cfg.seed)
+
+    # load (and check against the settings) every existing stage before computing anything
+    states = {s: load_stage(ctx, s) for s in STAGES}
+    cfg.save(out / "config.yaml")
+    results: dict[str, Any] = {}
+    mine = states["mine"]
+    if mine is None or not mine.get("done"):
+        results["mine"] = mine_stage(ctx)
+        mine = load_checkpoint(out / "neighbors.pt")
+    else:
+        results["mine"] = mine["result"]
+        log("mine: done before, loaded neighbors.pt")
+    model, final_stage = None, None
+    if STAGES.index(until) >= STAGES.index("cluster"):
+        cluster = states["cluster"]
+        if cluster is None or not cluster.get("done"):
+            results["cluster"] = cluster_stage(ctx, mine["indices"], cluster)
+            cluster = load_checkpoint(out / "cluster.pt")
+        else:
+            results["cluster"] = cluster["result"]
+            log(f"cluster: done before, loaded cluster.pt (head {cluster['result']['head']})")
+        model, final_stage = cluster_model_from(ctx, cluster).single_head(cluster["result"]["head"]), "cluster"
+        if until == "selflabel":
+            selflabel = states["selflabel"]
+            if selflabel is None or not selflabel.get("done"):
+                results["selflabel"] = selflabel_stage(ctx, cluster, selflabel)
+                selflabel = load_checkpoint(out / "selflabel.pt")
+            else:
+                results["selflabel"] = selflabel["result"]
+                log("selflabel: done before, loaded selflabel.pt")
+            model, final_stage = selflabel_model_from(ctx, selflabel), "selflabel"
+    report = write_outputs(ctx, results, mine, model, final_stage)
+    log(summary_line(report) + f" ({time.perf_counter() - started:.1f} s this call)")
+    return report
+
+
+def _check_writable(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise RunFolderError(f"cannot write to {path} ({e.strerror or e}); make the run folder writable") from None
+
+
+def summary_line(report: dict[str, Any]) -> str:
+    def fmt(name: str, s: Optional[dict[str, Any]]) -> str:
+        return f"{name} {100 * s['acc']:.1f}/{100 * s['nmi']:.1f}/{100 * s['ari']:.1f}" if s else f"{name} -"
+
+    parts = [fmt("k-means", report.get("kmeans")), fmt("SCAN", report.get("scan")),
+             fmt("+self-label", report.get("selflabel"))]
+    return "scan: test ACC/NMI/ARI (%): " + ", ".join(parts)
+
+
+# ---- outputs ------------------------------------------------------------------------------------------
+def write_outputs(ctx: ScanContext, results: dict[str, Any], mine: dict[str, Any], model: Optional[ClusterModel],
+                  final_stage: Optional[str]) -> dict[str, Any]:
+    """scan.json always; with a trained model also clusters.npz, confident_images.png and confusion.png."""
+    from sslab.scan import figures
+    from sslab.train import device_name
+
+    data, cfg = ctx.data, ctx.cfg
+    over = ctx.num_clusters > data.num_classes
+    mapping = "majority" if over else "hungarian"
+    cluster, selflabel = results.get("cluster"), results.get("selflabel")
+    seconds = dict(results["mine"]["seconds"])
+    seconds["cluster"] = cluster["seconds"] if cluster else None
+    seconds["selflabel"] = selflabel["seconds"] if selflabel else None
+    report: dict[str, Any] = {
+        "dataset": data.name, "split": "test", "test_images": len(data.test_x), "train_images": len(data.train_x),
+        "num_classes": data.num_classes, "num_clusters": ctx.num_clusters, "over_clustering": over,
+        "acc_mapping": mapping,
+        "acc_note": ("ACC maps each cluster to its majority class (more clusters than classes)" if over else
+                     "ACC under the best one-to-one matching of clusters to classes (Hungarian)"),
+        "kmeans": results["mine"]["kmeans"], "neighbor_accuracy": results["mine"]["neighbor_accuracy"],
+        "scan": {**cluster["scores"], "head": cluster["head"]} if cluster and cluster["scores"] else None,
+        "scan_head_losses": None if cluster is None else cluster["head_losses"],
+        "scan_heads_test_acc": None if cluster is None else cluster["heads_test_acc"],
+        "selflabel": None if selflabel is None else selflabel["scores"],
+        "selflabel_confident_fraction": None if selflabel is None else selflabel["confident_fraction"],
+        "seconds": seconds, "device": device_name(ctx.device),
+        "pretext": {"run_dir": str(ctx.run.run_dir), "method": ctx.run.cfg.method.method,
+                    "backbone": ctx.run.cfg.model.backbone, "epochs": ctx.pretext_epoch},
+        "stages_done": ["mine"] + [s for s in ("cluster", "selflabel") if results.get(s)],
+        "clusters_from": final_stage,
+        "config": {**cfg.to_dict(), "flip_p_used": ctx.flip_p()},
+    }
+    RunDir(ctx.dir).write_json("scan.json", report)
+    if model is None:
+        return report
+    model.eval()
+    train_p = predict(ctx, model, "train")[0].exp()
+    test_p = predict(ctx, model, "test")[0].exp()
+    train_conf, train_c = (t.cpu().numpy() for t in train_p.max(dim=-1))
+    test_conf, test_c = (t.cpu().numpy() for t in test_p.max(dim=-1))
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, train_clusters=train_c.astype(np.int64), train_confidence=train_conf.astype(np.float32),
+             train_labels=data.train_y.cpu().numpy(), test_clusters=test_c.astype(np.int64),
+             test_confidence=test_conf.astype(np.float32), test_labels=data.test_y.cpu().numpy(),
+             kmeans_train_clusters=mine["kmeans_train"], kmeans_test_clusters=mine["kmeans_test"],
+             stage=np.array(final_stage), classes=np.array(data.classes))
+    atomic_write_bytes(ctx.dir / "clusters.npz", buf.getvalue())
+    title = f"{final_stage_name(final_stage)} · {figures.run_title(ctx.run.cfg)}"
+    figures.confident_images(ctx.dir / "confident_images.png", data.train_x.cpu().numpy(), train_c, train_conf,
+                             ctx.num_clusters, cfg.show_per_cluster, title, data.train_y.cpu().numpy(), data.classes)
+    test_y = data.test_y.cpu().numpy()
+    if (test_y >= 0).any():
+        figures.confusion(ctx.dir / "confusion.png", test_c, test_y, ctx.num_clusters, data.classes, mapping, title)
+    return report
+
+
+def final_stage_name(stage: str) -> str:
+    return {"cluster": "SCAN", "selflabel": "SCAN + self-label"}[stage]

@@ -17,12 +17,12 @@ DEMO_SETTINGS: dict[str, dict[str, Any]] = {
     "method": {"method": "simsiam", "proj_hidden": 512, "proj_dim": 512, "pred_hidden": 128},
     "augment": {"crop_scale": (0.5, 1.0), "flip_p": 0.0},  # a flipped 2 or 5 is another digit
     "optim": {"lr": 0.1, "warmup_epochs": 1},
-    "train": {"epochs": 8, "batch_size": 128, "device": "cpu", "knn_k": 20, "progress": False},
+    "train": {"epochs": 3, "batch_size": 128, "device": "cpu", "knn_k": 20, "progress": False},
 }
 
 Log = Callable[[str], None]
 # later steps, each `step(run_dir: Path, log) -> None`, appended by the modules that own them
-DEMO_STEPS: list[str] = []
+DEMO_STEPS: list[str] = ["sslab.scan.demo:demo_step"]
 
 
 def demo_config(out: str = "runs", **train: Any) -> Config:

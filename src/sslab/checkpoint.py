@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -15,18 +15,26 @@ FORMAT = "sslab-checkpoint-1"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that a reader sees the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write `data` to `path` so that a reader sees the old file or the new one, never half of one: a temp
+    file in the same folder, fsynced, then renamed over `path`. Permissions follow the umask (as open())."""
+    tmp: Path | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
         raise RunFolderError(f"could not write {path} ({e.strerror or e}); free disk space or choose another --out") from None
+    except BaseException:  # KeyboardInterrupt, a signal's exception: leave no temp file behind
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        raise
     try:  # make the rename itself durable
         dfd = os.open(path.parent, os.O_RDONLY)
         try:
@@ -35,6 +43,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.close(dfd)
     except OSError:
         pass
+
+
+def first_line(e: BaseException, limit: int = 160) -> str:
+    """An exception as one short line (for a one-line error message): its text with the line breaks folded."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -37,8 +38,9 @@ class RunDir:
     last_checkpoint = property(lambda self: self.path / "checkpoints" / "last.pt")
 
     @classmethod
-    def create(cls, cfg: Config) -> "RunDir":
-        """A new run folder under cfg.train.out, checked for writability and free space first."""
+    def create(cls, cfg: Config, need_bytes: int = 0) -> "RunDir":
+        """A new run folder under cfg.train.out, checked for writability and free space (`need_bytes`: what
+        the run's checkpoints will take, beyond MIN_FREE_BYTES) first."""
         out = Path(cfg.train.out).expanduser()
         name = cfg.train.name or "-".join([cfg.method.method or "run", cfg.data.dataset, cfg.model.backbone,
                                            time.strftime("%Y%m%d-%H%M%S")])
@@ -52,31 +54,35 @@ class RunDir:
             else:
                 raise RunFolderError(f"run folder {path} already exists and is not empty; "
                                      f"choose another --name, or continue it with --resume {path}")
+        _check_free(_existing_parent(path), need_bytes)  # before the folder is made: a refused run leaves nothing
         run = cls(path)
-        run.check_writable()
-        cfg.save(run.config_path)
+        run.check_writable(need_bytes)
+        try:
+            cfg.save(run.config_path)
+        except OSError as e:
+            raise RunFolderError(f"cannot write {run.config_path} ({e.strerror or e}); choose a writable --out "
+                                 "with free space") from None
         return run
 
-    def check_writable(self) -> None:
-        try:
-            for d in (self.path, self.plots_dir, self.checkpoints_dir):
-                d.mkdir(parents=True, exist_ok=True)
-            probe = self.path / ".write-test"
-            probe.write_text("ok")
-            probe.unlink()
-        except OSError as e:
-            raise RunFolderError(f"cannot write to run folder {self.path} ({e.strerror or e}); "
-                                 "choose a writable --out") from None
-        free = shutil.disk_usage(self.path).free
-        if free < MIN_FREE_BYTES:
-            raise RunFolderError(f"only {free / 2**20:.0f} MiB free on the disk of {self.path}; "
-                                 "free some space or choose another --out")
+    def check_writable(self, need_bytes: int = 0) -> None:
+        _probe(self.path, [self.plots_dir, self.checkpoints_dir], "run folder")
+        _check_free(self.path, need_bytes)
+
+    def remove_temp_files(self) -> None:
+        """Temp files of writes cut short (`kill -9` during a checkpoint); the files they replace are intact."""
+        for folder in (self.path, self.checkpoints_dir):
+            for tmp in folder.glob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
 
     # ---- metrics ----------------------------------------------------------------------------------
     def append_metrics(self, record: dict[str, Any]) -> None:
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(_finite(record)) + "\n")
-            f.flush()
+        try:
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps(_finite(record)) + "\n")
+                f.flush()
+        except OSError as e:
+            raise RunFolderError(f"could not write {self.metrics_path} ({e.strerror or e}); free disk space "
+                                 f"and continue with --resume {self.path}") from None
 
     def read_metrics(self) -> list[dict[str, Any]]:
         if not self.metrics_path.exists():
@@ -104,6 +110,45 @@ class RunDir:
 
     def config(self) -> Config:
         return Config.load(self.config_path)
+
+
+def disk_free(path: Path) -> int:
+    """Free bytes on the disk of `path` (a function, so tests can simulate a full disk)."""
+    return shutil.disk_usage(path).free
+
+
+def _probe(path: Path, subdirs: list[Path], what: str) -> None:
+    try:
+        for d in (path, *subdirs):
+            d.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise RunFolderError(f"cannot write to {what} {path} ({e.strerror or e}); choose a writable --out") from None
+
+
+def check_out_dir(out: str | Path, need_bytes: int = 0) -> None:
+    """--out is (or can be made) a writable folder on a disk with MIN_FREE_BYTES (+ `need_bytes`) free: checked
+    before the data is loaded, so a bad --out fails in a second, not after a long load."""
+    path = Path(out).expanduser()
+    _probe(path, [], "--out folder")
+    _check_free(path, need_bytes)
+
+
+def _existing_parent(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _check_free(path: Path, need_bytes: int) -> None:
+    free = disk_free(path)
+    if free < MIN_FREE_BYTES + need_bytes:
+        need = (f"; the run's checkpoints need about {need_bytes / 2**20:.0f} MiB (plus {MIN_FREE_BYTES // 2**20} MiB "
+                "to spare)" if need_bytes else "")
+        raise RunFolderError(f"only {free / 2**20:.0f} MiB free on the disk of {path}{need}; free some space or "
+                             "choose another --out")
 
 
 def _finite(obj: Any) -> Any:

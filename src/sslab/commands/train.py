@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 
@@ -41,13 +42,14 @@ def ask_method() -> str:
 
 
 def train_command(args: argparse.Namespace) -> int:
+    from sslab.cli import print_error
     from sslab.train import Interrupted, fit
 
     if args.resume:
         try:
             summary = fit(resume=args.resume)
         except Interrupted as e:
-            print(f"sslab: {e}", file=sys.stderr)
+            print_error(f"sslab: {e}")
             return 128 + e.signum
     else:
         cfg = config_from_args(args)
@@ -56,9 +58,10 @@ def train_command(args: argparse.Namespace) -> int:
         try:
             summary = fit(cfg)
         except Interrupted as e:
-            print(f"sslab: {e}", file=sys.stderr)
+            print_error(f"sslab: {e}")
             return 128 + e.signum
-    print(json.dumps({k: summary[k] for k in ("run_dir", "knn_top1_init", "knn_top1", "epoch_seconds_median")}))
+    if os.environ.get("RANK", "0") == "0":  # once under torchrun
+        print(json.dumps({k: summary[k] for k in ("run_dir", "knn_top1_init", "knn_top1", "epoch_seconds_median")}))
     return 0
 
 

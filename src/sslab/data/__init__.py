@@ -15,7 +15,7 @@ from sslab.data.base import ImageData
 from sslab.data.cache import CACHE_DIR_NAME, cache_key, fallback_cache_dir, load_or_decode
 from sslab.data.prepare import resize_images, stratified_split, stratified_subset
 from sslab.data.source import LoadRequest, Source, default_root
-from sslab.errors import ConfigError
+from sslab.errors import ConfigError, DataError
 from sslab.registry import DATASETS
 
 TRAIN_SPLITS = {"stl10": stl10.TRAIN_SPLITS}  # datasets with more than a "train" split to train on
@@ -43,7 +43,13 @@ def load_dataset(name: str, root: str | Path | None = None, *, download: bool = 
                           download, train_split, image_size, strict)
     source: Source = locate(request)
     data = decode_cached(name, source, image_size) if cache else _resized(source, image_size)
-    return split_and_limit(data, test_fraction, seed, limit_train, limit_test)
+    if len(data.train_x) == 0:
+        raise DataError(f"{name} at {request.root} has no readable training images; add images there")
+    out = split_and_limit(data, test_fraction, seed, limit_train, limit_test)
+    if len(out.train_x) == 0:
+        raise DataError(f"{name} at {request.root}: all {len(data.train_x)} image(s) went to the held-out test split "
+                        f"(--test-fraction {test_fraction}); add images or lower --test-fraction")
+    return out
 
 
 def load_from_config(cfg: DataConfig, seed: int) -> ImageData:

@@ -47,16 +47,18 @@ class ImageData:
                          self.test_y.to(device), self.classes, self.mean, self.std)
 
 
-def channel_stats(x: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std in [0, 1] of uint8 images (N, C, H, W), in chunks to bound memory."""
+def channel_stats(x: torch.Tensor, chunk_bytes: int = 64 * 2**20) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std in [0, 1] of uint8 images (N, C, H, W), in chunks of about `chunk_bytes` of
+    float64 working memory (a fixed image count would cost gigabytes at 96 px and above)."""
     if len(x) == 0:
         return (0.5,) * x.shape[1], (0.25,) * x.shape[1]
     s = torch.zeros(x.shape[1], dtype=torch.float64)
     s2 = torch.zeros_like(s)
+    chunk = max(1, chunk_bytes // (x[0].numel() * 8))
     for i in range(0, len(x), chunk):
-        c = x[i:i + chunk].to(torch.float64) / 255.0
+        c = x[i:i + chunk].to(torch.float64).div_(255.0)
         s += c.sum(dim=(0, 2, 3)).cpu()
-        s2 += (c * c).sum(dim=(0, 2, 3)).cpu()
+        s2 += c.square_().sum(dim=(0, 2, 3)).cpu()
     n = x.shape[0] * x.shape[2] * x.shape[3]
     mean = s / n
     std = (s2 / n - mean**2).clamp_min(1e-12).sqrt()

@@ -76,7 +76,9 @@ def _payload(data: ImageData, warnings: list[str]) -> dict[str, Any]:
 
 def _read(path: Path) -> tuple[ImageData, list[str]] | None:
     try:
-        p = torch.load(path, map_location="cpu", weights_only=True)
+        # mmap: the tensors are pages of the file, shared by every process that loads it (torchrun's ranks
+        # on one machine hold one copy between them, in the page cache)
+        p = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         images_ok = all(p[k].dtype == torch.uint8 and p[k].ndim == 4 for k in ("train_x", "test_x"))
         labels_ok = all(p[k].dtype == torch.int64 and p[k].ndim == 1 for k in ("train_y", "test_y"))
         if p["format"] != CACHE_FORMAT or not images_ok or not labels_ok:

@@ -74,11 +74,12 @@ def read_images(folder: Path, files: list[tuple[str, str | None]]) -> tuple[torc
     out = x.numpy()
     start = 0
     for (images, labels), n in zip(files, counts):
-        if n:
-            stored = np.memmap(folder / images, dtype=np.uint8, mode="r", shape=(n, *IMAGE_SHAPE))  # N x C x W x H
-            for i in range(0, n, _CHUNK):
-                out[start + i:start + min(i + _CHUNK, n)] = stored[i:i + _CHUNK].transpose(0, 1, 3, 2)
-            del stored
+        if n:  # read in chunks (not np.memmap: the mapped file would count as a second copy in this process)
+            with open(folder / images, "rb") as f:
+                for i in range(0, n, _CHUNK):
+                    k = min(_CHUNK, n - i)
+                    stored = np.fromfile(f, dtype=np.uint8, count=k * IMAGE_BYTES).reshape(k, *IMAGE_SHAPE)  # k x C x W x H
+                    out[start + i:start + i + k] = stored.transpose(0, 1, 3, 2)
         if labels is not None:
             y[start:start + n] = torch.from_numpy(read_labels(folder / labels, n))
         start += n

@@ -1,0 +1,493 @@
+"""Reliability: exact resume after SIGINT/SIGTERM/SIGKILL, the last good checkpoint kept on NaN, the collapse
+warning, and one clear line with exit code 2 for every bad input (docs/reliability.md lists them)."""
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sslab import cli
+from sslab.checkpoint import load_checkpoint, save_checkpoint
+from sslab.config import Config
+from sslab.methods.base import negative_cosine
+from sslab.methods.simsiam import SimSiam
+from sslab.models.heads import mlp
+from sslab.registry import METHODS
+from sslab.run import RunDir
+from sslab.train import Interrupted, NonFiniteLoss, SignalFlag, fit
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+TIMING = {"epoch_seconds", "knn_seconds", "images_per_second"}  # wall-clock: differ between any two runs
+N_TRAIN, BATCH = 1200, 64
+STEPS = N_TRAIN // BATCH  # 18 steps per epoch
+
+
+def digits_npz(folder: Path) -> Path:
+    """scikit-learn's digits as an .npz (the subprocesses then skip importing scikit-learn)."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = np.rint(d.images * (255 / 16)).astype(np.uint8)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "digits.npz"
+    np.savez(path, x_train=x[:N_TRAIN], y_train=d.target[:N_TRAIN], x_test=x[N_TRAIN:1500], y_test=d.target[N_TRAIN:1500])
+    return path
+
+
+def train_args(data: Path, out: Path, name: str, epochs: int = 3) -> list[str]:
+    return ["train", "--method", "simsiam", "--dataset", "npz", "--data-dir", str(data), "--backbone", "simple-cnn",
+            "--proj-hidden", "64", "--proj-dim", "64", "--pred-hidden", "16", "--batch-size", str(BATCH),
+            "--epochs", str(epochs), "--lr", "0.3", "--knn-k", "20", "--no-progress", "--device", "cpu",
+            "--out", str(out), "--name", name]
+
+
+def sslab(args: list[str], wait: bool = True, **env: str):
+    """`python -m sslab ARGS` in a subprocess (a CompletedProcess, or with wait=False the running Popen)."""
+    full_env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", **env}
+    if "SSLAB_TEST_SIGNAL_AT_STEP" not in env:
+        full_env.pop("SSLAB_TEST_SIGNAL_AT_STEP", None)
+    cmd = [sys.executable, "-m", "sslab", *args]
+    if not wait:
+        return subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=300)
+
+
+def metrics(run: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING}
+            for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def tensorboard_scalars(run: Path, tag: str) -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run / "tensorboard"))
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+CASES = {  # signal -> (after global step, exit code, (epoch, step_in_epoch) of the checkpoint it leaves)
+    "SIGINT": (STEPS + 7, 130, (1, 7)),  # mid-epoch 2: a mid-epoch checkpoint
+    "SIGTERM": (STEPS, 143, (1, 0)),  # the last step of epoch 1: the epoch ends, is checkpointed, the run stops
+    "SIGKILL": (2 * STEPS + 8, -9, (2, 0)),  # mid-epoch 3: no chance to save; resumes from the end of epoch 2
+}
+
+
+@pytest.fixture(scope="module")
+def first_runs(tmp_path_factory):
+    """The uninterrupted reference run and the three interrupted runs, started together (they are independent)."""
+    root = tmp_path_factory.mktemp("resume")
+    data = digits_npz(root / "data")
+    procs = {"reference": sslab(train_args(data, root / "runs", "reference"), wait=False)}
+    for sig, (at_step, _, _) in CASES.items():
+        procs[sig] = sslab(train_args(data, root / "runs", f"stopped-{sig}"), wait=False,
+                           SSLAB_TEST_SIGNAL_AT_STEP=f"{at_step}:{sig}")
+    yield root / "runs", procs
+    for p in procs.values():
+        if p.poll() is None:
+            p.kill()
+
+
+def finished(proc: subprocess.Popen) -> subprocess.CompletedProcess:
+    out, err = proc.communicate(timeout=300)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+@pytest.fixture(scope="module")
+def reference(first_runs):
+    runs, procs = first_runs
+    p = finished(procs["reference"])
+    assert p.returncode == 0, p.stderr
+    return runs / "reference"
+
+
+def assert_same_run(run: Path, ref: Path) -> None:
+    assert metrics(run) == metrics(ref)  # loss, knn_top1, z_std, lr, step: bitwise equal on the CPU
+    a = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
+    b = torch.load(ref / "checkpoints" / "last.pt", weights_only=False)
+    assert a["model"].keys() == b["model"].keys()
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert all(torch.equal(sa[k], sb[k]) for k in sa if isinstance(sa[k], torch.Tensor))
+    summary, ref_summary = (json.loads((r / "summary.json").read_text()) for r in (run, ref))
+    for key in ("final_loss", "knn_top1_init", "knn_top1", "knn_top1_best"):
+        assert summary[key] == ref_summary[key]
+    assert [s for s, _ in tensorboard_scalars(run, "loss")] == [1, 2, 3]  # no duplicate epochs after resuming
+    assert [v for _, v in tensorboard_scalars(run, "loss")] == pytest.approx([r["loss"] for r in metrics(ref)])
+    assert not list(run.rglob("*.tmp"))
+
+
+@pytest.mark.parametrize("sig", list(CASES))
+def test_interrupted_and_resumed_run_ends_as_the_uninterrupted_one(first_runs, reference, sig):
+    runs, procs = first_runs
+    at_step, returncode, position = CASES[sig]
+    p = finished(procs[sig])
+    assert p.returncode == returncode, p.stderr
+    run = runs / f"stopped-{sig}"
+    if sig != "SIGKILL":
+        assert p.stderr.strip().splitlines()[-1] == (f"sslab: interrupted by {sig}; checkpoint saved; continue "
+                                                     f"with: sslab train --resume {run}")
+    state = load_checkpoint(run)
+    assert (state["loop"]["epoch"], state["loop"]["step_in_epoch"]) == position
+    if sig == "SIGINT":  # interrupt the resumed run once more, in epoch 3
+        p = sslab(["train", "--resume", str(run)], SSLAB_TEST_SIGNAL_AT_STEP=f"{2 * STEPS + 3}:SIGTERM")
+        assert p.returncode == 143 and f"resuming {run} at epoch 2, step 7" in p.stdout, p.stderr
+    if sig == "SIGKILL":  # what a kill during a checkpoint write leaves: a temp file beside an intact last.pt
+        (run / "checkpoints" / ".last.pt.abc123.tmp").write_bytes(b"half a checkpoint")
+    p = sslab(["train", "--resume", str(run)])
+    assert p.returncode == 0, p.stderr
+    assert_same_run(run, ref=reference)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_resume_on_the_gpu_is_within_run_to_run_noise(tmp_path):
+    """On CUDA some kernels are nondeterministic, so two uninterrupted runs already differ: a resumed run must be
+    no further from the first run than the second run is (3x, with a floor of 1e-4), and kNN within 2 points."""
+    data = digits_npz(tmp_path / "data")
+    gpu = lambda name: [a if a != "cpu" else "cuda" for a in train_args(data, tmp_path / "runs", name)]  # noqa: E731
+    for name in ("a", "b"):
+        assert sslab(gpu(name)).returncode == 0
+    assert sslab(gpu("c"), SSLAB_TEST_SIGNAL_AT_STEP=f"{STEPS + 7}:SIGINT").returncode == 130
+    assert sslab(["train", "--resume", str(tmp_path / "runs" / "c")]).returncode == 0
+    a, b, c = (metrics(tmp_path / "runs" / name) for name in "abc")
+    for ra, rb, rc in zip(a, b, c):
+        assert abs(rc["loss"] - ra["loss"]) <= max(3 * abs(rb["loss"] - ra["loss"]), 1e-4)
+        assert abs(rc["knn_top1"] - ra["knn_top1"]) <= 0.02
+
+
+def test_signal_before_training_starts_stops_at_once():
+    with pytest.raises(Interrupted, match="before training started"), SignalFlag():
+        os.kill(os.getpid(), signal.SIGTERM)
+    with SignalFlag() as flag:  # armed (a checkpoint exists): the signal only sets the flag
+        flag.arm()
+        os.kill(os.getpid(), signal.SIGINT)
+        assert flag.signum == signal.SIGINT
+    with pytest.raises(KeyboardInterrupt), SignalFlag() as flag:  # a second SIGINT aborts at once
+        flag.arm()
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_keyboard_interrupt_during_a_checkpoint_write_leaves_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint({"x": 1}, path)
+
+    def interrupted(fd):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fsync", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint({"x": 2}, path)
+    monkeypatch.undo()
+    assert load_checkpoint(path)["x"] == 1 and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+# ---- numerical faults ------------------------------------------------------------------------------------
+def tiny_config(method: str, out: Path, optim: dict | None = None, **train) -> Config:
+    return Config.from_dict({
+        "data": {"dataset": "digits"}, "model": {"backbone": "simple-cnn"}, "optim": optim or {},
+        "method": {"method": method, "proj_hidden": 64, "proj_dim": 64, "pred_hidden": 16},
+        "train": {"epochs": 3, "batch_size": 64, "device": "cpu", "knn_every": 0, "progress": False, "out": str(out),
+                  "name": method, **train}})
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """In-process training on one thread, as the subprocesses (OMP_NUM_THREADS=1): no contention on a busy CI box."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def test_method():
+    """Register a method for one test, and remove it after (registry-parametrised tests must not see it)."""
+    names = []
+
+    def register(name, cls):
+        METHODS.register(name)(cls)
+        names.append(name)
+
+    yield register
+    for name in names:
+        METHODS._entries.pop(name)
+
+
+class NaNInEpoch2(SimSiam):
+    """SimSiam whose loss turns NaN from its 26th step: in epoch 2 (the 1438 training digits make 22 steps of 64)."""
+
+    def forward(self, views, clean=None):
+        out = super().forward(views, clean)
+        self.calls = getattr(self, "calls", 0) + 1
+        if self.calls > 25:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+
+class NoStopGradient(SimSiam):
+    """SimSiam without the stop-gradient and without the projector's output BN: it collapses (Chen & He, Fig. 2)."""
+
+    def __init__(self, backbone, cfg):
+        super().__init__(backbone, cfg)
+        self.projector = mlp([backbone.out_dim, cfg.proj_hidden, cfg.proj_dim])
+
+    def forward(self, views, clean=None):
+        z1, z2 = (self.projector(self.backbone(x)) for x in views)
+        p1, p2 = self.predictor(z1), self.predictor(z2)
+        return {"loss": negative_cosine(p1, z2) / 2 + negative_cosine(p2, z1) / 2, "z": z1.detach()}
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, test_method):
+    test_method("test-nan", NaNInEpoch2)
+    cfg = tiny_config("test-nan", tmp_path, checkpoint_every=1)
+    with pytest.raises(NonFiniteLoss, match=r"the loss became nan in epoch 2; stopped; the last good checkpoint "
+                                            r"\(end of epoch 1\) is kept in .*last.pt; start a new run with a lower --lr"):
+        fit(cfg, log=lambda s: None)
+    run = RunDir(tmp_path / "test-nan")
+    last, epoch1 = load_checkpoint(run.last_checkpoint), load_checkpoint(run.checkpoints_dir / "epoch_0001.pt")
+    assert last["loop"]["epoch"] == 1
+    assert all(torch.equal(last["model"][k], epoch1["model"][k]) and torch.isfinite(last["model"][k].float()).all()
+               for k in last["model"])
+    assert [r["epoch"] for r in run.read_metrics()] == [1]
+
+
+def test_absurd_lr_gives_one_line_and_exit_2(tmp_path, capsys):
+    code = cli.main(["train", "--method", "simsiam", "--backbone", "simple-cnn", "--proj-hidden", "64", "--proj-dim",
+                     "64", "--pred-hidden", "16", "--batch-size", "64", "--epochs", "2", "--knn-every", "0",
+                     "--no-progress", "--device", "cpu", "--lr", "1e30", "--out", str(tmp_path), "--name", "r"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0
+    assert err.startswith("sslab: error: the loss became nan in epoch 1; stopped; the last good checkpoint "
+                          "(the initial weights) is kept")
+    assert load_checkpoint(tmp_path / "r")["loop"]["epoch"] == 0
+
+
+def test_collapse_monitor_warns_when_representations_collapse(tmp_path, test_method):
+    test_method("test-no-stop-gradient", NoStopGradient)
+    lines: list[str] = []
+    fit(tiny_config("test-no-stop-gradient", tmp_path, optim={"lr": 0.5}, epochs=2), log=lines.append)
+    records = RunDir(tmp_path / "test-no-stop-gradient").read_metrics()
+    assert records[-1].get("collapse_warning") is True and records[-1]["z_std"] * 8 < 0.25
+    assert any(line.startswith("warning: representations may be collapsing") for line in lines)
+
+
+def test_healthy_run_has_no_collapse_warning(reference):
+    assert not any(r.get("collapse_warning") for r in metrics(reference))
+
+
+# ---- bad input: one line on stderr, exit code 2, no traceback ------------------------------------------
+def write_png(path: Path, size=(8, 8), mode="L", seed=0) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    shape = size[::-1] + ((3,) if mode == "RGB" else (4,) if mode == "RGBA" else ())
+    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(path)
+
+
+def image_folder(root: Path, per_class: int = 12) -> Path:
+    for c in ("a", "b"):
+        for i in range(per_class):
+            write_png(root / c / f"{i}.png", seed=100 * ord(c) + i)
+    return root
+
+
+def quick(data_args: list[str], out: Path, *extra: str) -> list[str]:
+    return ["train", "--method", "simsiam", *data_args, "--backbone", "simple-cnn", "--proj-hidden", "16",
+            "--proj-dim", "16", "--pred-hidden", "8", "--batch-size", "8", "--epochs", "1", "--knn-k", "5",
+            "--no-progress", "--device", "cpu", "--out", str(out), *extra]
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str]:
+    code = cli.main(args)
+    return code, capsys.readouterr().err.strip()
+
+
+def assert_one_line(code: int, err: str, expected: str) -> None:
+    assert code == 2, err
+    assert err.count("\n") == 0 and "Traceback" not in err, err
+    assert expected in err, err
+
+
+def folder_cases(tmp: Path) -> dict[str, tuple[Path, str]]:
+    """name -> (data folder, expected message fragment)"""
+    cases: dict[str, tuple[Path, str]] = {}
+    cases["missing folder"] = (tmp / "nope", "image folder {root} not found; lay it out as {root}/<class>/<image>.png")
+    (tmp / "empty").mkdir()
+    cases["empty folder"] = (tmp / "empty", "no class subfolders in {root}; put the images in {root}/<class>/")
+    for i in range(3):
+        write_png(tmp / "flat" / f"{i}.png")
+    cases["images without class folders"] = (tmp / "flat", "no class subfolders in {root} (it holds 3 images directly)")
+    image_folder(tmp / "hollow")
+    (tmp / "hollow" / "c").mkdir()
+    (tmp / "hollow" / "c" / "notes.txt").write_text("x")
+    cases["class folder without images"] = (tmp / "hollow", "no images in the class folder(s) c of {root}")
+    for c in ("a", "b"):
+        (tmp / "junk" / c).mkdir(parents=True)
+        (tmp / "junk" / c / "x.png").write_bytes(b"not a png")
+    cases["only corrupt images"] = (tmp / "junk", "none of the 2 images in {root} could be read")
+    image_folder(tmp / "train-test" / "train")
+    image_folder(tmp / "train-test" / "test")
+    (tmp / "train-test" / "test" / "b").rename(tmp / "train-test" / "test" / "z")
+    cases["train and test classes differ"] = (tmp / "train-test", "the class folders of")
+    return cases
+
+
+def test_bad_data_folders_are_one_line_errors(tmp_path, capsys):
+    for name, (root, expected) in folder_cases(tmp_path).items():
+        code, err = run_cli(quick(["--dataset", "folder", "--data-dir", str(root)], tmp_path / "runs"), capsys)
+        assert_one_line(code, err, expected.format(root=root))
+
+
+def test_corrupt_images_are_skipped_and_listed_or_refused_with_strict(tmp_path, capsys, caplog):
+    root = image_folder(tmp_path / "imgs")
+    (root / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    png = (root / "b" / "0.png").read_bytes()
+    (root / "b" / "truncated.png").write_bytes(png[: len(png) // 2])
+    (root / "b" / "empty.jpg").write_bytes(b"")
+    write_png(root / "a" / "rgb.png", size=(12, 10), mode="RGB")  # mixed modes and sizes: converted, resized
+    write_png(root / "b" / "rgba.png", mode="RGBA")
+    code, err = run_cli(quick(["--dataset", "folder", "--data-dir", str(root), "--strict"], tmp_path / "runs"), capsys)
+    assert_one_line(code, err, "cannot read image")
+    assert "drop --strict to skip unreadable images" in err
+    code, err = run_cli(quick(["--dataset", "folder", "--data-dir", str(root)], tmp_path / "runs"), capsys)
+    assert code == 0, err
+    warnings = caplog.text  # the CLI prints these as "sslab: warning: ..." lines
+    assert "skipped 3 unreadable image(s) of 29" in warnings and "pass --strict to stop instead" in warnings
+    assert all(name in warnings for name in ("broken.png", "truncated.png", "empty.jpg"))
+    assert "come in 2 sizes; resized 1 of them to 8x8" in warnings
+
+
+@pytest.fixture
+def finished_run(tmp_path) -> Path:
+    fit(tiny_config("simsiam", tmp_path, epochs=1), log=lambda s: None)
+    return tmp_path / "simsiam"
+
+
+def test_bad_checkpoints_given_to_resume_are_one_line_errors(finished_run, tmp_path, capsys):
+    last = finished_run / "checkpoints" / "last.pt"
+    good = last.read_bytes()
+    state = torch.load(io.BytesIO(good), weights_only=False)
+    resume = ["train", "--resume", str(finished_run)]
+
+    def write(**changes) -> None:
+        save_checkpoint({**{k: v for k, v in state.items() if k != "format"}, **changes}, last)
+
+    last.write_bytes(good[: len(good) // 3])
+    assert_one_line(*run_cli(resume, capsys), "is unreadable or truncated (")
+    last.write_bytes(b"")
+    assert_one_line(*run_cli(resume, capsys), "is unreadable or truncated (")
+    torch.save({"state_dict": {}}, last)
+    assert_one_line(*run_cli(resume, capsys), "is not an sslab checkpoint; pass a file written by `sslab train`")
+    write(method="simclr")
+    assert_one_line(*run_cli(resume, capsys), "checkpoint is for simclr/simple-cnn, but the run is "
+                                              "simsiam/simple-cnn; resume with the run folder it came from")
+    write(backbone="resnet18")
+    assert_one_line(*run_cli(resume, capsys), "checkpoint is for simsiam/resnet18, but the run is simsiam/simple-cnn")
+    write(model={k: v for i, (k, v) in enumerate(state["model"].items()) if i > 0})
+    assert_one_line(*run_cli(resume, capsys), "checkpoint does not fit this model (")
+    write(loop={})
+    assert_one_line(*run_cli(resume, capsys), "checkpoint does not fit this model (")
+    shutil.rmtree(finished_run / "checkpoints")
+    assert_one_line(*run_cli(resume, capsys), "no checkpoint in")
+    (finished_run / "config.yaml").write_text("train: {epochs: [")
+    assert_one_line(*run_cli(resume, capsys), "is not valid YAML")
+    assert_one_line(*run_cli(["train", "--resume", str(tmp_path / "elsewhere")], capsys), "is not a run folder")
+
+
+DIGITS = ["--dataset", "digits"]
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--epochs", "-1"], "--epochs must be >= 1"),
+    (["--epochs", "ten"], "train.epochs: 'ten' is not a valid int"),
+    (["--batch-size", "5000"], "--batch-size 5000 is larger than the 1438 training images; lower it"),
+    (["--lr", "-0.1"], "--lr must be > 0"),
+    (["--crop-scale", "0.9,0.1"], "--crop-scale must be two numbers 0 < min <= max <= 1"),
+    (["--method", "simsaim"], "unknown method 'simsaim'; choose one of: byol,"),
+    (["--backbone", "resnet19"], "unknown backbone 'resnet19'; choose one of:"),
+    (["--dataset", "cifar11"], "unknown dataset 'cifar11'; choose one of:"),
+    (["--optimizer", "adam"], "unknown --optimizer 'adam'; use sgd, adamw or lars"),
+    (["--precision", "fp8"], "--precision must be auto, bf16 or fp32"),
+    (["--no-such-flag"], "sslab train: error: unrecognized arguments: --no-such-flag; see `sslab train --help`"),
+    (["--dataset", "npz", "--data-dir", "/nonexistent/x.npz"], "/nonexistent/x.npz not found; pass --data-dir"),
+])
+def test_invalid_config_values_are_one_line_errors(args, expected, tmp_path, capsys):
+    try:
+        code = cli.main(quick(DIGITS, tmp_path / "runs", *args))
+    except SystemExit as e:  # argparse's own exit, after its one line
+        code = e.code
+    assert_one_line(code, capsys.readouterr().err.strip(), expected)
+
+
+def test_unknown_fields_and_wrong_types_in_a_yaml_config(tmp_path, capsys):
+    for text, expected in [("train: {epochs: 2, speed: 3}", "unknown field train.speed"),
+                           ("train: {batch_size: [1, 2]}", "train.batch_size: [1, 2] is not a valid int"),
+                           ("train: {epochs: [", "is not valid YAML")]:
+        (tmp_path / "c.yaml").write_text(text)
+        assert_one_line(*run_cli(quick(DIGITS, tmp_path / "runs", "--config", str(tmp_path / "c.yaml")), capsys),
+                        expected)
+
+
+def test_unwritable_or_full_run_folder_is_refused_before_loading_data(tmp_path, capsys, monkeypatch):
+    import sslab.train
+
+    loads = []
+    monkeypatch.setattr(sslab.train, "load_from_config", lambda *a: loads.append(1))
+    (tmp_path / "file").write_text("not a folder")
+    assert_one_line(*run_cli(quick(DIGITS, tmp_path / "file"), capsys), f"cannot write to --out folder {tmp_path / 'file'}")
+    monkeypatch.setattr("sslab.run.disk_free", lambda path: 50 * 2**20)
+    assert_one_line(*run_cli(quick(DIGITS, tmp_path / "runs"), capsys), "only 50 MiB free on the disk of")
+    assert not loads
+
+
+def test_run_folder_needs_room_for_its_checkpoints(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("sslab.run.disk_free", lambda path: 201 * 2**20)  # passes the early check, not the room check
+    assert_one_line(*run_cli(quick(DIGITS, tmp_path / "runs", "--backbone", "resnet18", "--checkpoint-every", "1",
+                                   "--epochs", "50", "--knn-every", "0"), capsys),
+                    "MiB free on the disk of")
+
+
+def test_disk_full_while_writing_metrics_is_one_line(tmp_path, capsys, monkeypatch):
+    def full_disk(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("sslab.run.open", full_disk, raising=False)  # metrics.jsonl is appended with open()
+    run = tmp_path / "runs" / "full"
+    assert_one_line(*run_cli(quick(DIGITS, tmp_path / "runs", "--knn-every", "0", "--name", "full"), capsys),
+                    f"could not write {run / 'metrics.jsonl'} (No space left on device); free disk space and "
+                    f"continue with --resume {run}")
+    assert load_checkpoint(run)["loop"]["epoch"] == 0  # the last checkpoint is intact
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_cuda_without_a_gpu_is_one_line(tmp_path, capsys):
+    assert_one_line(*run_cli(quick(DIGITS, tmp_path / "runs", "--device", "cuda"), capsys),
+                    "--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
+
+
+def test_out_of_memory_is_one_line_with_advice(tmp_path, capsys, monkeypatch):
+    import sslab.train
+
+    def oom(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(sslab.train.Augmenter, "__call__", oom)
+    assert_one_line(*run_cli(quick(DIGITS, tmp_path / "runs", "--knn-every", "0"), capsys),
+                    "sslab: error: out of memory on the GPU; lower --batch-size")
+
+
+def test_a_real_process_prints_one_line_and_exits_2(tmp_path):
+    p = sslab(["train", "--method", "simsiam", "--dataset", "folder", "--data-dir", str(tmp_path / "nope"),
+               "--out", str(tmp_path)])
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert p.stderr.strip().splitlines() == [f"sslab: error: image folder {tmp_path / 'nope'} not found; lay it out as "
+                                             f"{tmp_path / 'nope'}/<class>/<image>.png, or {tmp_path / 'nope'}/train/"
+                                             f"<class>/... and {tmp_path / 'nope'}/test/<class>/..."]

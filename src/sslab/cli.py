@@ -7,19 +7,29 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
+import os
 import sys
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 from sslab.errors import UserError
 
 # modules that add subcommands, in the order `sslab --help` lists them
-COMMAND_MODULES = ["sslab.commands.train", "sslab.commands.demo"]
+COMMAND_MODULES = ["sslab.commands.train", "sslab.commands.demo", "sslab.commands.scan", "sslab.commands.evaluate", "sslab.commands.look", "sslab.commands.data_tools"]
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line (not the whole usage block) and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        print_error(f"{self.prog}: error: {message}; see `{self.prog} --help`")
+        raise SystemExit(2)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sslab", description="Self-supervised representation learning on images: "
-                                     "train, evaluate, look, cluster.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser = Parser(prog="sslab", description="Self-supervised representation learning on images: "
+                    "train, evaluate, look, cluster.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for name in COMMAND_MODULES:
         importlib.import_module(name).add_commands(sub)
     return parser
@@ -27,23 +37,64 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # name the subcommand whose --help lists the flags
+        command = getattr(args, "command", None)
+        sub = next((a.choices[command] for a in parser._actions if isinstance(a, argparse._SubParsersAction)
+                    and command in a.choices), parser)
+        sub.error(f"unrecognized arguments: {' '.join(unknown)}")
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
+    show_warnings()
     try:
         return int(args.handler(args) or 0)
     except UserError as e:
-        print(f"sslab: error: {e}", file=sys.stderr)
+        print_error(f"sslab: error: {one_line(e)}")
         return e.exit_code
     except KeyboardInterrupt:
-        print("sslab: stopped", file=sys.stderr)
+        print_error("sslab: stopped")
         return 130
     except Exception as e:
-        if type(e).__name__ == "OutOfMemoryError" or "out of memory" in str(e).lower():
-            print("sslab: error: out of memory; lower --batch-size (or use --precision bf16 on a GPU)", file=sys.stderr)
+        if is_out_of_memory(e):
+            print_error("sslab: error: out of memory" + (" on the GPU" if _is_gpu_oom(e) else "") +
+                         "; lower --batch-size (or use --precision bf16 on a GPU)")
             return 2
         raise
+
+
+def show_warnings() -> None:
+    """Library warnings (skipped images, resized images) as `sslab: warning: ...` lines on stderr (once per
+    run, by rank 0), unless the caller configured logging already."""
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("sslab: warning: %(message)s"))
+        handler.setLevel(logging.WARNING)
+        handler.addFilter(lambda record: os.environ.get("RANK", "0") == "0")
+        root.addHandler(handler)
+
+
+def one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """torch.OutOfMemoryError (GPU), MemoryError and the CPU allocator's RuntimeError (host)."""
+    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
+        return True
+    text = str(e).lower()
+    return isinstance(e, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def _is_gpu_oom(e: BaseException) -> bool:
+    return type(e).__name__ == "OutOfMemoryError" or "cuda" in str(e).lower()
+
+
+def print_error(message: str) -> None:
+    """An error line on stderr, printed once: by rank 0 under torchrun (every rank meets the same bad input)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(message, file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ DEMO_SETTINGS: dict[str, dict[str, Any]] = {
 
 Log = Callable[[str], None]
 # later steps, each `step(run_dir: Path, log) -> None`, appended by the modules that own them
-DEMO_STEPS: list[str] = ["sslab.scan.demo:demo_step"]
+DEMO_STEPS: list[str] = ["sslab.scan.demo:demo_step", "sslab.commands.evaluate:demo_eval", "sslab.commands.evaluate:demo_embed", "sslab.commands.look:demo_analyze", "sslab.commands.look:demo_attention", "sslab.commands.data_tools:demo_preview", "sslab.commands.data_tools:demo_export", "sslab.commands.look:demo_report"]
 
 
 def demo_config(out: str = "runs", **train: Any) -> Config:

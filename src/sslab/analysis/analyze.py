@@ -1,0 +1,125 @@
+"""`sslab analyze`: PCA, t-SNE, image maps and k-means of a run's features, into the run folder.
+
+    RUN/analysis.json                         PCA figures, t-SNE settings, k-means ACC/NMI/ARI and per-cluster table
+    RUN/embeddings.npz                        features, labels, indices, split, + clusters, tsne, tsne_rows
+    RUN/analysis/pca-cumulative.png           cumulative explained variance
+    RUN/analysis/pca-components.png           explained variance per component
+    RUN/analysis/pca-scatter.png              first two components, coloured by class
+    RUN/analysis/tsne.png                     t-SNE, coloured by class
+    RUN/analysis/image-map.png                thumbnails at their t-SNE positions
+    RUN/analysis/image-map-classes.png        the same with a class-colour border and tint
+    RUN/analysis/cluster-tiles.png            one row per k-means cluster, the images nearest its centre
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from sslab.analysis import clusters as km
+from sslab.analysis.embedding import EMBEDDINGS_FILE, compute_embeddings, save_embeddings
+from sslab.analysis.figures import class_colors, save_image_figure, scatter_by_class, to_display
+from sslab.analysis.structure import image_map, pca, pca_figures, subsample, thumb_size, tsne_2d
+from sslab.errors import ConfigError
+from sslab.plots import DATASET_NAMES, run_title
+from sslab.pretrained import TrainedRun
+from sslab.run import RunDir
+
+ANALYSIS_JSON = "analysis.json"
+ANALYSIS_DIR = "analysis"
+
+
+def analyze_run(trained: TrainedRun, split: str = "test", max_points: int = 5000, seed: int = 0,
+                map_size: int = 1600, n_init: int = 10, log: Callable[[str], None] = print) -> dict[str, Any]:
+    if max_points < 10:
+        raise ConfigError("--max-points must be >= 10")
+    if n_init < 1 or map_size < 200:
+        raise ConfigError("--n-init must be >= 1 and --map-size >= 200")
+    start = time.perf_counter()
+    cfg, run = trained.cfg, RunDir(trained.run_dir)
+    info = trained.data_info
+    data = trained.load_data().to(trained.device)
+    classes = list(data.classes)
+    title = run_title(cfg)
+    out_dir = run.path / ANALYSIS_DIR
+    emb = compute_embeddings(trained.backbone, data, split, info["mean"], info["std"])
+    feats = emb.features.float().cpu().numpy()
+    labels = emb.labels
+    n = len(labels)
+    where = f"{emb.split[0]} split" if len(set(emb.split.tolist())) == 1 else "train + test splits"
+    log(f"analyze: {title}; {n} images of the {where}, {feats.shape[1]}-d features")
+
+    figures = []
+    t0 = time.perf_counter()
+    p = pca(feats)
+    figures += pca_figures(p, labels, classes, out_dir, title)
+    log(f"PCA in {time.perf_counter() - t0:.1f} s")
+
+    t0 = time.perf_counter()
+    rows = subsample(n, max_points, seed)
+    coords, tsne_info = tsne_2d(feats[rows], seed)
+    scatter_by_class(coords, labels[rows], classes, out_dir / "tsne.png", f"t-SNE ({len(rows)} images): {title}",
+                     "t-SNE 1", "t-SNE 2")
+    figures.append(out_dir / "tsne.png")
+    images = emb.images[torch_index(rows, emb.images.device)]
+    thumb = thumb_size(info["image_size"], len(rows), map_size)
+    thumbs = to_display(images, thumb)
+    plain = image_map(thumbs, coords, map_size)
+    save_image_figure(plain, out_dir / "image-map.png", f"images at their t-SNE positions: {title}", max_inches=16)
+    colors = class_colors(len(classes))
+    row_colors = np.where(labels[rows, None] >= 0, colors[np.clip(labels[rows], 0, None)], 0.5)
+    tinted = image_map(thumbs, coords, map_size, colors=row_colors)
+    save_image_figure(tinted, out_dir / "image-map-classes.png",
+                      f"images at their t-SNE positions, border = class: {title}", legend=(classes, colors), max_inches=16)
+    figures += [out_dir / "image-map.png", out_dir / "image-map-classes.png"]
+    log(f"t-SNE and image maps in {time.perf_counter() - t0:.1f} s")
+
+    t0 = time.perf_counter()
+    k = len(classes)
+    assign, _, dist = km.kmeans(feats, k, seed, n_init)
+    report = km.cluster_report(assign, labels, k, len(classes), classes)
+    km.cluster_tiles_figure(emb.images, assign, dist, report, out_dir / "cluster-tiles.png", title,
+                            size=max(info["image_size"], 24) if info["image_size"] < 24 else min(info["image_size"], 64))
+    figures.append(out_dir / "cluster-tiles.png")
+    log(f"k-means (k={k}, n_init={n_init}) in {time.perf_counter() - t0:.1f} s")
+
+    save_embeddings(run.path / EMBEDDINGS_FILE, {**emb.arrays(), "clusters": assign, "tsne": coords.astype(np.float32),
+                                                 "tsne_rows": rows.astype(np.int64)})
+    result = {"run_dir": str(run.path), "title": title, "dataset": data.name,
+              "dataset_name": DATASET_NAMES.get(data.name, data.name), "backbone": cfg.model.backbone,
+              "split": where, "points": n, "feature_dim": int(feats.shape[1]), "classes": classes,
+              "pca": {"components_for_variance": p["components_for"], "effective_rank": p["effective_rank"],
+                      "explained_variance_ratio_top10": [float(v) for v in p["ratio"][:10]],
+                      "input": "backbone features, centred"},
+              "tsne": tsne_info,
+              "kmeans": {**report, "n_init": n_init, "seed": seed, "input": "l2-normalised backbone features"},
+              "figures": [str(f.relative_to(run.path)) for f in figures], "embeddings": EMBEDDINGS_FILE,
+              "seconds": time.perf_counter() - start}
+    run.write_json(ANALYSIS_JSON, result)
+    return result
+
+
+def torch_index(rows: np.ndarray, device):
+    import torch
+
+    return torch.from_numpy(np.asarray(rows, dtype=np.int64)).to(device)
+
+
+def format_tables(result: dict[str, Any]) -> str:
+    """The PCA and clustering figures as short plain-text tables for the terminal."""
+    p, k = result["pca"], result["kmeans"]
+    lines = [f"PCA of {result['points']} {result['feature_dim']}-d features ({result['split']}); "
+             f"effective rank {p['effective_rank']:.1f}",
+             "  variance   components"]
+    lines += [f"  {100 * float(t):>6.0f}%   {n:>10d}" for t, n in p["components_for_variance"].items()]
+    top = "  ".join(f"{100 * v:.1f}" for v in p["explained_variance_ratio_top10"])
+    lines += [f"  first components (%): {top}", ""]
+    lines += [f"k-means, k={k['k']} on l2-normalised features (n_init={k['n_init']}): "
+              f"ACC {100 * k['acc']:.2f}% ({k['acc_mapping']})  NMI {k['nmi']:.4f}  ARI {k['ari']:.4f}",
+              "  cluster   size  majority class        purity  matched class"]
+    for c in k["clusters"]:
+        purity = f"{100 * c['purity']:5.1f}%" if c["purity"] is not None else "    - "
+        lines.append(f"  {c['cluster']:>7d} {c['size']:>6d}  {str(c['majority_class'])[:20]:<20s}  {purity}  "
+                     f"{str(c['matched_class'])[:20]}")
+    return "\n".join(lines)

@@ -1,0 +1,258 @@
+"""Where the network looks: channel-mean activation maps of a stage, and Grad-CAM (Selvaraju et al. 2017)
+for a class score of the run's linear probe.
+
+    RUN/attention/activation-LAYER.png   original | activation map (upsampled) | image weighted by the map
+    RUN/attention/gradcam-LAYER.png      original | Grad-CAM of the target class | overlay   (needs RUN/probe.pt)
+    RUN/attention/attention.json         images, layer, probe, targets
+
+Grad-CAM: weights a_k = mean over positions of d score_c / d A_k (A = the stage's output), map =
+ReLU(sum_k a_k A_k). Both maps are upsampled bilinearly and scaled to [0, 1] per image.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from sslab.errors import ConfigError
+from sslab.eval.features import normalize_images
+from sslab.eval.linear import ProbeWeights
+
+ATTENTION_DIR = "attention"
+DISPLAY_MIN = 64  # maps and images are shown at least this large
+
+
+def stages_of(backbone: nn.Module) -> dict[str, nn.Module]:
+    if not hasattr(backbone, "stages"):
+        raise ConfigError(f"{type(backbone).__name__} does not name its stages; attention maps need a backbone "
+                          "with .stages() (resnet18/34/50, simple-cnn)")
+    return backbone.stages()
+
+
+def output_module(stage: nn.Module) -> nn.Module:
+    """The module whose output is the stage's output: the last child of a Sequential, recursively. Hooks go
+    there, because a stage may be a Sequential built on the fly (simple-cnn's `stages()` slices its
+    `features`), whose own forward never runs."""
+    while isinstance(stage, nn.Sequential) and len(stage) > 0:
+        stage = stage[-1]
+    return stage
+
+
+@torch.no_grad()
+def stage_shapes(backbone: nn.Module, channels: int, image_size: int) -> dict[str, tuple[int, ...]]:
+    """Output shape (C, h, w) of every stage for one image of the run's size."""
+    device = next(backbone.parameters()).device
+    shapes: dict[str, tuple[int, ...]] = {}
+    hooks = [output_module(m).register_forward_hook(
+        lambda mod, inp, out, name=name: shapes.__setitem__(name, tuple(out.shape[1:])))
+        for name, m in stages_of(backbone).items()]
+    was_training = backbone.training
+    try:
+        backbone.eval()
+        backbone(torch.zeros(1, channels, image_size, image_size, device=device))
+    finally:
+        backbone.train(was_training)
+        for h in hooks:
+            h.remove()
+    return shapes
+
+
+def default_layer(backbone: nn.Module, channels: int, image_size: int) -> str:
+    """The last stage whose map is larger than 1x1 (a 1x1 map says nothing about where)."""
+    shapes = stage_shapes(backbone, channels, image_size)
+    spatial = [name for name, s in shapes.items() if len(s) == 3 and min(s[1:]) >= 2]
+    return spatial[-1] if spatial else list(shapes)[-1]
+
+
+def _run_with_hook(backbone: nn.Module, layer: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(stage output A (B, C, h, w), backbone features (B, D))."""
+    stages = stages_of(backbone)
+    if layer not in stages:
+        raise ConfigError(f"unknown --layer {layer!r}; this backbone's stages are: {', '.join(stages)}")
+    store: dict[str, torch.Tensor] = {}
+    hook = output_module(stages[layer]).register_forward_hook(lambda m, i, o: store.__setitem__("a", o))
+    try:
+        feats = backbone(x)
+    finally:
+        hook.remove()
+    return store["a"], feats
+
+
+@torch.no_grad()
+def activation_maps(backbone: nn.Module, layer: str, x: torch.Tensor) -> torch.Tensor:
+    """Channel mean of the stage's output: (B, h, w)."""
+    a, _ = _run_with_hook(backbone, layer, x)
+    return a.float().mean(dim=1)
+
+
+def grad_cam(backbone: nn.Module, probe: ProbeWeights, layer: str, x: torch.Tensor,
+             targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Grad-CAM maps (B, h, w) for class `targets[b]` of the probe, probe logits (B, K))."""
+    with torch.enable_grad():
+        a, feats = _run_with_hook(backbone, layer, x.detach().requires_grad_(True))
+        logits = probe.logits(feats.float())
+        score = logits.gather(1, targets.view(-1, 1)).sum()
+        grads = torch.autograd.grad(score, a)[0]  # B x C x h x w
+    weights = grads.float().mean(dim=(2, 3), keepdim=True)  # B x C x 1 x 1
+    cam = F.relu((weights * a.detach().float()).sum(dim=1))  # B x h x w
+    return cam, logits.detach()
+
+
+def upsample_unit(maps: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, h, w) -> (B, size, size) bilinear, scaled to [0, 1] per map (a constant map becomes 0)."""
+    up = F.interpolate(maps[:, None].float(), size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+    lo = up.amin(dim=(1, 2), keepdim=True)
+    hi = up.amax(dim=(1, 2), keepdim=True)
+    return torch.where(hi - lo > 1e-12, (up - lo) / (hi - lo).clamp_min(1e-12), torch.zeros_like(up))
+
+
+def pick_images(labels: torch.Tensor, n: int, seed: int) -> np.ndarray:
+    """n image indices, seeded, taking the classes in turn so the examples differ."""
+    y = labels.cpu().numpy()
+    rng = np.random.default_rng(seed)
+    pools = [rng.permutation(np.flatnonzero(y == c)).tolist() for c in np.unique(y)]
+    out: list[int] = []
+    while len(out) < min(n, len(y)) and any(pools):
+        for pool in pools:
+            if pool and len(out) < n:
+                out.append(pool.pop())
+    return np.array(out, dtype=np.int64)
+
+
+def resolve_target(target: str, classes: Sequence[str]) -> int | str:
+    """"predicted", "true", a class name or a class index."""
+    if target in ("predicted", "true"):
+        return target
+    if target in classes:
+        return list(classes).index(target)
+    if target.isdigit() and int(target) < len(classes):
+        return int(target)
+    raise ConfigError(f"--target {target!r} is not predicted, true, a class name or an index < {len(classes)}; "
+                      f"classes: {', '.join(classes[:20])}{' ...' if len(classes) > 20 else ''}")
+
+
+def attention_figures(backbone: nn.Module, images: torch.Tensor, labels: torch.Tensor, classes: Sequence[str],
+                      mean: Sequence[float], std: Sequence[float], layer: str, out_dir, title: str,
+                      probe: tuple[str, ProbeWeights] | None, target: str = "predicted",
+                      log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Write the activation figure (and the Grad-CAM one with a probe); returns what attention.json records."""
+    from sslab.analysis.figures import to_display
+    from sslab.plots import new_figure, save_figure
+
+    device = next(backbone.parameters()).device
+    backbone.eval()
+    x = normalize_images(images.to(device), mean, std)
+    size = max(DISPLAY_MIN, images.shape[-1])
+    shown = to_display(images, size)  # N x s x s x 3
+    act = upsample_unit(activation_maps(backbone, layer, x), size).cpu().numpy()
+    n = len(images)
+    names = [classes[int(y)] if int(y) >= 0 else "unlabelled" for y in labels]
+
+    def grid(columns: list[tuple[str, list[np.ndarray], dict]], captions: list[str], path) -> None:
+        fig, axes = new_figure(2.0 * len(columns) + 0.4, 2.0 * n + 0.8)
+        fig.clf()
+        axes = fig.subplots(n, len(columns), squeeze=False)
+        for r in range(n):
+            for c, (head, panels, kw) in enumerate(columns):
+                ax = axes[r, c]
+                ax.imshow(panels[r], interpolation="nearest" if c == 0 else "bilinear", **kw)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if r == 0:
+                    ax.set_title(head, fontsize=8)
+            axes[r, 0].set_ylabel(captions[r], fontsize=7)
+        fig.suptitle(title, fontsize=9)
+        save_figure(fig, path)
+
+    weighted = [np.clip(shown[i] * act[i][..., None], 0, 1) for i in range(n)]
+    path_act = out_dir / f"activation-{layer}.png"
+    grid([("image", list(shown), {}), (f"mean activation, {layer}", list(act), {"cmap": "inferno", "vmin": 0, "vmax": 1}),
+          ("image x activation", weighted, {})], [f"{names[i]}" for i in range(n)], path_act)
+    record: dict[str, Any] = {"layer": layer, "figures": [path_act], "images": n, "gradcam": None}
+
+    if probe is None:
+        log("attention: no linear probe in the run folder (run `sslab eval` first); Grad-CAM skipped")
+        return record
+    probe_name, weights = probe
+    want = resolve_target(target, classes)
+    with torch.no_grad():
+        pred = weights.logits(backbone(x).float()).argmax(dim=1)
+    if want == "predicted":
+        targets = pred
+    elif want == "true":
+        targets = torch.where(labels.to(device) >= 0, labels.to(device), pred)
+    else:
+        targets = torch.full_like(pred, int(want))
+    cam, _ = grad_cam(backbone, weights, layer, x, targets)
+    cam = upsample_unit(cam, size).cpu().numpy()
+    heat = _heatmap(cam)
+    overlay = [np.clip(0.55 * shown[i] + 0.45 * heat[i], 0, 1) for i in range(n)]
+    path_cam = out_dir / f"gradcam-{layer}.png"
+    captions = [f"true {names[i]}\ntarget {classes[int(targets[i])]}\npred {classes[int(pred[i])]}" for i in range(n)]
+    grid([("image", list(shown), {}),
+          (f"Grad-CAM ({probe_name}), {layer}", list(cam), {"cmap": "jet", "vmin": 0, "vmax": 1}),
+          ("overlay", overlay, {})], captions, path_cam)
+    record["figures"].append(path_cam)
+    record["gradcam"] = {"probe": probe_name, "target": target, "targets": [classes[int(t)] for t in targets],
+                         "predicted": [classes[int(p)] for p in pred]}
+    return record
+
+
+def _heatmap(maps: np.ndarray) -> np.ndarray:
+    import matplotlib
+
+    return matplotlib.colormaps["jet"](maps)[..., :3]
+
+
+def attention_run(trained, num_images: int = 8, layer: str | None = None, target: str = "predicted",
+                  probe_name: str = "auto", split: str = "test", seed: int = 0,
+                  log: Callable[[str], None] = print) -> dict[str, Any]:
+    """`sslab attention`: pick images, write the figures and RUN/attention/attention.json."""
+    from sslab.analysis.embedding import split_images
+    from sslab.eval.evaluate import load_probe
+    from sslab.plots import run_title
+    from sslab.run import RunDir
+
+    if num_images < 1:
+        raise ConfigError("--num-images must be >= 1")
+    info = trained.data_info
+    backbone = trained.backbone
+    layer = layer or default_layer(backbone, info["channels"], info["image_size"])
+    stages_of(backbone)  # a clear error for backbones without stages
+    data = trained.load_data()
+    images, labels, indices, names = split_images(data, split)
+    rows = pick_images(labels, num_images, seed)
+    loaded = load_probe(trained.run_dir, probe_name)
+    probe = None
+    if loaded is not None:
+        name, weights, probe_classes = loaded
+        if probe_classes != list(data.classes) or weights.weight.shape[1] != _feature_dim(backbone, info):
+            log(f"attention: the probe in {trained.run_dir} does not fit this model (run `sslab eval` again); "
+                "Grad-CAM skipped")
+        else:
+            probe = (name, weights)
+    run = RunDir(trained.run_dir)
+    out_dir = run.path / ATTENTION_DIR
+    record = attention_figures(backbone, images[torch.from_numpy(rows)], labels[torch.from_numpy(rows)],
+                               list(data.classes), info["mean"], info["std"], layer, out_dir, run_title(trained.cfg),
+                               probe, target, log)
+    record.update({"split": str(names[rows[0]]) if len(rows) else split, "indices": indices[rows].tolist(),
+                   "labels": [list(data.classes)[int(y)] if int(y) >= 0 else None for y in labels[torch.from_numpy(rows)]],
+                   "stages": {k: list(v) for k, v in stage_shapes(backbone, info["channels"], info["image_size"]).items()},
+                   "figures": [str(p.relative_to(run.path)) for p in record["figures"]]})
+    run.write_json(f"{ATTENTION_DIR}/attention.json", record)
+    return record
+
+
+@torch.no_grad()
+def _feature_dim(backbone: nn.Module, info: dict[str, Any]) -> int:
+    device = next(backbone.parameters()).device
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        return backbone(torch.zeros(1, info["channels"], info["image_size"], info["image_size"], device=device)).shape[1]
+    finally:
+        backbone.train(was_training)

@@ -1,0 +1,321 @@
+"""`sslab eval`: every protocol of METHODS.md on a trained run, written to the run folder.
+
+    RUN/eval.json                    one record per protocol: name, protocol, classifier, accuracy,
+                                     per-class accuracy, sizes, settings
+    RUN/eval/confusion-NAME.png      confusion matrix with class names, per protocol
+    RUN/eval/per-class.png           per-class accuracy of every protocol on the run's dataset
+    RUN/probe.pt                     the trained linear probes (linear maps on backbone features), for Grad-CAM
+
+Features of the train and test splits are extracted once (no augmentation) and shared by kNN and the fast
+probe; the standard probe and the semi-supervised fine-tuning make their own augmented views on the device.
+"""
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+
+from sslab.analysis.figures import confusion_figure, per_class_figure
+from sslab.augment import rgb_to_grayscale
+from sslab.checkpoint import atomic_write_bytes
+from sslab.data.base import ImageData
+from sslab.errors import CheckpointError, ConfigError, DataError
+from sslab.eval.features import extract_features
+from sslab.eval.knn import knn_predict
+from sslab.eval.linear import (ProbeWeights, confusion_matrix, fit_fast_probe, per_class_accuracy,
+                               predict, train_standard_probe)
+from sslab.plots import DATASET_NAMES, run_title
+from sslab.pretrained import TrainedRun
+from sslab.run import RunDir
+
+EVAL_JSON = "eval.json"
+EVAL_DIR = "eval"
+PROBE_FILE = "probe.pt"
+PROBE_FORMAT = "sslab-probe-1"
+PROTOCOLS = ("fast", "standard", "both")
+CLASSIFIERS = ("logistic", "svm")
+PROBE_PREFERENCE = ("linear-standard", "linear-fast")  # the probe Grad-CAM uses when not told
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class EvalOptions:
+    protocol: str = "both"  # fast, standard or both
+    classifier: str = "logistic"  # the fast probe's: logistic or svm
+    c_grid: Optional[tuple[float, ...]] = None  # None: the classifier's default grid
+    val_fraction: float = 0.1  # of TRAIN, to choose C
+    probe_epochs: int = 100
+    probe_batch_size: int = 256
+    probe_lr: float = 0.3  # per batch 256
+    knn_k: Optional[int] = None  # None: the run's --knn-k (METHODS.md: 200)
+    knn_t: Optional[float] = None
+    semi: bool = False
+    semi_fractions: tuple[float, ...] = (0.01, 0.1)
+    semi_epochs: int = 30
+    semi_lr: float = 0.05
+    semi_batch_size: int = 64
+    transfer_dataset: Optional[str] = None
+    transfer_data_dir: Optional[str] = None
+    transfer_download: bool = False
+    seed: int = 0
+
+    def check(self) -> None:
+        checks = [
+            (self.protocol in PROTOCOLS, f"--protocol must be one of {', '.join(PROTOCOLS)}"),
+            (self.classifier in CLASSIFIERS, f"--classifier must be one of {', '.join(CLASSIFIERS)}"),
+            (self.probe_epochs >= 1, "--probe-epochs must be >= 1"),
+            (self.probe_batch_size >= 2 and self.semi_batch_size >= 2,
+             "--probe-batch-size and --semi-batch-size must be >= 2"),
+            (self.probe_lr > 0 and self.semi_lr > 0, "--probe-lr and --semi-lr must be > 0"),
+            (0 <= self.val_fraction < 1, "--val-fraction must be in [0, 1)"),
+            (self.c_grid is None or (len(self.c_grid) >= 1 and all(c > 0 for c in self.c_grid)),
+             "--c-grid must be positive numbers"),
+            (all(0 < f <= 1 for f in self.semi_fractions), "--semi-fractions must be in (0, 1]"),
+            (self.semi_epochs >= 1, "--semi-epochs must be >= 1"),
+            (self.knn_k is None or self.knn_k >= 1, "--knn-k must be >= 1"),
+            (self.transfer_data_dir is None or self.transfer_dataset is not None,
+             "--transfer-data-dir needs --transfer-dataset NAME"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+
+# ---- data for transfer ----------------------------------------------------------------------------------------
+def match_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> (N, channels, H, W): grey repeated to RGB, RGB to grey by luma (ITU-R 601-2)."""
+    if x.shape[1] == channels:
+        return x
+    if x.shape[1] == 1 and channels == 3:
+        return x.expand(-1, 3, -1, -1).contiguous()
+    if x.shape[1] == 3 and channels == 1:
+        return rgb_to_grayscale(x.float()).round_().clamp_(0, 255).to(torch.uint8)
+    raise DataError(f"cannot turn {x.shape[1]}-channel images into {channels}-channel ones")
+
+
+def transfer_data(name: str, data_dir: str | None, channels: int, image_size: int, download: bool = False,
+                  seed: int = 0) -> ImageData:
+    """Another dataset, made to look like the run's input: same channel count and image size; normalised
+    later with its own train statistics (recomputed after the channel change)."""
+    from sslab.data import load_dataset
+
+    data = load_dataset(name, data_dir, download=download, image_size=image_size, seed=seed)
+    if len(data.test_x) == 0:
+        raise DataError(f"{name} has no test split to evaluate the transfer on; add one or lower --test-fraction")
+    return ImageData(data.name, match_channels(data.train_x, channels), data.train_y,
+                     match_channels(data.test_x, channels), data.test_y, data.classes)
+
+
+# ---- protocols on cached features ---------------------------------------------------------------------------------
+def _record(name: str, protocol: str, classifier: str, dataset: str, pred: np.ndarray, labels: np.ndarray,
+            classes: list[str], sizes: dict[str, int], details: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "protocol": protocol, "classifier": classifier, "dataset": dataset,
+            "accuracy": float((pred == labels).mean()) if len(labels) else None,
+            "per_class_accuracy": per_class_accuracy(pred, labels, classes), "sizes": sizes,
+            "details": details, "_pred": pred, "_labels": labels}
+
+
+def _labelled(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    keep = y >= 0
+    return x[keep], y[keep]
+
+
+def feature_protocols(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, test_y: torch.Tensor,
+                      classes: list[str], dataset: str, opts: EvalOptions, knn_k: int, knn_t: float, prefix: str = "",
+                      log: Log = print) -> tuple[list[dict[str, Any]], dict[str, ProbeWeights]]:
+    """kNN and (if asked) the fast linear probe on extracted features."""
+    records, probes = [], {}
+    bank, bank_y = _labelled(train_f, train_y)
+    query, query_y = _labelled(test_f, test_y)
+    if len(bank) == 0 or len(query) == 0:
+        raise DataError(f"{dataset} needs labelled train and test images for evaluation")
+    y = query_y.cpu().numpy()
+    pred = knn_predict(bank, bank_y.to(bank.device), query, len(classes), knn_k, knn_t).argmax(dim=1).cpu().numpy()
+    records.append(_record(prefix + "knn", "kNN (l2-normalised features, cosine, weighted vote)", "knn", dataset, pred,
+                           y, classes, {"train": len(bank), "test": len(query)},
+                           {"k": min(knn_k, len(bank)), "t": knn_t, "bank": "train split, no augmentation"}))
+    log(f"{prefix}knn (k={min(knn_k, len(bank))}): {100 * records[-1]['accuracy']:.2f}%")
+    if opts.protocol in ("fast", "both"):
+        result = fit_fast_probe(bank, bank_y, len(classes), opts.classifier, opts.c_grid, opts.val_fraction, opts.seed)
+        pred = predict(result.probe, query)
+        n_val = result.details["validation_size"]
+        records.append(_record(prefix + "linear-fast", "linear probe, fast (features cached once, no augmentation)",
+                               opts.classifier, dataset, pred, y, classes,
+                               {"train": len(bank) - n_val, "validation": n_val, "refit": len(bank), "test": len(query)},
+                               result.details))
+        probes[prefix + "linear-fast"] = result.probe
+        log(f"{prefix}linear-fast ({opts.classifier}, C={result.details['c']:g}): {100 * records[-1]['accuracy']:.2f}%")
+    return records, probes
+
+
+def standard_protocol(backbone: torch.nn.Module, data: ImageData, test_f: torch.Tensor, opts: EvalOptions,
+                      crop_scale: tuple[float, float] | None, flip_p: float | None, dataset: str, prefix: str = "",
+                      log: Log = print) -> tuple[dict[str, Any], ProbeWeights]:
+    n = int((data.train_y >= 0).sum())
+    log(f"{prefix}linear-standard: {opts.probe_epochs} epochs of SGD on {n} train images (crop + flip) "
+        f"on {next(backbone.parameters()).device}")
+    result = train_standard_probe(backbone, data.train_x, data.train_y, data.num_classes, data.mean, data.std,
+                                  opts.probe_epochs, opts.probe_batch_size, opts.probe_lr, crop_scale=crop_scale,
+                                  flip_p=flip_p, seed=opts.seed, log=log)
+    query, query_y = _labelled(test_f, data.test_y.to(test_f.device))
+    pred = predict(result.probe, query)
+    rec = _record(prefix + "linear-standard", f"linear probe, standard ({opts.probe_epochs} epochs SGD, crop + flip)",
+                  "softmax", dataset, pred, query_y.cpu().numpy(), list(data.classes),
+                  {"train": n, "test": len(query)}, result.details)
+    log(f"{prefix}linear-standard: {100 * rec['accuracy']:.2f}%")
+    return rec, result.probe
+
+
+def semi_protocol(backbone: torch.nn.Module, data: ImageData, opts: EvalOptions, crop_scale, flip_p, dataset: str,
+                  log: Log = print) -> list[dict[str, Any]]:
+    from sslab.eval.semi import finetune, labelled_subset, predict_finetuned
+
+    records = []
+    test_x, test_y = _labelled(data.test_x, data.test_y)
+    for fraction in opts.semi_fractions:
+        idx = labelled_subset(data.train_y, fraction, opts.seed, data.num_classes).to(data.train_x.device)
+        log(f"semi-supervised {100 * fraction:g}% of the labels: fine-tuning on {len(idx)} images for "
+            f"{opts.semi_epochs} epochs")
+        net, head, details = finetune(backbone, data.train_x[idx], data.train_y[idx], data.num_classes, data.mean,
+                                      data.std, opts.semi_epochs, opts.semi_batch_size, opts.semi_lr,
+                                      crop_scale=crop_scale, flip_p=flip_p, seed=opts.seed, log=log)
+        pred = predict_finetuned(net, head, test_x, data.mean, data.std)
+        details.update({"labels_fraction": fraction, "subset": "stratified, seeded", "seed": opts.seed})
+        name = f"semi-{100 * fraction:g}pct"
+        records.append(_record(name, f"semi-supervised fine-tuning (backbone + linear head) on {100 * fraction:g}% "
+                               "of the train labels", "softmax", dataset, pred, test_y.cpu().numpy(),
+                               list(data.classes), {"train": len(idx), "test": len(test_x)}, details))
+        log(f"{name}: {100 * records[-1]['accuracy']:.2f}%")
+        del net, head
+    return records
+
+
+# ---- the whole evaluation --------------------------------------------------------------------------------------
+def evaluate_run(trained: TrainedRun, opts: EvalOptions, log: Log = print) -> dict[str, Any]:
+    """Run the protocols `opts` asks for; write eval.json, the figures and probe.pt; return the eval.json dict."""
+    opts.check()
+    start = time.perf_counter()
+    cfg, backbone, device = trained.cfg, trained.backbone, trained.device
+    run = RunDir(trained.run_dir)
+    data = trained.load_data().to(device)
+    info = trained.data_info
+    if data.channels != info["channels"] or data.image_size != info["image_size"]:
+        raise CheckpointError(f"the run's data now loads as {data.channels}x{data.image_size}px but the model was "
+                              f"trained on {info['channels']}x{info['image_size']}px; check --data-dir")
+    mean, std = info["mean"], info["std"]  # the normalisation the backbone was trained with
+    data.mean, data.std = tuple(mean), tuple(std)
+    knn_k = opts.knn_k or cfg.train.knn_k
+    knn_t = opts.knn_t or cfg.train.knn_t
+    crop_scale, flip_p = cfg.augment.crop_scale, cfg.augment.flip_p
+    log(f"eval: {run_title(cfg)}; {len(data.train_x)} train, {len(data.test_x)} test images on {device}")
+
+    train_f = extract_features(backbone, data.train_x, mean, std)
+    test_f = extract_features(backbone, data.test_x, mean, std)
+    records, probes = feature_protocols(train_f, data.train_y, test_f, data.test_y, list(data.classes), data.name, opts,
+                                        knn_k, knn_t, log=log)
+    if opts.protocol in ("standard", "both"):
+        rec, probe = standard_protocol(backbone, data, test_f, opts, crop_scale, flip_p, data.name, log=log)
+        records.append(rec)
+        probes["linear-standard"] = probe
+    if opts.semi:
+        records += semi_protocol(backbone, data, opts, crop_scale, flip_p, data.name, log=log)
+
+    transfer_info = None
+    if opts.transfer_dataset:
+        tdata = transfer_data(opts.transfer_dataset, opts.transfer_data_dir, info["channels"], info["image_size"],
+                              opts.transfer_download, opts.seed).to(device)
+        log(f"transfer to {tdata.name}: {len(tdata.train_x)} train, {len(tdata.test_x)} test images, "
+            f"{tdata.num_classes} classes")
+        ttrain = extract_features(backbone, tdata.train_x, tdata.mean, tdata.std)
+        ttest = extract_features(backbone, tdata.test_x, tdata.mean, tdata.std)
+        trecs, _ = feature_protocols(ttrain, tdata.train_y, ttest, tdata.test_y, list(tdata.classes), tdata.name, opts,
+                                     knn_k, knn_t, prefix="transfer-", log=log)
+        if opts.protocol in ("standard", "both"):
+            rec, _ = standard_protocol(backbone, tdata, ttest, opts, crop_scale, flip_p, tdata.name, "transfer-", log)
+            trecs.append(rec)
+        records += trecs
+        transfer_info = {"dataset": tdata.name, "classes": list(tdata.classes), "channels": tdata.channels,
+                         "image_size": tdata.image_size, "normalisation": "the transfer dataset's own train mean/std",
+                         "preprocessing": "resized to the backbone's training size; grey repeated to RGB or RGB to "
+                                          "grey (luma) to match the backbone's channels"}
+
+    figures = write_figures(run, cfg, records, list(data.classes), transfer_info)
+    save_probes(run.path / PROBE_FILE, probes, list(data.classes), trained, records)
+    result = {"run_dir": str(run.path), "title": run_title(cfg), "method": cfg.method.method, "dataset": data.name,
+              "dataset_name": DATASET_NAMES.get(data.name, data.name), "backbone": cfg.model.backbone,
+              "device": str(device), "feature_dim": int(train_f.shape[1]), "classes": list(data.classes),
+              "sizes": {"train": len(data.train_x), "test": len(data.test_x)},
+              "normalisation": {"mean": list(mean), "std": list(std)}, "options": _jsonable(asdict(opts)),
+              "results": [{k: v for k, v in r.items() if not k.startswith("_")} for r in records],
+              "transfer": transfer_info, "figures": figures, "probes": sorted(probes),
+              "seconds": time.perf_counter() - start}
+    run.write_json(EVAL_JSON, result)
+    return result
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def write_figures(run: RunDir, cfg, records: list[dict[str, Any]], classes: list[str],
+                  transfer_info: dict[str, Any] | None) -> list[str]:
+    out_dir = run.path / EVAL_DIR
+    title = run_title(cfg)
+    written = []
+    for rec in records:
+        if rec["name"].startswith("semi-"):
+            continue
+        names = transfer_info["classes"] if rec["name"].startswith("transfer-") else classes
+        m = confusion_matrix(rec["_pred"], rec["_labels"], len(names))
+        path = out_dir / f"confusion-{rec['name']}.png"
+        where = f" on {DATASET_NAMES.get(rec['dataset'], rec['dataset'])}" if rec["name"].startswith("transfer-") else ""
+        confusion_figure(m, names, path, f"{rec['name']}{where} ({100 * rec['accuracy']:.1f}%)\n{title}")
+        rec["confusion_png"] = str(path.relative_to(run.path))
+        written.append(rec["confusion_png"])
+    own = {r["name"]: r["per_class_accuracy"] for r in records if not r["name"].startswith("transfer-")}
+    path = out_dir / "per-class.png"
+    per_class_figure(own, classes, path, f"per-class accuracy: {title}")
+    written.append(str(path.relative_to(run.path)))
+    return written
+
+
+def save_probes(path: Path, probes: dict[str, ProbeWeights], classes: list[str], trained: TrainedRun,
+                records: list[dict[str, Any]]) -> None:
+    accuracy = {r["name"]: r["accuracy"] for r in records}
+    payload = {"format": PROBE_FORMAT, "classes": classes, "backbone": trained.cfg.model.backbone,
+               "probes": {name: {**p.to_dict(), "accuracy": accuracy.get(name)} for name, p in probes.items()}}
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_probe(run_dir: Path, name: str = "auto") -> tuple[str, ProbeWeights, list[str]] | None:
+    """The probe `name` from RUN/probe.pt ("auto": standard, else fast); None when `eval` has not saved one."""
+    path = Path(run_dir) / PROBE_FILE
+    if not path.is_file():
+        return None
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise CheckpointError(f"{path} is unreadable ({type(e).__name__}); run `sslab eval` again") from None
+    if not isinstance(payload, dict) or payload.get("format") != PROBE_FORMAT:
+        raise CheckpointError(f"{path} is not a probe written by `sslab eval`; run `sslab eval` again")
+    probes = payload["probes"]
+    if name == "auto":
+        name = next((n for n in PROBE_PREFERENCE if n in probes), None)
+        if name is None:
+            return None
+    elif name not in probes:
+        raise ConfigError(f"no probe {name!r} in {path}; it holds: {', '.join(sorted(probes)) or 'none'}")
+    p = probes[name]
+    return name, ProbeWeights(p["weight"].float(), p["bias"].float()), list(payload["classes"])
+
+
+__all__ = ["EvalOptions", "evaluate_run", "match_channels", "transfer_data", "load_probe", "feature_protocols",
+           "EVAL_JSON", "EVAL_DIR", "PROBE_FILE"]

@@ -1,0 +1,322 @@
+"""Linear probes on a frozen backbone (METHODS.md, "Evaluation protocols"). Two protocols, always named:
+
+- fast: features extracted once (no augmentation); a multinomial logistic regression (full-batch L-BFGS in
+  torch, on the device) or a linear SVM (scikit-learn's LinearSVC) on standardised, PCA-whitened features.
+  The regularisation C is chosen on a stratified validation split carved from the TRAIN split, then the
+  probe is refit on the whole train split; the test split is only ever used for the final number.
+- standard: a linear layer trained for 100 epochs with SGD (momentum 0.9, cosine lr, batch 256) on the
+  frozen backbone's features of crop + flip views, augmented in batches on the device. Its
+  hyper-parameters are fixed, not tuned. The layer sees the features through a fixed whitening measured on
+  augmented train views (a role BatchNorm without affine parameters plays in MAE's probe; whitening also
+  undoes the strong correlation of self-supervised features, which leaves plain SGD crawling), folded into
+  the layer afterwards, so the result is a plain linear map of the backbone features.
+
+Every probe is returned as `ProbeWeights` (a linear map on raw backbone features), which `attention` uses
+for Grad-CAM.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from sslab.augment import PRESETS, Augmenter
+from sslab.data.prepare import stratified_split
+from sslab.eval.features import autocast_for
+
+# C (inverse regularisation) tried on the validation split; LinearSVC is slow to converge at large C
+DEFAULT_C_GRIDS = {"logistic": (0.01, 0.1, 1.0, 10.0, 100.0), "svm": (0.001, 0.01, 0.1)}
+WHITEN_FLOOR = 1e-4
+STD_FLOOR = 0.1  # the standard probe's whitening: no direction enlarged more than ~3x
+WHITEN_MAX_DIM = 4096
+ABSENT_CLASS_BIAS = -1e4  # a class the probe never saw in training is never predicted
+
+
+@dataclass
+class ProbeWeights:
+    """logits = features @ weight.T + bias; weight (num_classes, D), bias (num_classes,), float32 CPU."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        return features.float() @ self.weight.to(features.device).T + self.bias.to(features.device)
+
+    def as_linear(self) -> nn.Linear:
+        layer = nn.Linear(self.weight.shape[1], self.weight.shape[0])
+        with torch.no_grad():
+            layer.weight.copy_(self.weight)
+            layer.bias.copy_(self.bias)
+        return layer
+
+    def to_dict(self) -> dict[str, torch.Tensor]:
+        return {"weight": self.weight.cpu(), "bias": self.bias.cpu()}
+
+
+@dataclass
+class ProbeResult:
+    probe: ProbeWeights
+    details: dict = field(default_factory=dict)  # chosen C, validation scores, sizes, schedule, seconds
+
+
+# ---- fast protocol: cached features ----------------------------------------------------------------------------
+def logistic_regression(x: torch.Tensor, y: torch.Tensor, num_classes: int, c: float,
+                        init: torch.Tensor | None = None, max_iter: int = 300) -> torch.Tensor:
+    """Multinomial logistic regression by full-batch L-BFGS on x's device; returns W (D + 1, K), bias last.
+
+    Minimises scikit-learn's objective divided by C * N: mean cross-entropy + ||W_no_bias||^2 / (2 C N).
+    `init` warm-starts (the C grid is walked upwards, each fit starting from the last).
+    """
+    n = len(x)
+    xa = torch.cat([x, torch.ones(n, 1, device=x.device, dtype=x.dtype)], dim=1)  # N x (D + 1)
+    w = (init.clone() if init is not None else torch.zeros(xa.shape[1], num_classes, device=x.device, dtype=x.dtype))
+    w.requires_grad_(True)
+    opt = torch.optim.LBFGS([w], lr=1, max_iter=max_iter, tolerance_grad=1e-6, tolerance_change=1e-9,
+                            history_size=20, line_search_fn="strong_wolfe")
+    penalty = 1.0 / (2 * c * n)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(xa @ w, y) + penalty * w[:-1].pow(2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    return w.detach()
+
+
+def _linear_svm(x: torch.Tensor, y: torch.Tensor, num_classes: int, c: float, seed: int) -> torch.Tensor:
+    """scikit-learn's LinearSVC (one-vs-rest, squared hinge) -> W (D + 1, K), bias last."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.svm import LinearSVC
+
+    yn = y.cpu().numpy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf = LinearSVC(C=c, max_iter=1000, random_state=seed).fit(x.cpu().numpy(), yn)
+    coef, intercept = np.asarray(clf.coef_), np.asarray(clf.intercept_)
+    seen = np.asarray(clf.classes_)
+    if coef.shape[0] == 1:  # two classes: one score for the second class, the first one's is 0
+        coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.array([0.0, intercept[0]])
+    w = np.zeros((coef.shape[1] + 1, num_classes))
+    w[-1] = ABSENT_CLASS_BIAS
+    w[:-1, seen], w[-1, seen] = coef.T, intercept
+    return torch.from_numpy(w).to(x.device, x.dtype)
+
+
+def _fit(kind: str, x: torch.Tensor, y: torch.Tensor, num_classes: int, c: float, seed: int,
+         init: torch.Tensor | None = None) -> torch.Tensor:
+    if kind == "logistic":
+        return logistic_regression(x, y, num_classes, c, init)
+    if kind == "svm":
+        return _linear_svm(x, y, num_classes, c, seed)
+    raise ValueError(f"unknown classifier {kind!r}; use logistic or svm")
+
+
+def _scores(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return x @ w[:-1] + w[-1]
+
+
+def fit_fast_probe(train_features: torch.Tensor, train_labels: torch.Tensor, num_classes: int,
+                   classifier: str = "logistic", c_grid: Sequence[float] | None = None, val_fraction: float = 0.1,
+                   seed: int = 0) -> ProbeResult:
+    """Pick C on a stratified validation split of the train features, refit on all of them.
+
+    Labelled train features only (label >= 0), standardised and PCA-whitened with the fitting set's statistics
+    (`Whitening`; without it L-BFGS needs thousands of steps on the ill-conditioned features of a
+    self-supervised backbone). `logistic`: full-batch L-BFGS in torch on the features' device; `svm`:
+    scikit-learn's LinearSVC. Returns the probe as one linear map on raw features and, in `details`, the
+    validation accuracy of every C.
+    """
+    start = time.perf_counter()
+    keep = train_labels >= 0
+    x = train_features[keep].float()
+    y = train_labels[keep].to(x.device)
+    grid = sorted(c_grid if c_grid else DEFAULT_C_GRIDS[classifier])
+    val_scores: dict[str, float] = {}
+    n_val = 0
+    if len(grid) > 1 and val_fraction > 0:
+        fit_idx, val_idx = (t.to(x.device) for t in stratified_split(y.cpu(), val_fraction, seed))
+        n_val = len(val_idx)
+        if n_val == 0 or len(torch.unique(y[fit_idx])) < 2:
+            grid = [grid[len(grid) // 2]]  # too few images to validate: the middle of the grid
+            n_val = 0
+        else:
+            white = Whitening.fit(x[fit_idx])
+            xf, xv = white(x[fit_idx]), white(x[val_idx])
+            w = None
+            for c in grid:
+                w = _fit(classifier, xf, y[fit_idx], num_classes, c, seed, init=w)
+                val_scores[f"{c:g}"] = (_scores(w, xv).argmax(1) == y[val_idx]).float().mean().item()
+    best_c = max(grid, key=lambda c: val_scores.get(f"{c:g}", 0.0)) if val_scores else grid[0]
+    white = Whitening.fit(x)
+    w = _fit(classifier, white(x), y, num_classes, best_c, seed)
+    probe = white.fold(w)
+    details = {"preprocessing": white.describe(), "c": best_c,
+               "c_grid": sorted(c_grid if c_grid else DEFAULT_C_GRIDS[classifier]),
+               "validation_accuracy_by_c": val_scores, "validation_size": n_val, "validation_fraction": val_fraction,
+               "solver": "full-batch L-BFGS (torch)" if classifier == "logistic" else "scikit-learn LinearSVC",
+               "selection": "C with the best accuracy on a stratified validation split of train; refit on all of train",
+               "seconds": time.perf_counter() - start}
+    return ProbeResult(probe, details)
+
+
+@dataclass
+class Whitening:
+    """x -> ((x - mean) / std) @ P: standardise, then PCA-whiten, P = V diag((eig + floor)^-1/2) with the
+    eigenvalues floored at WHITEN_FLOOR x the largest. Each dimension's std is floored at STD_FLOOR x the
+    median std, so a nearly dead ReLU unit is not enlarged without bound (on fresh augmented views it is not
+    dead, and one such sample made SGD diverge). Above WHITEN_MAX_DIM features only the standardisation is
+    applied (the eigendecomposition would cost more than it saves)."""
+
+    mean: torch.Tensor
+    proj: torch.Tensor  # D x D, or (D,) per-dimension scales without the PCA part
+
+    @classmethod
+    def fit(cls, x: torch.Tensor) -> "Whitening":
+        mean = x.mean(dim=0)
+        z = (x - mean).double()
+        std = z.std(dim=0)
+        std = std.clamp_min(STD_FLOOR * std.median().clamp_min(1e-12))
+        if x.shape[1] > WHITEN_MAX_DIM:
+            return cls(mean, (1 / std).float())
+        z = z / std
+        eig, vec = torch.linalg.eigh(z.T @ z / len(z))  # D, D x D
+        proj = vec * (eig.clamp_min(0) + WHITEN_FLOOR * eig.max().clamp_min(1e-12)).rsqrt()
+        return cls(mean, (proj / std[:, None]).float())
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        z = x - self.mean
+        return z @ self.proj if self.proj.ndim == 2 else z * self.proj
+
+    def fold(self, w: torch.Tensor) -> ProbeWeights:
+        """A classifier W (D' + 1, K) on whitened features -> the same map on raw features."""
+        a = self.proj @ w[:-1] if self.proj.ndim == 2 else w[:-1] * self.proj[:, None]  # D x K
+        return ProbeWeights(a.T.float().cpu().contiguous(), (w[-1] - self.mean @ a).float().cpu())
+
+    def describe(self) -> str:
+        what = "standardised and PCA-whitened" if self.proj.ndim == 2 else "standardised"
+        return (f"{what} (train statistics; std floored at {STD_FLOOR:g} x the median, eigenvalues at "
+                f"{WHITEN_FLOOR:g} x the largest)")
+
+
+# ---- standard protocol: SGD on augmented views through the frozen backbone -------------------------------------
+def crop_flip_augmenter(image_size: int, mean: Sequence[float], std: Sequence[float],
+                        crop_scale: tuple[float, float] | None = None, flip_p: float | None = None) -> Augmenter:
+    """The probe's crop + flip (the "crop-flip" preset); the crop scale and flip probability can follow the
+    run's (digits train without flips: a flipped 2 is not a 2)."""
+    import dataclasses
+
+    params = PRESETS["crop-flip"]
+    changes = {k: v for k, v in (("crop_scale", tuple(crop_scale) if crop_scale else None), ("flip_p", flip_p))
+               if v is not None}
+    return Augmenter(dataclasses.replace(params, **changes), image_size, mean, std)
+
+
+def train_standard_probe(backbone: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                         mean: Sequence[float], std: Sequence[float], epochs: int = 100, batch_size: int = 256,
+                         lr: float = 0.3, momentum: float = 0.9, weight_decay: float = 0.0,
+                         crop_scale: tuple[float, float] | None = None, flip_p: float | None = None, seed: int = 0,
+                         bf16: bool = True, log: Callable[[str], None] | None = None) -> ProbeResult:
+    """SGD on a linear layer over the frozen backbone (eval mode) fed crop + flip views made on its device.
+
+    `images` uint8 (N, C, H, W), `labels` (N,); unlabelled images (-1) are left out. The layer reads the
+    features through a fixed `Whitening` measured on one pass of augmented train views before training
+    (SGD on raw or BatchNorm-ed features of a self-supervised backbone crawls: they are strongly
+    correlated); the whitening is folded into the layer afterwards. lr is `lr * batch_size / 256`,
+    cosine-annealed to 0 per step, no warm-up.
+    """
+    start = time.perf_counter()
+    device = next(backbone.parameters()).device
+    keep = labels >= 0
+    images, labels = images[keep].to(device), labels[keep].to(device)
+    n = len(images)
+    batch = min(batch_size, n)
+    steps_per_epoch = max(1, n // batch)  # drop the last partial batch, as the training loop does
+    total = epochs * steps_per_epoch
+    augment = crop_flip_augmenter(images.shape[-1], mean, std, crop_scale, flip_p)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    torch.manual_seed(seed)
+    was_training = backbone.training
+    backbone.eval()
+
+    def features_of_views(idx: torch.Tensor) -> torch.Tensor:
+        views = augment(images[idx], gen)  # B x C x H x W, normalised
+        with torch.no_grad(), autocast_for(device, bf16):
+            return backbone(views).float()  # B x D
+
+    losses = []
+    try:
+        order = torch.arange(n, device=device)
+        white = Whitening.fit(torch.cat([features_of_views(order[i:i + batch]) for i in range(0, n, batch)]))
+        head = nn.Linear(len(white.mean), num_classes).to(device)
+        nn.init.zeros_(head.weight)
+        nn.init.zeros_(head.bias)
+        peak = lr * batch / 256
+        opt = torch.optim.SGD(head.parameters(), lr=peak, momentum=momentum, weight_decay=weight_decay)
+        step = 0
+        for epoch in range(epochs):
+            perm = torch.randperm(n, device=device, generator=gen)
+            epoch_loss = torch.zeros((), device=device)
+            for i in range(steps_per_epoch):
+                idx = perm[i * batch:(i + 1) * batch]
+                feats = white(features_of_views(idx))
+                for g in opt.param_groups:
+                    g["lr"] = peak * 0.5 * (1 + math.cos(math.pi * step / total))
+                loss = F.cross_entropy(head(feats), labels[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                epoch_loss += loss.detach()
+                step += 1
+            losses.append((epoch_loss / steps_per_epoch).item())
+            if log is not None and (epoch + 1 == epochs or (epoch + 1) % max(1, epochs // 5) == 0):
+                log(f"  standard probe epoch {epoch + 1}/{epochs}: loss {losses[-1]:.4f}")
+    finally:
+        backbone.train(was_training)
+    with torch.no_grad():
+        probe = white.fold(torch.cat([head.weight.T, head.bias[None]]))
+    details = {"epochs": epochs, "batch_size": batch, "steps": total, "optimizer": "sgd", "lr": peak,
+               "base_lr": lr, "momentum": momentum, "weight_decay": weight_decay, "schedule": "cosine per step, no warm-up",
+               "augmentation": {"crop_scale": list(augment.params.crop_scale), "crop_ratio": list(augment.params.crop_ratio),
+                                "flip_p": augment.params.flip_p},
+               "head": "Linear on features " + white.describe().replace("train statistics", "statistics of one pass of "
+                                                                        "augmented train views") + ", folded afterwards",
+               "selection": "fixed hyper-parameters, nothing tuned", "train_loss_by_epoch": losses,
+               "seconds": time.perf_counter() - start}
+    return ProbeResult(probe, details)
+
+
+# ---- scoring -------------------------------------------------------------------------------------------------
+def per_class_accuracy(pred: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> dict[str, float | None]:
+    """{class name: accuracy on that class's test images} (None for a class with no test image)."""
+    out: dict[str, float | None] = {}
+    for k, name in enumerate(classes):
+        mask = labels == k
+        out[name] = float((pred[mask] == k).mean()) if mask.any() else None
+    return out
+
+
+def confusion_matrix(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """m[true, predicted] = count."""
+    m = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(m, (labels, pred), 1)
+    return m
+
+
+def predict(probe: ProbeWeights, features: torch.Tensor) -> np.ndarray:
+    return probe.logits(features).argmax(dim=1).cpu().numpy()
+
+
+__all__ = ["ProbeWeights", "ProbeResult", "fit_fast_probe", "train_standard_probe", "crop_flip_augmenter",
+           "per_class_accuracy", "confusion_matrix", "predict", "DEFAULT_C_GRIDS", "Whitening"]

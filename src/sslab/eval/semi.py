@@ -1,0 +1,102 @@
+"""Semi-supervised evaluation (SimCLR, Chen et al. 2020, section 6): fine-tune the whole backbone plus a
+linear head on a small labelled subset (1% and 10% of the train labels), then score on the test split.
+
+The subset is stratified (each class keeps its share, rounded so the total is exact) and seeded. Training:
+SGD with Nesterov momentum, cosine lr, crop + flip views made on the device. A copy of the backbone is
+fine-tuned; the run's model is left as it was. Hyper-parameters are fixed, not tuned on the test split.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from sslab.data.prepare import stratified_subset
+from sslab.eval.features import autocast_for, extract_features
+from sslab.eval.linear import crop_flip_augmenter
+
+
+def labelled_subset(labels: torch.Tensor, fraction: float, seed: int, num_classes: int) -> torch.Tensor:
+    """Sorted indices of round(fraction * labelled) labelled images (at least one per class), stratified, seeded."""
+    labelled = torch.nonzero(labels.cpu() >= 0).flatten()
+    n = max(num_classes, int(round(fraction * len(labelled))))
+    keep = stratified_subset(labels.cpu()[labelled], min(n, len(labelled)), seed)
+    return labelled[keep]
+
+
+def finetune(backbone: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
+             mean: Sequence[float], std: Sequence[float], epochs: int = 30, batch_size: int = 64, lr: float = 0.05,
+             weight_decay: float = 5e-4, crop_scale: tuple[float, float] | None = None, flip_p: float | None = None,
+             seed: int = 0, bf16: bool = True,
+             log: Callable[[str], None] | None = None) -> tuple[nn.Module, nn.Module, dict]:
+    """Fine-tune a copy of `backbone` and a linear head on (images, labels); returns (backbone, head, details).
+
+    The head is a linear layer behind a BatchNorm without affine parameters (folded at test time into its
+    running statistics); backbone BatchNorms train as in pre-training. One lr for backbone and head
+    (not scaled with the batch: the subsets are small), cosine to 0 per step.
+    """
+    start = time.perf_counter()
+    device = next(backbone.parameters()).device
+    images, labels = images.to(device), labels.to(device)
+    n = len(images)
+    batch = min(batch_size, n)
+    steps_per_epoch = max(1, n // batch)
+    total = epochs * steps_per_epoch
+    torch.manual_seed(seed)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    net = copy.deepcopy(backbone).eval()
+    for p in net.parameters():
+        p.requires_grad_(True)
+    dim = extract_features(net, images[:2], mean, std, bf16=False).shape[1]
+    head = nn.Sequential(nn.BatchNorm1d(dim, affine=False), nn.Linear(dim, num_classes)).to(device)
+    net.train()
+    peak = lr  # not scaled by batch / 256: the labelled subsets make small batches
+    opt = torch.optim.SGD([*net.parameters(), *head.parameters()], lr=peak, momentum=0.9, nesterov=True,
+                          weight_decay=weight_decay)
+    augment = crop_flip_augmenter(images.shape[-1], mean, std, crop_scale, flip_p)
+    losses = []
+    step = 0
+    for epoch in range(epochs):
+        perm = torch.randperm(n, device=device, generator=gen)
+        epoch_loss = torch.zeros((), device=device)
+        for i in range(steps_per_epoch):
+            idx = perm[i * batch:(i + 1) * batch]
+            views = augment(images[idx], gen)
+            for g in opt.param_groups:
+                g["lr"] = peak * 0.5 * (1 + math.cos(math.pi * step / total))
+            with autocast_for(device, bf16):
+                logits = head(net(views).float())
+            loss = F.cross_entropy(logits.float(), labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            epoch_loss += loss.detach()
+            step += 1
+        losses.append((epoch_loss / steps_per_epoch).item())
+        if log is not None and (epoch + 1 == epochs or (epoch + 1) % max(1, epochs // 3) == 0):
+            log(f"    fine-tune epoch {epoch + 1}/{epochs}: loss {losses[-1]:.4f}")
+    net.eval()
+    head.eval()
+    details = {"epochs": epochs, "batch_size": batch, "steps": total, "optimizer": "sgd nesterov momentum 0.9",
+               "lr": peak, "base_lr": lr, "weight_decay": weight_decay, "schedule": "cosine per step",
+               "head": "BatchNorm1d(affine=False) + Linear",
+               "augmentation": {"crop_scale": list(augment.params.crop_scale), "flip_p": augment.params.flip_p},
+               "train_loss_by_epoch": losses, "seconds": time.perf_counter() - start}
+    return net, head, details
+
+
+@torch.no_grad()
+def predict_finetuned(net: nn.Module, head: nn.Module, images: torch.Tensor, mean: Sequence[float],
+                      std: Sequence[float]) -> np.ndarray:
+    feats = extract_features(net, images, mean, std)
+    return head(feats).argmax(dim=1).cpu().numpy()
+
+
+__all__ = ["labelled_subset", "finetune", "predict_finetuned"]

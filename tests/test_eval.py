@@ -1,0 +1,251 @@
+"""Evaluation: clustering metrics against brute force and scikit-learn, linear probes on synthetic features
+with a known answer, kNN bookkeeping, channel matching for transfer, and `sslab eval` / `sslab embed` end
+to end on a tiny trained run."""
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+from test_eval_support import assert_png_not_blank, tiny_run  # noqa: F401  (fixture)
+
+from sslab.cli import main
+from sslab.eval.clustering import cluster_accuracy, cluster_to_class, clustering_scores, contingency
+from sslab.eval.evaluate import EvalOptions, feature_protocols, load_probe, match_channels
+from sslab.eval.knn import knn_accuracy
+from sslab.eval.linear import (Whitening, confusion_matrix, fit_fast_probe, per_class_accuracy, predict,
+                               train_standard_probe)
+from sslab.eval.semi import labelled_subset
+
+
+# ---- clustering metrics ------------------------------------------------------------------------------------------
+def brute_force_accuracy(clusters: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """Best accuracy over every one-to-one map of k clusters onto k classes."""
+    return max(float(np.mean(np.array(perm)[clusters] == labels)) for perm in itertools.permutations(range(k)))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(2, 5).flatmap(lambda k: st.tuples(st.just(k), st.lists(st.tuples(st.integers(0, k - 1),
+                                                                                      st.integers(0, k - 1)),
+                                                                            min_size=1, max_size=40))))
+def test_hungarian_accuracy_equals_brute_force(case):
+    k, pairs = case
+    clusters, labels = (np.array(v) for v in zip(*pairs))
+    assert cluster_accuracy(clusters, labels, k, k) == pytest.approx(brute_force_accuracy(clusters, labels, k))
+
+
+def test_clustering_scores_on_hand_made_cases():
+    labels = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2])
+    renamed = np.array([2, 2, 2, 0, 0, 0, 1, 1, 1])  # a perfect clustering with other names
+    s = clustering_scores(renamed, labels)
+    assert (s["acc"], s["nmi"], s["ari"], s["acc_mapping"]) == (1.0, pytest.approx(1.0), pytest.approx(1.0), "hungarian")
+    assert list(cluster_to_class(renamed, labels)) == [1, 2, 0]
+    noisy = np.array([0, 0, 1, 1, 1, 2, 2, 2, 0])
+    s = clustering_scores(noisy, labels)
+    assert s["acc"] == pytest.approx(brute_force_accuracy(noisy, labels, 3))
+    assert s["nmi"] == pytest.approx(normalized_mutual_info_score(labels, noisy))
+    assert s["ari"] == pytest.approx(adjusted_rand_score(labels, noisy))
+    counts = contingency(noisy, labels, 3, 3)
+    assert counts.tolist() == [[2, 0, 1], [1, 2, 0], [0, 1, 2]]
+
+
+def test_over_clustering_uses_the_majority_mapping():
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    clusters = np.array([0, 0, 1, 1, 2, 2, 3, 1])  # 4 clusters, 2 classes
+    s = clustering_scores(clusters, labels, 4, 2)
+    assert s["acc_mapping"] == "majority"
+    assert s["acc"] == pytest.approx(7 / 8)  # cluster 1 = {0, 0, 1} -> class 0
+
+
+# ---- linear probes -----------------------------------------------------------------------------------------------
+def blobs(n_per_class: int, k: int, dim: int, separation: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(k, dim, generator=g) * separation
+    y = torch.arange(k).repeat_interleave(n_per_class)
+    x = centres[y] + torch.randn(len(y), dim, generator=g)
+    # a correlated, badly scaled feature space, as a self-supervised backbone gives
+    mix = torch.randn(dim, dim, generator=g) * torch.logspace(-2, 1, dim)
+    return x @ mix + 3.0, y
+
+
+@pytest.mark.parametrize("classifier", ["logistic", "svm"])
+def test_fast_probe_separates_separable_features(classifier):
+    xs, ys = blobs(90, 4, 32, separation=6.0)
+    test = torch.arange(len(ys)) % 3 == 0
+    x, y, xt, yt = xs[~test], ys[~test], xs[test], ys[test]
+    result = fit_fast_probe(x, y, 4, classifier)
+    assert (predict(result.probe, xt) == yt.numpy()).mean() >= 0.99
+    assert set(result.details["validation_accuracy_by_c"]) and result.details["c"] in result.details["c_grid"]
+
+
+def test_fast_probe_on_random_labels_is_at_chance():
+    g = torch.Generator().manual_seed(1)
+    x, xt = torch.randn(600, 16, generator=g), torch.randn(2000, 16, generator=g)
+    y, yt = torch.randint(0, 4, (600,), generator=g), torch.randint(0, 4, (2000,), generator=g)
+    acc = (predict(fit_fast_probe(x, y, 4).probe, xt) == yt.numpy()).mean()
+    assert 0.18 < acc < 0.33  # chance is 0.25
+
+
+def test_probe_is_a_linear_map_of_raw_features_and_skips_unlabelled_and_absent_classes():
+    x, y = blobs(40, 3, 8, separation=5.0)
+    y = y.clone()
+    y[:5] = -1  # unlabelled: left out
+    result = fit_fast_probe(x, y, 5)  # classes 3 and 4 never appear
+    assert result.probe.weight.shape == (5, 8) and result.probe.bias.shape == (5,)
+    pred = predict(result.probe, x)
+    assert not np.isin(pred, [3, 4]).any()
+    # whitening folded into the map: logits of raw features == classifier on whitened features
+    white = Whitening.fit(x)
+    w = torch.randn(9, 3)
+    folded = white.fold(w)
+    assert torch.allclose(folded.logits(x), white(x) @ w[:-1] + w[-1], atol=1e-3)
+
+
+def test_standard_probe_learns_a_linear_task_through_a_frozen_backbone():
+    """Images whose class is the bright quadrant; a fixed random conv backbone; crop + flip views."""
+    torch.manual_seed(0)
+    n, size = 256, 16
+    y = torch.arange(4).repeat(n // 4)
+    x = torch.randint(0, 40, (n, 1, size, size), dtype=torch.uint8)
+    for q in range(4):
+        r, c = divmod(q, 2)
+        x[y == q, :, r * 8:(r + 1) * 8, c * 8:(c + 1) * 8] += 200
+    backbone = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten())
+    before = [p.clone() for p in backbone.parameters()]
+    result = train_standard_probe(backbone, x, y, 4, (0.3,), (0.4,), epochs=15, batch_size=64, crop_scale=(0.6, 1.0),
+                                  flip_p=0.0)
+    with torch.no_grad():
+        feats = backbone((x.float() / 255 - 0.3) / 0.4)
+    assert (predict(result.probe, feats) == y.numpy()).mean() > 0.9
+    assert all(torch.equal(a, b) for a, b in zip(before, backbone.parameters()))  # frozen
+    assert result.details["augmentation"]["flip_p"] == 0.0 and result.details["steps"] == 15 * 4
+
+
+def test_per_class_accuracy_and_confusion_matrix():
+    from sklearn.metrics import confusion_matrix as sk_confusion
+
+    labels = np.array([0, 0, 1, 1, 1, 2])
+    pred = np.array([0, 1, 1, 1, 0, 2])
+    assert per_class_accuracy(pred, labels, ["a", "b", "c", "d"]) == {"a": 0.5, "b": pytest.approx(2 / 3), "c": 1.0,
+                                                                      "d": None}
+    assert (confusion_matrix(pred, labels, 3) == sk_confusion(labels, pred, labels=[0, 1, 2])).all()
+
+
+def test_knn_record_matches_knn_accuracy():
+    xs, ys = blobs(40, 3, 8, separation=2.0)
+    test = torch.arange(len(ys)) % 4 == 0
+    x, y, xt, yt = xs[~test], ys[~test], xs[test], ys[test]
+    records, probes = feature_protocols(x, y, xt, yt, ["a", "b", "c"], "toy", EvalOptions(protocol="fast"), 20, 0.1,
+                                        log=lambda m: None)
+    assert records[0]["name"] == "knn" and records[0]["accuracy"] == pytest.approx(knn_accuracy(x, y, xt, yt, 3, 20, 0.1))
+    assert [r["name"] for r in records] == ["knn", "linear-fast"] and set(probes) == {"linear-fast"}
+    assert records[1]["sizes"]["train"] + records[1]["sizes"]["validation"] == 90
+
+
+def test_match_channels_repeats_grey_and_takes_luma_of_rgb():
+    from PIL import Image
+
+    grey = torch.randint(0, 256, (2, 1, 5, 5), dtype=torch.uint8)
+    rgb = match_channels(grey, 3)
+    assert rgb.shape == (2, 3, 5, 5) and all(torch.equal(rgb[:, c], grey[:, 0]) for c in range(3))
+    colour = torch.randint(0, 256, (2, 3, 5, 5), dtype=torch.uint8)
+    back = match_channels(colour, 1)
+    pil = np.stack([np.asarray(Image.fromarray(c.permute(1, 2, 0).numpy()).convert("L")) for c in colour])
+    assert back.shape == (2, 1, 5, 5) and np.abs(back[:, 0].numpy().astype(int) - pil).max() <= 1
+
+
+def test_labelled_subset_is_stratified_seeded_and_skips_unlabelled():
+    labels = torch.cat([torch.arange(10).repeat_interleave(50), torch.full((20,), -1)])
+    a, b = labelled_subset(labels, 0.1, 0, 10), labelled_subset(labels, 0.1, 0, 10)
+    assert torch.equal(a, b) and len(a) == 50
+    assert torch.bincount(labels[a], minlength=10).tolist() == [5] * 10
+    assert len(labelled_subset(labels, 0.01, 0, 10)) == 10  # at least one per class
+    assert not torch.equal(labelled_subset(labels, 0.1, 1, 10), a)
+
+
+# ---- commands end to end ---------------------------------------------------------------------------------------
+def test_eval_command_writes_json_figures_and_probe(tiny_run, capsys):  # noqa: F811
+    rc = main(["eval", str(tiny_run), "--device", "cpu", "--probe-epochs", "2", "--semi", "--semi-epochs", "2"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "linear-fast" in out
+    ev = json.loads((tiny_run / "eval.json").read_text())
+    names = [r["name"] for r in ev["results"]]
+    assert names == ["knn", "linear-fast", "linear-standard", "semi-1pct", "semi-10pct"]
+    for r in ev["results"]:
+        assert {"protocol", "classifier", "accuracy", "per_class_accuracy", "sizes"} <= set(r)
+        assert 0 <= r["accuracy"] <= 1 and set(r["per_class_accuracy"]) == set(ev["classes"])
+    by_name = {r["name"]: r for r in ev["results"]}
+    assert by_name["linear-fast"]["accuracy"] > 0.5  # simple-cnn features of digits are linearly useful
+    assert by_name["linear-fast"]["classifier"] == "logistic" and by_name["semi-10pct"]["sizes"]["train"] == 144
+    assert ev["dataset"] == "digits" and ev["sizes"] == {"train": 1438, "test": 359}
+    for rel in ev["figures"]:
+        assert "digits" not in rel  # file names never name the dataset
+        assert_png_not_blank(tiny_run / rel)
+    name, probe, classes = load_probe(tiny_run)
+    assert name == "linear-standard" and probe.weight.shape == (10, 64) and classes == ev["classes"]
+
+
+def test_eval_svm_and_transfer_to_an_rgb_folder(tiny_run, tmp_path):  # noqa: F811
+    from PIL import Image
+
+    g = np.random.default_rng(0)
+    for split, n in (("train", 12), ("test", 6)):
+        for cls, colour in (("red", (220, 30, 30)), ("blue", (30, 30, 220))):
+            (tmp_path / "rgb" / split / cls).mkdir(parents=True)
+            for i in range(n):
+                a = np.clip(g.normal(colour, 20, size=(16, 16, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(a).save(tmp_path / "rgb" / split / cls / f"{i}.png")
+    rc = main(["eval", str(tiny_run), "--device", "cpu", "--protocol", "fast", "--classifier", "svm",
+               "--transfer-dataset", "folder", "--transfer-data-dir", str(tmp_path / "rgb")])
+    assert rc == 0
+    ev = json.loads((tiny_run / "eval.json").read_text())
+    by_name = {r["name"]: r for r in ev["results"]}
+    assert by_name["linear-fast"]["classifier"] == "svm"
+    assert ev["transfer"]["channels"] == 1 and ev["transfer"]["image_size"] == 8  # RGB 16 px -> grey 8 px
+    assert by_name["transfer-knn"]["dataset"] == "folder" and by_name["transfer-knn"]["sizes"]["test"] == 12
+    assert set(by_name["transfer-linear-fast"]["per_class_accuracy"]) == {"blue", "red"}
+    assert_png_not_blank(tiny_run / "eval" / "confusion-transfer-linear-fast.png")
+
+
+def test_embed_command_writes_npz_and_projector(tiny_run):  # noqa: F811
+    assert main(["embed", str(tiny_run), "--device", "cpu", "--max-points", "100"]) == 0
+    with np.load(tiny_run / "embeddings.npz") as z:
+        assert z["features"].shape == (359, 64) and z["labels"].shape == (359,)
+        assert sorted(z["indices"].tolist()) == list(range(359)) and set(z["split"].tolist()) == {"test"}
+    sprite = next((tiny_run / "projector").rglob("sprite.png"))
+    assert_png_not_blank(sprite)
+    assert len((next((tiny_run / "projector").rglob("metadata.tsv"))).read_text().splitlines()) == 101  # header + 100
+
+
+@pytest.mark.parametrize("command", ["eval", "embed", "analyze", "attention", "report"])
+def test_commands_on_a_folder_without_checkpoint_fail_in_one_line(command, tmp_path, capsys):
+    rc = main([command, str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.startswith("sslab: error: ") and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_eval_rejects_bad_options_before_loading(tmp_path, capsys):
+    assert main(["eval", str(tmp_path), "--probe-epochs", "0"]) == 2
+    assert "--probe-epochs must be >= 1" in capsys.readouterr().err
+
+
+def test_real_command_line_on_a_folder_without_checkpoint(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run([sys.executable, "-m", "sslab", "attention", str(tmp_path)], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sslab: error: no checkpoint in")

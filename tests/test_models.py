@@ -50,3 +50,14 @@ def test_mlp_spec_builds_the_declared_layers():
     pred = mlp([2048, 512, 2048])
     assert [type(m).__name__ for m in pred] == ["Linear", "BatchNorm1d", "ReLU", "Linear"] and pred[-1].bias is not None
     assert isinstance(ResNet, type)
+
+
+@pytest.mark.parametrize("name", BACKBONES.names())
+def test_stages_are_the_backbones_own_modules(name):
+    """Activation maps hook these stages: a hook on a stage must fire during the backbone's forward."""
+    net = create_backbone(name, 3, 32).eval()
+    seen = []
+    for stage_name, stage in net.stages().items():
+        stage.register_forward_hook(lambda m, i, o, n=stage_name: seen.append(n))
+    net(torch.randn(1, 3, 32, 32))
+    assert seen == list(net.stages())

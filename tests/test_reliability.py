@@ -491,3 +491,19 @@ def test_a_real_process_prints_one_line_and_exits_2(tmp_path):
     assert p.stderr.strip().splitlines() == [f"sslab: error: image folder {tmp_path / 'nope'} not found; lay it out as "
                                              f"{tmp_path / 'nope'}/<class>/<image>.png, or {tmp_path / 'nope'}/train/"
                                              f"<class>/... and {tmp_path / 'nope'}/test/<class>/..."]
+
+
+def test_time_limit_stops_cleanly_with_a_checkpoint(tmp_path):
+    """--time-limit: a planned stop (exit 0) that leaves a checkpoint to resume from."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    common = [sys.executable, "-m", "sslab"]
+    train = common + ["train", "--method", "simsiam", "--dataset", "digits", "--backbone", "simple-cnn",
+                      "--proj-hidden", "32", "--proj-dim", "32", "--pred-hidden", "8", "--epochs", "200",
+                      "--batch-size", "64", "--knn-every", "0", "--no-progress", "--out", str(tmp_path),
+                      "--name", "limited", "--time-limit", "2"]
+    first = subprocess.run(train, env=env, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    assert "stopped at the --time-limit" in first.stderr
+    run = tmp_path / "limited"
+    done = [json.loads(l)["epoch"] for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert (run / "checkpoints" / "last.pt").exists() and len(done) < 200 and not (run / "summary.json").exists()

@@ -95,6 +95,7 @@ class TrainConfig:
     out: str = "runs"  # where run folders are created
     name: Optional[str] = None  # run folder name; None: <method>-<dataset>-<backbone>-<timestamp>
     progress: bool = True  # progress bar
+    time_limit: Optional[float] = None  # stop with a checkpoint after this many seconds of training; --resume continues
 
 
 @dataclass
@@ -167,6 +168,7 @@ class Config:
             (self.data.image_size is None or self.data.image_size >= 8, "--image-size must be >= 8"),
             (t.knn_every >= 0 and t.checkpoint_every >= 0, "--knn-every and --checkpoint-every must be >= 0"),
             (t.knn_k >= 1 and t.knn_t > 0, "--knn-k must be >= 1 and --knn-t > 0"),
+            (t.time_limit is None or t.time_limit > 0, "--time-limit must be > 0 seconds"),
             (t.precision in ("auto", "bf16", "fp32"), "--precision must be auto, bf16 or fp32"),
             (self.model.stem in ("auto", "cifar", "imagenet"), "--stem must be auto, cifar or imagenet"),
             (t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"), "--device must be auto, cpu or cuda[:N]"),

@@ -32,7 +32,7 @@ import torch
 from sslab import distributed as ddp
 from sslab.augment import Augmenter, resolve_augment
 from sslab.checkpoint import first_line, load_checkpoint, save_checkpoint
-from sslab.config import Config
+from sslab.config import Config, replace
 from sslab.data import load_from_config
 from sslab.data.base import ImageData
 from sslab.errors import CheckpointError, ConfigError, UserError
@@ -59,7 +59,9 @@ class Interrupted(Exception):
 
     def __init__(self, run_dir: Path | None, signum: int):
         name = signal.Signals(signum).name
-        if run_dir is None:
+        if signum == signal.SIGALRM and run_dir is not None:
+            message = f"stopped at the --time-limit; checkpoint saved; continue with: sslab train --resume {run_dir}"
+        elif run_dir is None:
             message = f"interrupted by {name} before training started; no checkpoint was written"
         else:
             message = f"interrupted by {name}; checkpoint saved; continue with: sslab train --resume {run_dir}"
@@ -188,7 +190,8 @@ def data_info(data: ImageData) -> dict[str, Any]:
 
 class SignalFlag:
     """Turns SIGINT/SIGTERM into a flag the loop checks between steps. Before `arm()` (no checkpoint yet)
-    a signal stops at once with `Interrupted(None)`; after it, a second SIGINT aborts at once."""
+    a signal stops at once with `Interrupted(None)`; after it, a second SIGINT aborts at once.
+    `arm(time_limit)` also raises the flag (SIGALRM) after that many seconds: `--time-limit`."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -197,12 +200,14 @@ class SignalFlag:
 
     def __enter__(self) -> "SignalFlag":
         if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGINT, signal.SIGTERM):
+            for s in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM):
                 self._old[s] = signal.signal(s, self._handle)
         return self
 
-    def arm(self) -> None:
+    def arm(self, time_limit: float | None = None) -> None:
         self.armed = True
+        if time_limit and signal.SIGALRM in self._old:
+            signal.setitimer(signal.ITIMER_REAL, time_limit)
 
     def _handle(self, signum: int, frame: Any) -> None:
         if not self.armed:
@@ -212,6 +217,8 @@ class SignalFlag:
         self.signum = signum
 
     def __exit__(self, *exc: Any) -> None:
+        if signal.SIGALRM in self._old:
+            signal.setitimer(signal.ITIMER_REAL, 0)
         for s, old in self._old.items():
             signal.signal(s, old)
 
@@ -240,16 +247,20 @@ def distributed_session(device_name: str) -> Iterator[ddp.DistributedRun]:
 
 # ---- the loop -------------------------------------------------------------------------------------
 def fit(cfg: Config | None = None, resume: str | Path | None = None, data: ImageData | None = None,
-        log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train a method; returns the summary (also in RUN/summary.json). `resume`: a run folder to continue."""
+        log: Callable[[str], None] = print, time_limit: float | None = None) -> dict[str, Any]:
+    """Train a method; returns the summary (also in RUN/summary.json). `resume`: a run folder to continue
+    (with its saved config); `time_limit` overrides `train.time_limit` for this session."""
     run: RunDir | None = None
     if resume is not None:
         run = RunDir(Path(resume))
         if not run.config_path.exists():
             raise CheckpointError(f"{resume} is not a run folder (no config.yaml); pass the folder `sslab train` made")
         cfg = run.config()
+        cfg.train.time_limit = None  # a limit applies to the session that set it
     if cfg is None:
         raise ConfigError("fit() needs a config, or a run folder to resume")
+    if time_limit is not None:
+        cfg = replace(cfg, train={"time_limit": time_limit})
     with distributed_session(cfg.train.device) as group, SignalFlag() as stop:
         rank, world = group.rank, group.world_size
         if rank != 0:
@@ -316,7 +327,7 @@ def fit(cfg: Config | None = None, resume: str | Path | None = None, data: Image
                 run.truncate_metrics(loop.epoch)
                 run.remove_temp_files()
             log(f"resuming {run.path} at epoch {loop.epoch + 1}" + (f", step {loop.step_in_epoch}" if loop.step_in_epoch else ""))
-        stop.arm()  # from here on a signal is answered with a checkpoint
+        stop.arm(t.time_limit)  # from here on a signal (or the time limit) is answered with a checkpoint
         forward: Any = model
         if world > 1:  # buffers are kept equal by construction (synced BN stats, gathered MoCo keys)
             forward = torch.nn.parallel.DistributedDataParallel(

@@ -46,20 +46,16 @@ def train_command(args: argparse.Namespace) -> int:
     from sslab.train import Interrupted, fit
 
     if args.resume:
-        try:
-            summary = fit(resume=args.resume)
-        except Interrupted as e:
-            print_error(f"sslab: {e}")
-            return 128 + e.signum
+        cfg = None
     else:
         cfg = config_from_args(args)
         if cfg.method.method is None and sys.stdin.isatty() and sys.stdout.isatty():
             cfg.method.method = ask_method()
-        try:
-            summary = fit(cfg)
-        except Interrupted as e:
-            print_error(f"sslab: {e}")
-            return 128 + e.signum
+    try:
+        summary = fit(cfg, resume=args.resume, time_limit=getattr(args, "time_limit", None) if args.resume else None)
+    except Interrupted as e:
+        print_error(f"sslab: {e}")
+        return 0 if e.signum == signal.SIGALRM else 128 + e.signum  # the time limit is a planned stop
     if os.environ.get("RANK", "0") == "0":  # once under torchrun
         print(json.dumps({k: summary[k] for k in ("run_dir", "knn_top1_init", "knn_top1", "epoch_seconds_median")}))
     return 0
@@ -74,5 +70,3 @@ def methods_command(args: argparse.Namespace) -> int:
         print(f"{name:9s} {doc}\n          {flat}")
     return 0
 
-
-_ = signal  # signals are handled inside fit()

@@ -10,17 +10,17 @@ from sslab.registry import BACKBONES
 class SimpleCNN(nn.Module):
     def __init__(self, in_channels: int = 3, image_size: int = 32, width: int = 64):
         super().__init__()
-        layers: list[nn.Module] = []
+        blocks: list[nn.Module] = []
         c = in_channels
         for _ in range(3):
-            layers += [nn.Conv2d(c, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+            blocks.append(nn.Sequential(nn.Conv2d(c, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)))
             c = width
-        self.features = nn.Sequential(*layers)
+        self.features = nn.Sequential(*blocks)
         side = image_size // 8
         self.out_dim = width * side * side
 
     def stages(self) -> dict[str, nn.Module]:
-        return {f"block{i + 1}": self.features[3 * i:3 * i + 3] for i in range(3)}
+        return {f"block{i + 1}": block for i, block in enumerate(self.features)}  # the modules themselves: hooks fire
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.flatten(self.features(x), 1)  # B x (64 * H/8 * W/8)

@@ -37,6 +37,8 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="suffix of the run folder names (e.g. wd5e-3)")
     ap.add_argument("--knn-every", type=int, default=10)
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--backbone", default="resnet18")
+    ap.add_argument("--limit-train", type=int, default=None, help="use N training images (CPU smoke runs)")
     ap.add_argument("--time-limit", type=float, default=None,
                     help="stop cleanly (checkpoint) after this many seconds; run the command again to continue")
     args = ap.parse_args()
@@ -52,11 +54,11 @@ def main() -> None:
         log = (lambda m: lambda s: print(f"[{m}] {s}", flush=True))(method)
         try:
             if (run_dir / "checkpoints" / "last.pt").exists():
-                cfg = Config.load(run_dir / "config.yaml")
                 fit(resume=run_dir, log=log, time_limit=left)
             else:
                 cfg = Config.from_dict({
-                    "data": {"dataset": "folder", "data_dir": args.data}, "model": {"backbone": "resnet18"},
+                    "data": {"dataset": "folder", "data_dir": args.data, "limit_train": args.limit_train},
+                    "model": {"backbone": args.backbone},
                     "method": {"method": method},
                     "optim": {} if args.weight_decay is None else {"weight_decay": args.weight_decay},
                     "train": {"epochs": args.epochs, "batch_size": args.batch_size, "knn_every": args.knn_every,

@@ -42,28 +42,3 @@ def extract_features(backbone: nn.Module, images: torch.Tensor, mean: Sequence[f
         return torch.zeros(0, 0, device=device)
     return torch.cat(out)
 
-
-@torch.no_grad()
-def with_calibrated_batchnorm(backbone: nn.Module, images: torch.Tensor, mean: Sequence[float], std: Sequence[float],
-                              batch_size: int = 512, channels_last: bool = False) -> nn.Module:
-    """A copy of `backbone` whose BN running statistics are the exact averages over `images`.
-
-    An untrained network still has BN's initial running stats (mean 0, var 1), which makes its eval-mode
-    features far worse than its weights are: any pass in train mode, even with a constant loss, would
-    then look like learning. The fair "before training" number uses this calibrated copy.
-    """
-    import copy
-
-    device = next(backbone.parameters()).device
-    calibrated = copy.deepcopy(backbone)
-    norms = [m for m in calibrated.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms:
-        return calibrated
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over all batches
-    calibrated.train()
-    for i in range(0, len(images), batch_size):
-        x = normalize_images(images[i:i + batch_size].to(device), mean, std)
-        calibrated(x.contiguous(memory_format=torch.channels_last) if channels_last else x)
-    return calibrated.eval()

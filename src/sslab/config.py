@@ -142,13 +142,7 @@ class Config:
 
     @classmethod
     def load(cls, path: str | Path) -> "Config":
-        path = Path(path)
-        try:
-            d = yaml.safe_load(path.read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} not found; pass an existing YAML file to --config") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML ({str(e).splitlines()[0]}); fix the file") from None
+        d = read_yaml_file(path)
         cfg = cls()
         cfg.update(d, where=str(path))
         return cfg
@@ -176,6 +170,17 @@ class Config:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+
+
+def read_yaml_file(path: str | Path) -> Any:
+    """The contents of a YAML config file ({} when empty); ConfigError when missing or malformed."""
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found; pass an existing YAML file to --config") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML ({str(e).splitlines()[0]}); fix the file") from None
 
 
 SECTIONS = [f.name for f in fields(Config)]

@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import yaml
 
-from sslab.config import coerce
+from sslab.config import coerce, read_yaml_file
 from sslab.errors import ConfigError
 
 STAGES = ("mine", "cluster", "selflabel")
@@ -96,13 +96,7 @@ class ScanConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "ScanConfig":
-        path = Path(path)
-        try:
-            d = yaml.safe_load(path.read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} not found; pass an existing YAML file to --config") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML ({str(e).splitlines()[0]}); fix the file") from None
+        d = read_yaml_file(path)
         return cls.from_dict(d.get("scan", d) if isinstance(d, dict) else d, where=str(path))
 
     def replace(self, **changes: Any) -> "ScanConfig":

@@ -2,6 +2,7 @@
 BatchNorm synced over ranks (SimSiam, BYOL, PhiNet), negatives gathered over ranks (SimCLR), keys
 gathered into the queue (MoCo v2). And `torchrun -m sslab train` must run, stop and resume.
 """
+import gc
 import json
 import os
 import shutil
@@ -79,7 +80,10 @@ def worker(rank: int, store: str, out_dir: str) -> None:
             result["loss"] = loss / WORLD  # each rank's loss is the mean over its slice (SimCLR's: the global one)
             if rank == 0:
                 torch.save(result, Path(out_dir) / f"{name}.pt")
+            del ddp_model, model  # the DDP reducer holds the process group: free it before the group goes
+        dist.barrier()  # no rank tears gloo down while the other still uses it
     finally:
+        gc.collect()
         dist.destroy_process_group()
 
 

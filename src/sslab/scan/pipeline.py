@@ -219,6 +219,18 @@ def load_model_state(model: ClusterModel, state: dict[str, Any]) -> ClusterModel
     return model
 
 
+
+def restore_stage(state: dict | None, model: torch.nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,
+                  log, stage: str, epochs: int) -> tuple[int, float]:
+    """Reload an interrupted stage's model, optimiser and generator; (first epoch to run, seconds so far)."""
+    if state is None:
+        return 0, 0.0
+    load_model_state(model, state["model"])
+    opt.load_state_dict(state["optimizer"])
+    gen.set_state(state["rng"]["gen"])
+    log(f"{stage}: resuming at epoch {state['epoch'] + 1}/{epochs}")
+    return state["epoch"], state["seconds"]
+
 def rng_state(gen: torch.Generator) -> dict[str, Any]:
     return {"gen": gen.get_state(), "torch": torch.get_rng_state()}
 
@@ -321,13 +333,7 @@ def cluster_stage(ctx: ScanContext, neighbors: torch.Tensor, state: Optional[dic
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **ctx.fused())
     gen = ctx.generator("cluster")
-    start, seconds = 0, 0.0
-    if state is not None:
-        load_model_state(model, state["model"])
-        opt.load_state_dict(state["optimizer"])
-        gen.set_state(state["rng"]["gen"])
-        start, seconds = state["epoch"], state["seconds"]
-        ctx.log(f"cluster: resuming at epoch {start + 1}/{cfg.cluster_epochs}")
+    start, seconds = restore_stage(state, model, opt, gen, ctx.log, "cluster", cfg.cluster_epochs)
     # frozen backbone and un-augmented views: the features never change, so look them up
     cached = ctx.train_features() if cfg.freeze_backbone and cfg.cluster_augment == "none" else None
     view = ctx.view(cfg.cluster_augment)
@@ -435,13 +441,7 @@ def selflabel_stage(ctx: ScanContext, cluster_state: dict[str, Any], state: Opti
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.selflabel_lr,
                            weight_decay=cfg.selflabel_weight_decay, **ctx.fused())
     gen = ctx.generator("selflabel")
-    start, seconds = 0, 0.0
-    if state is not None:
-        load_model_state(model, state["model"])
-        opt.load_state_dict(state["optimizer"])
-        gen.set_state(state["rng"]["gen"])
-        start, seconds = state["epoch"], state["seconds"]
-        ctx.log(f"selflabel: resuming at epoch {start + 1}/{cfg.selflabel_epochs}")
+    start, seconds = restore_stage(state, model, opt, gen, ctx.log, "selflabel", cfg.selflabel_epochs)
     cached = ctx.train_features() if cfg.freeze_backbone and cfg.selflabel_target_view == "none" else None
     target_view, train_view = ctx.view(cfg.selflabel_target_view), ctx.view(cfg.selflabel_augment)
     logger = StageLog(ctx, "selflabel", start)

@@ -219,7 +219,6 @@ def load_model_state(model: ClusterModel, state: dict[str, Any]) -> ClusterModel
     return model
 
 
-
 def restore_stage(state: dict | None, model: torch.nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,
                   log, stage: str, epochs: int) -> tuple[int, float]:
     """Reload an interrupted stage's model, optimiser and generator; (first epoch to run, seconds so far)."""
@@ -230,6 +229,7 @@ def restore_stage(state: dict | None, model: torch.nn.Module, opt: torch.optim.O
     gen.set_state(state["rng"]["gen"])
     log(f"{stage}: resuming at epoch {state['epoch'] + 1}/{epochs}")
     return state["epoch"], state["seconds"]
+
 
 def rng_state(gen: torch.Generator) -> dict[str, Any]:
     return {"gen": gen.get_state(), "torch": torch.get_rng_state()}

@@ -254,10 +254,10 @@ def _type_name(tp: Any) -> str:
     return name + (" (or none)" if optional else "")
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per config field: `--batch-size`, `--no-download`/`--download` for booleans."""
+def add_config_flags(parser: argparse.ArgumentParser, sections: typing.Sequence[str] = tuple(SECTIONS)) -> None:
+    """One flag per config field of `sections` (default: all): `--batch-size`, `--download`/`--no-download`."""
     parser.add_argument("--config", help="YAML file with config sections; flags override it")
-    for section in SECTIONS:
+    for section in sections:
         group = parser.add_argument_group(f"{section} config")
         for name, tp in FIELD_TYPES[section].items():
             flag = "--" + name.replace("_", "-")

@@ -5,25 +5,10 @@ import argparse
 from pathlib import Path
 from typing import Callable
 
-from sslab.config import FIELD_TYPES, _type_name, _unwrap_optional, config_from_args
+from sslab.config import add_config_flags, config_from_args
 from sslab.errors import ConfigError
 
 PREVIEW_SECTIONS = ("data", "augment", "method")  # the config flags preview-augment takes
-
-
-def add_section_flags(parser: argparse.ArgumentParser, sections: tuple[str, ...]) -> None:
-    """The config flags of some sections only (as `add_config_flags` makes them for all), so `--out` stays ours."""
-    parser.add_argument("--config", help="YAML file with config sections; flags override it")
-    for section in sections:
-        group = parser.add_argument_group(f"{section} config")
-        for name, tp in FIELD_TYPES[section].items():
-            flag = "--" + name.replace("_", "-")
-            base, _ = _unwrap_optional(tp)
-            if base is bool:
-                group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS)
-            else:
-                group.add_argument(flag, dest=name, default=argparse.SUPPRESS, metavar=_type_name(tp).split(" ")[0].upper(),
-                                   help=_type_name(tp))
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -49,7 +34,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="augment-preview.png", help="PNG file to write (default: augment-preview.png)")
     p.add_argument("--num-images", "-n", type=int, default=8, help="how many images (default: 8)")
     p.add_argument("--seed", type=int, default=0, help="seed of the images and views (default: 0)")
-    add_section_flags(p, PREVIEW_SECTIONS)
+    add_config_flags(p, PREVIEW_SECTIONS)  # not train's flags: --out is this command's own
     p.set_defaults(handler=preview_command)
 
 

@@ -15,6 +15,20 @@ class ClusterModel(nn.Module):
         self.backbone = backbone
         self.num_heads, self.num_clusters = heads, num_clusters
         self.heads = nn.Linear(feat_dim, heads * num_clusters)
+        self.backbone_frozen = False
+
+    def freeze_backbone(self) -> "ClusterModel":
+        """Train the heads only: the backbone gets no gradient and keeps its BN statistics (the reference's
+        frozen backbone stays in eval mode while the heads train)."""
+        self.backbone.requires_grad_(False)
+        self.backbone_frozen = True
+        return self.train(self.training)
+
+    def train(self, mode: bool = True) -> "ClusterModel":
+        super().train(mode)
+        if self.backbone_frozen:
+            self.backbone.eval()
+        return self
 
     def head_logits(self, features: torch.Tensor) -> torch.Tensor:
         """features (B, D) -> logits (H, B, C)."""
@@ -22,7 +36,9 @@ class ClusterModel(nn.Module):
         return self.heads(features).view(B, self.num_heads, self.num_clusters).transpose(0, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head_logits(self.backbone(x))  # H x B x C
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.backbone_frozen):
+            features = self.backbone(x)  # B x D
+        return self.head_logits(features)  # H x B x C
 
     @torch.no_grad()
     def single_head(self, h: int) -> "ClusterModel":

@@ -327,7 +327,7 @@ def cluster_stage(ctx: ScanContext, neighbors: torch.Tensor, state: Optional[dic
     feat_dim = ctx.train_features().shape[1]
     model = ClusterModel(copy.deepcopy(ctx.run.backbone), feat_dim, ctx.num_clusters, cfg.heads).to(dev)
     if cfg.freeze_backbone:
-        model.backbone.requires_grad_(False)
+        model.freeze_backbone()
     if ctx.channels_last:
         model = model.to(memory_format=torch.channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -348,9 +348,7 @@ def cluster_stage(ctx: ScanContext, neighbors: torch.Tensor, state: Optional[dic
     best = 0
     for epoch in range(start + 1, cfg.cluster_epochs + 1):
         tick = time.perf_counter()
-        model.train()
-        if cfg.freeze_backbone:
-            model.backbone.eval()  # reference: the frozen backbone keeps its BN statistics
+        model.train()  # a frozen backbone stays in eval mode (ClusterModel.train)
         perm = torch.randperm(n, device=dev, generator=gen)
         sums = torch.zeros(3, cfg.heads, device=dev)
         bar = make_bar(ctx, steps, 0, f"cluster {epoch}/{cfg.cluster_epochs}")
@@ -363,12 +361,7 @@ def cluster_stage(ctx: ScanContext, neighbors: torch.Tensor, state: Optional[dic
             else:
                 x = ctx.to_input(view(data.train_x[both], gen))
                 with ctx.autocast():
-                    if cfg.freeze_backbone:
-                        with torch.no_grad():
-                            f = model.backbone(x)
-                        logits = model.head_logits(f)
-                    else:
-                        logits = model(x)
+                    logits = model(x)
             total, consistency, entropy = scan_loss(logits[:, :B], logits[:, B:], cfg.entropy_weight)  # H each
             opt.zero_grad(set_to_none=True)
             total.sum().backward()  # every head at once (reference: the sum of the heads' losses)
@@ -435,7 +428,7 @@ def selflabel_stage(ctx: ScanContext, cluster_state: dict[str, Any], state: Opti
     steps = n // B
     model = cluster_model_from(ctx, cluster_state).single_head(cluster_state["result"]["head"])
     if cfg.freeze_backbone:
-        model.backbone.requires_grad_(False)
+        model.freeze_backbone()
     if ctx.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.selflabel_lr,
@@ -455,8 +448,6 @@ def selflabel_stage(ctx: ScanContext, cluster_state: dict[str, Any], state: Opti
     for epoch in range(start + 1, cfg.selflabel_epochs + 1):
         tick = time.perf_counter()
         model.train()
-        if cfg.freeze_backbone:
-            model.backbone.eval()
         perm = torch.randperm(n, device=dev, generator=gen)
         sums = torch.zeros(2, device=dev)
         bar = make_bar(ctx, steps, 0, f"selflabel {epoch}/{cfg.selflabel_epochs}")
@@ -470,12 +461,7 @@ def selflabel_stage(ctx: ScanContext, cluster_state: dict[str, Any], state: Opti
                     weak = model(ctx.to_input(target_view(x, gen)))
             strong_x = ctx.to_input(train_view(x, gen))
             with ctx.autocast():
-                if cfg.freeze_backbone:
-                    with torch.no_grad():
-                        f = model.backbone(strong_x)
-                    strong = model.head_logits(f)
-                else:
-                    strong = model(strong_x)
+                strong = model(strong_x)
             loss, frac = selflabel_loss(weak[0], strong[0], cfg.confidence, cfg.class_balance)
             opt.zero_grad(set_to_none=True)
             loss.backward()

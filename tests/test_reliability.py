@@ -17,6 +17,7 @@ from PIL import Image
 from sslab import cli
 from sslab.checkpoint import load_checkpoint, save_checkpoint
 from sslab.config import Config
+from sslab.errors import CheckpointError
 from sslab.methods.base import negative_cosine
 from sslab.methods.simsiam import SimSiam
 from sslab.models.heads import mlp
@@ -507,3 +508,77 @@ def test_time_limit_stops_cleanly_with_a_checkpoint(tmp_path):
     run = tmp_path / "limited"
     done = [json.loads(l)["epoch"] for l in (run / "metrics.jsonl").read_text().splitlines()]
     assert (run / "checkpoints" / "last.pt").exists() and len(done) < 200 and not (run / "summary.json").exists()
+
+
+# ---- nothing a user loads runs code (issue #14.1) -------------------------------------------------------------
+class CreatesFile:
+    """Pickles as a call of os.system: unpickling it with `weights_only=False` would create `path`."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.path}",)
+
+
+def with_payload(state: dict, marker: Path) -> dict:
+    return {**state, "extra": {"note": CreatesFile(marker)}}
+
+
+def test_checkpoints_hold_only_tensors_and_plain_data(finished_run):
+    raw = torch.load(finished_run / "checkpoints" / "last.pt", weights_only=True)  # no allow-list needed
+    state = load_checkpoint(finished_run)
+    assert isinstance(state["rng"]["numpy"][1], np.ndarray) and state["rng"]["numpy"][1].dtype == np.uint32
+    assert isinstance(raw["rng"]["numpy"][1], dict)  # stored as its bytes, turned back by load_checkpoint
+    np.random.set_state(state["rng"]["numpy"])  # what resume does with it
+
+
+def test_a_checkpoint_carrying_code_is_refused_and_nothing_runs(finished_run, tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    last = finished_run / "checkpoints" / "last.pt"
+    evil = with_payload(torch.load(last, weights_only=True), marker)
+    torch.save(evil, last)
+    refused = "holds an object that is not a tensor or plain data (posix.system); refused, because loading it could run code"
+    assert_one_line(*run_cli(["train", "--resume", str(finished_run)], capsys), refused)
+    shutil.copy(last, tmp_path / "shared.pt")
+    assert_one_line(*run_cli(["eval", str(tmp_path / "shared.pt"), "--device", "cpu", "--protocol", "fast"], capsys),
+                    refused)
+    assert not marker.exists()
+
+
+def test_a_probe_file_carrying_code_is_refused_and_nothing_runs(finished_run, tmp_path, capsys):
+    from sslab.eval.evaluate import PROBE_FORMAT, load_probe
+
+    marker = tmp_path / "pwned"
+    probe = {"format": PROBE_FORMAT, "classes": ["a", "b"], "backbone": "simple-cnn",
+             "probes": {"linear-fast": {"weight": torch.zeros(2, 4), "bias": torch.zeros(2), "accuracy": 0.5}}}
+    save_checkpoint(probe, finished_run / "probe.pt")
+    assert load_probe(finished_run)[0] == "linear-fast"
+    torch.save(with_payload(probe, marker), finished_run / "probe.pt")
+    assert_one_line(*run_cli(["attention", str(finished_run), "--device", "cpu", "-n", "1"], capsys),
+                    f"probe file {finished_run / 'probe.pt'} holds an object that is not a tensor or plain data")
+    assert not marker.exists()
+
+
+def test_checkpoints_written_before_safe_loading_still_load(tmp_path):
+    """Older checkpoints hold numpy's RNG state as a pickled uint32 array: allow-listed exactly, nothing more."""
+    state = {"format": "sslab-checkpoint-1", "rng": {"numpy": np.random.get_state()}, "model": {"w": torch.ones(2)}}
+    torch.save(state, tmp_path / "old.pt")
+    assert np.array_equal(load_checkpoint(tmp_path / "old.pt")["rng"]["numpy"][1], state["rng"]["numpy"][1])
+    torch.save({**state, "objects": np.array([1, "a"], dtype=object)}, tmp_path / "objects.pt")
+    with pytest.raises(CheckpointError, match="holds an object that is not a tensor or plain data"):
+        load_checkpoint(tmp_path / "objects.pt")
+
+
+# ---- Ctrl-C while the command starts (issue #14.2) ------------------------------------------------------------
+@pytest.mark.parametrize("where", ["import", "parse"])
+def test_ctrl_c_while_starting_is_one_line_and_exit_130(where, monkeypatch, capsys):
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    if where == "import":  # the subcommands' modules import scikit-learn, scipy and torch
+        monkeypatch.setattr(cli.importlib, "import_module", interrupt)
+    else:
+        monkeypatch.setattr(cli.Parser, "parse_known_args", interrupt)
+    code, err = run_cli(["train", "--help"], capsys)
+    assert (code, err) == (130, "sslab: stopped")

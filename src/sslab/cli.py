@@ -36,6 +36,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Ctrl-C at any point (while the subcommands' modules import, while flags are parsed, during the work)
+    ends with one line and exit code 130, never a traceback."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print_error("sslab: stopped")
+        return 130
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # name the subcommand whose --help lists the flags

@@ -52,13 +52,18 @@ def load_trained(path: str | Path, device: str | torch.device = "auto") -> Train
         raise CheckpointError(f"{path} does not exist; pass a run folder made by `sslab train` or `sslab demo`")
     state = load_checkpoint(path)
     run_dir = path if path.is_dir() else (path.parent.parent if path.parent.name == "checkpoints" else path.parent)
-    cfg = Config.from_dict(state["config"])
+    try:
+        cfg = Config.from_dict(state["config"])
+        info = state["data"]
+        channels, image_size = int(info["channels"]), int(info["image_size"])
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise CheckpointError(f"checkpoint {path} lacks its config or data description; pass a checkpoint written "
+                              "by `sslab train`") from None
     dev = pick_device(str(device))
-    info = state["data"]
-    model = build_method(cfg, info["channels"], info["image_size"])
+    model = build_method(cfg, channels, image_size)
     try:
         model.load_state_dict(state["model"])
-    except RuntimeError as e:
+    except (RuntimeError, KeyError, TypeError, AttributeError) as e:
         raise CheckpointError(f"checkpoint {path} does not match its own config ({str(e).splitlines()[0][:100]})") from None
     model.to(dev).eval()
     return TrainedRun(run_dir, cfg, model, state, dev)

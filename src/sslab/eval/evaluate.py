@@ -22,7 +22,7 @@ import torch
 
 from sslab.analysis.figures import confusion_figure, per_class_figure
 from sslab.augment import rgb_to_grayscale
-from sslab.checkpoint import atomic_write_bytes
+from sslab.checkpoint import atomic_write_bytes, load_safely
 from sslab.data.base import ImageData
 from sslab.errors import CheckpointError, ConfigError, DataError
 from sslab.eval.features import extract_features
@@ -300,11 +300,9 @@ def load_probe(run_dir: Path, name: str = "auto") -> tuple[str, ProbeWeights, li
     path = Path(run_dir) / PROBE_FILE
     if not path.is_file():
         return None
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise CheckpointError(f"{path} is unreadable ({type(e).__name__}); run `sslab eval` again") from None
-    if not isinstance(payload, dict) or payload.get("format") != PROBE_FORMAT:
+    payload = load_safely(path, what="probe file", advice="run `sslab eval` again")
+    if (not isinstance(payload, dict) or payload.get("format") != PROBE_FORMAT
+            or not isinstance(payload.get("probes"), dict)):
         raise CheckpointError(f"{path} is not a probe written by `sslab eval`; run `sslab eval` again")
     probes = payload["probes"]
     if name == "auto":
@@ -313,8 +311,11 @@ def load_probe(run_dir: Path, name: str = "auto") -> tuple[str, ProbeWeights, li
             return None
     elif name not in probes:
         raise ConfigError(f"no probe {name!r} in {path}; it holds: {', '.join(sorted(probes)) or 'none'}")
-    p = probes[name]
-    return name, ProbeWeights(p["weight"].float(), p["bias"].float()), list(payload["classes"])
+    try:
+        p = probes[name]
+        return name, ProbeWeights(p["weight"].float(), p["bias"].float()), [str(c) for c in payload["classes"]]
+    except (KeyError, TypeError, AttributeError):
+        raise CheckpointError(f"{path} is not a probe written by `sslab eval`; run `sslab eval` again") from None
 
 
 __all__ = ["EvalOptions", "evaluate_run", "match_channels", "transfer_data", "load_probe", "feature_protocols",

@@ -572,12 +572,14 @@ def test_checkpoints_written_before_safe_loading_still_load(tmp_path):
 
 # ---- Ctrl-C while the command starts (issue #14.2) ------------------------------------------------------------
 @pytest.mark.parametrize("where", ["import", "parse"])
-def test_ctrl_c_while_starting_is_one_line_and_exit_130(where, monkeypatch, capsys):
+def test_ctrl_c_while_starting_is_one_line_and_exit_130(where, monkeypatch, capsys, tmp_path):
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    if where == "import":  # the subcommands' modules import scikit-learn, scipy and torch
-        monkeypatch.setattr(cli.importlib, "import_module", interrupt)
+    if where == "import":  # the subcommands' modules import scikit-learn, scipy and torch: Ctrl-C lands there
+        (tmp_path / "slow_commands.py").write_text("raise KeyboardInterrupt\n")
+        monkeypatch.syspath_prepend(str(tmp_path))
+        monkeypatch.setattr(cli, "COMMAND_MODULES", [*cli.COMMAND_MODULES, "slow_commands"])
     else:
         monkeypatch.setattr(cli.Parser, "parse_known_args", interrupt)
     code, err = run_cli(["train", "--help"], capsys)

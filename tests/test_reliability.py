@@ -396,8 +396,6 @@ def test_bad_checkpoints_given_to_resume_are_one_line_errors(finished_run, tmp_p
     assert_one_line(*run_cli(resume, capsys), "checkpoint does not fit this model (")
     write(loop={})
     assert_one_line(*run_cli(resume, capsys), "checkpoint does not fit this model (")
-    shutil.rmtree(finished_run / "checkpoints")
-    assert_one_line(*run_cli(resume, capsys), "no checkpoint in")
     (finished_run / "config.yaml").write_text("train: {epochs: [")
     assert_one_line(*run_cli(resume, capsys), "is not valid YAML")
     assert_one_line(*run_cli(["train", "--resume", str(tmp_path / "elsewhere")], capsys), "is not a run folder")
@@ -506,7 +504,7 @@ def test_time_limit_stops_cleanly_with_a_checkpoint(tmp_path):
     assert first.returncode == 0, first.stderr
     assert "stopped at the --time-limit" in first.stderr
     run = tmp_path / "limited"
-    done = [json.loads(l)["epoch"] for l in (run / "metrics.jsonl").read_text().splitlines()]
+    done = RunDir(run).read_metrics()  # none when a loaded machine did not finish an epoch in 2 s
     assert (run / "checkpoints" / "last.pt").exists() and len(done) < 200 and not (run / "summary.json").exists()
 
 
@@ -584,3 +582,175 @@ def test_ctrl_c_while_starting_is_one_line_and_exit_130(where, monkeypatch, caps
         monkeypatch.setattr(cli.Parser, "parse_known_args", interrupt)
     code, err = run_cli(["train", "--help"], capsys)
     assert (code, err) == (130, "sslab: stopped")
+
+
+# ---- the run folder: one process at a time, made atomically, inside --out (issue #14.3) -----------------------
+HOLD_LOCK = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+             "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, str(os.getpid()).encode()); print('locked', flush=True); "
+             "time.sleep(120)")
+
+
+def test_a_run_folder_in_use_is_refused_and_a_killed_holder_does_not_block(finished_run, capsys):
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(finished_run / ".lock")], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before = (finished_run / "metrics.jsonl").read_text()
+        assert_one_line(*run_cli(["train", "--resume", str(finished_run), "--epochs", "2"], capsys),
+                        f"run folder {finished_run} is in use by another sslab process (pid {holder.pid}); wait")
+        assert (finished_run / "metrics.jsonl").read_text() == before
+    finally:
+        holder.kill()  # SIGKILL: the OS drops its lock; no stale lock is left to clear by hand
+        holder.wait()
+    code, err = run_cli(["train", "--resume", str(finished_run), "--epochs", "2"], capsys)
+    assert code == 0, err
+    assert [json.loads(line)["epoch"] for line in (finished_run / "metrics.jsonl").read_text().splitlines()][-2:] == [1, 2]
+
+
+def test_run_folders_made_at_once_are_distinct(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sslab.run import _make_folder, run_locks
+
+    with run_locks(), ThreadPoolExecutor(8) as pool:
+        paths = list(pool.map(lambda _: _make_folder(tmp_path, "simsiam-digits", suffix=True), range(16)))
+    assert len(set(paths)) == 16 and all(p.parent == tmp_path for p in paths)
+
+
+@pytest.mark.parametrize("name", ["../escaped", "a/b", "/tmp/absolute", "..", "."])
+def test_a_name_that_leaves_out_is_refused(name, tmp_path, capsys):
+    out = tmp_path / "deep" / "runs"
+    assert_one_line(*run_cli(quick(DIGITS, out, "--name", name), capsys),
+                    f"--name {name!r} must be a plain folder name (no '/', '\\' or '..')")
+    assert not (tmp_path / "deep" / "escaped").exists() and not list(tmp_path.glob("deep/runs/*"))
+
+
+# ---- resume does what it says (issue #14.4) ---------------------------------------------------------------------
+def test_flags_given_with_resume_are_applied_and_announced_or_refused(finished_run, capsys):
+    config = (finished_run / "config.yaml").read_text()
+    assert_one_line(*run_cli(["train", "--resume", str(finished_run), "--epochs", "2", "--lr", "1000", "--method",
+                              "simclr"], capsys),
+                    "--method, --lr cannot change when resuming (the run goes on with its config.yaml); with --resume "
+                    "only --epochs, --time-limit, --device, --progress, --knn-every, --checkpoint-every, --compile apply")
+    assert_one_line(*run_cli(["train", "--resume", str(finished_run), "--config", str(finished_run / "config.yaml")],
+                             capsys), "--config cannot be combined with --resume")
+    assert (finished_run / "config.yaml").read_text() == config
+    code = cli.main(["train", "--resume", str(finished_run), "--epochs", "2", "--knn-every", "1"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "resuming with --epochs 2 (was 1); the learning-rate schedule is stretched" in out
+    assert "resuming with --knn-every 1 (was 0)" in out
+    assert RunDir(finished_run).config().train.epochs == 2  # holds for the next resume too
+    assert [r["epoch"] for r in metrics(finished_run)] == [1, 2]
+    assert metrics(finished_run)[0]["knn_top1"] is None and metrics(finished_run)[1]["knn_top1"] > 0.3
+    assert_one_line(*run_cli(["train", "--resume", str(finished_run), "--epochs", "1"], capsys),
+                    "--epochs 1 but the run has finished 2 epochs; pass --epochs 2 or more")
+
+
+def test_a_hand_edited_config_or_changed_data_is_refused(tmp_path, capsys):
+    data = digits_npz(tmp_path / "data")
+    cfg = tiny_config("simsiam", tmp_path, epochs=1)
+    cfg.data.dataset, cfg.data.data_dir = "npz", str(data)
+    fit(cfg, log=lambda s: None)
+    run = tmp_path / "simsiam"
+    text = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(text.replace("batch_size: 64", "batch_size: 32"))
+    assert_one_line(*run_cli(["train", "--resume", str(run), "--epochs", "2"], capsys),
+                    "config.yaml was changed after the checkpoint (at an epoch's end) was taken: batch_size 32 (the "
+                    "checkpoint has 64); set the value(s) back to resume")
+    (run / "config.yaml").write_text(text)
+    with np.load(data) as z:
+        arrays = dict(z)
+    np.savez(data, **{**arrays, "x_train": arrays["x_train"][:-100], "y_train": arrays["y_train"][:-100]})
+    assert_one_line(*run_cli(["train", "--resume", str(run), "--epochs", "2"], capsys),
+                    f"the dataset changed since the checkpoint (training images {N_TRAIN} then, {N_TRAIN - 100} now); "
+                    "restore the data as it was to resume, or start a new run on the new data")
+
+
+# ---- bad files in a run folder, records that vanish (issues #14.5, #14.6) ---------------------------------------
+def test_bad_metrics_lines_are_skipped_with_a_warning_and_repaired_on_resume(finished_run, capsys, caplog):
+    path = finished_run / "metrics.jsonl"
+    good = path.read_text()
+    path.write_text(good + '[1, 2]\n{"epoch": 1}\n"text"\n{"epoch": 2, "step": 44, "lo')  # torn last line
+    assert [r["epoch"] for r in RunDir(finished_run).read_metrics()] == [1]
+    warnings = caplog.text
+    assert "line 2 is a JSON list, not a record; skipped" in warnings
+    assert "line 3 lacks step, loss, lr, epoch_seconds, images_per_second; skipped" in warnings
+    assert "line 5 is not valid JSON (a write cut short?); skipped" in warnings
+    code, err = run_cli(["train", "--resume", str(finished_run), "--epochs", "2"], capsys)
+    assert code == 0, err
+    assert [r["epoch"] for r in metrics(finished_run)] == [1, 2]  # the file is whole again: later resumes are fine
+    path.write_text(path.read_text().splitlines(keepends=True)[1])  # epoch 1's record lost
+    caplog.clear()
+    code, err = run_cli(["train", "--resume", str(finished_run), "--epochs", "3"], capsys)
+    assert code == 0, err
+    assert "has no record of epoch(s) 1 (lost or unreadable); the curves skip them" in caplog.text
+    assert [r["epoch"] for r in metrics(finished_run)] == [2, 3]
+
+
+def test_an_epochs_metrics_are_on_disk_before_the_checkpoint_that_covers_them(tmp_path, monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        synced.append(Path(os.readlink(f"/proc/self/fd/{fd}")).name)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    fit(tiny_config("simsiam", tmp_path, epochs=2), log=lambda s: None)
+    kinds = ["metrics" if n == "metrics.jsonl" else "checkpoint" for n in synced
+             if n == "metrics.jsonl" or n.startswith(".last.pt.")]
+    assert kinds == ["checkpoint", "metrics", "checkpoint", "metrics", "checkpoint"]
+
+
+def test_a_run_stopped_before_its_first_checkpoint_resumes_from_the_start(finished_run, capsys):
+    shutil.rmtree(finished_run / "checkpoints")
+    (finished_run / "metrics.jsonl").unlink()
+    code = cli.main(["train", "--resume", str(finished_run)])
+    assert code == 0
+    assert "yet (it stopped before the first one); starting it from the beginning" in capsys.readouterr().out
+    assert [r["epoch"] for r in metrics(finished_run)] == [1] and load_checkpoint(finished_run)["loop"]["epoch"] == 1
+
+
+def test_a_stray_temp_folder_in_checkpoints_does_not_stop_a_resume(finished_run, capsys):
+    (finished_run / "checkpoints" / ".last.pt.0123abcd.tmp").mkdir()
+    (finished_run / "checkpoints" / ".last.pt.4567cdef.tmp").write_bytes(b"half a checkpoint")
+    code, err = run_cli(["train", "--resume", str(finished_run), "--epochs", "2"], capsys)
+    assert code == 0, err
+    assert not (finished_run / "checkpoints" / ".last.pt.4567cdef.tmp").exists()
+
+
+def config_file_cases(tmp: Path) -> dict[str, tuple[Path, str]]:
+    (tmp / "binary.yaml").write_bytes(bytes(range(256)) * 4)
+    (tmp / "folder.yaml").mkdir()
+    (tmp / "deep.yaml").write_text("train: " + "[" * 5000 + "]" * 5000)
+    return {"binary": (tmp / "binary.yaml", "is not text (not UTF-8); pass a YAML file"),
+            "folder": (tmp / "folder.yaml", "is a folder; pass a YAML file"),
+            "deep": (tmp / "deep.yaml", "is nested too deeply to be a config; fix the file")}
+
+
+def test_config_files_that_are_binary_a_folder_or_deeply_nested_are_one_line(finished_run, tmp_path, capsys):
+    cases = config_file_cases(tmp_path)
+    for path, expected in cases.values():
+        assert_one_line(*run_cli(quick(DIGITS, tmp_path / "runs", "--config", str(path)), capsys), expected)
+    for case in ("binary", "deep"):  # the same files as a run's config.yaml
+        path, expected = cases[case]
+        shutil.copy(path, finished_run / "config.yaml")
+        assert_one_line(*run_cli(["train", "--resume", str(finished_run)], capsys), expected)
+
+
+def test_cifar_labels_out_of_range_are_one_line_in_train_and_export_images(tmp_path, capsys):
+    import pickle
+
+    folder = tmp_path / "cifar" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        labels = [57, 1, -3, 2] if name == "data_batch_2" else [0, 1, 2, 3]
+        batch = {"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), "labels": labels}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}, protocol=2))
+    expected = f"{folder / 'data_batch_2'} has 2 label(s) outside 0..9 (-3, 57); replace it with the file from the"
+    data = ["--dataset", "cifar10", "--data-dir", str(tmp_path / "cifar")]
+    assert_one_line(*run_cli(quick(data, tmp_path / "runs"), capsys), expected)
+    assert_one_line(*run_cli(["export-images", *data, "--out", str(tmp_path / "png")], capsys), expected)

@@ -176,11 +176,19 @@ def read_yaml_file(path: str | Path) -> Any:
     """The contents of a YAML config file ({} when empty); ConfigError when missing or malformed."""
     path = Path(path)
     try:
-        return yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise ConfigError(f"config file {path} not found; pass an existing YAML file to --config") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a folder; pass a YAML file") from None
+    except OSError as e:
+        raise ConfigError(f"config file {path} cannot be read ({e.strerror or e}); pass a readable YAML file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not text (not UTF-8); pass a YAML file") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path} is not valid YAML ({str(e).splitlines()[0]}); fix the file") from None
+    except RecursionError:  # YAML nested thousands of levels deep
+        raise ConfigError(f"config file {path} is nested too deeply to be a config; fix the file") from None
 
 
 SECTIONS = [f.name for f in fields(Config)]

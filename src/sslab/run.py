@@ -9,17 +9,25 @@
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import logging
 import math
 import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+import torch
+import yaml
 
 from sslab.checkpoint import atomic_write_bytes
 from sslab.config import Config
-from sslab.errors import RunFolderError
+from sslab.errors import CheckpointError, ConfigError, DataError, RunFolderError
+
+log = logging.getLogger("sslab.run")
 
 MIN_FREE_BYTES = 200 * 2**20
 
@@ -38,24 +46,25 @@ class RunDir:
     last_checkpoint = property(lambda self: self.path / "checkpoints" / "last.pt")
 
     @classmethod
+    def existing(cls, path: str | Path) -> "RunDir":
+        """A run folder to resume; CheckpointError when `path` is not one."""
+        run = cls(Path(path))
+        if not run.config_path.is_file():
+            raise CheckpointError(f"{path} is not a run folder (no config.yaml); pass the folder `sslab train` made")
+        return run
+
+    @classmethod
     def create(cls, cfg: Config, need_bytes: int = 0) -> "RunDir":
         """A new run folder under cfg.train.out, checked for writability and free space (`need_bytes`: what
-        the run's checkpoints will take, beyond MIN_FREE_BYTES) first."""
+        the run's checkpoints will take, beyond MIN_FREE_BYTES) first, and locked (`lock`). Made atomically:
+        two runs started at once never share a folder."""
         out = Path(cfg.train.out).expanduser()
+        if cfg.train.name is not None:
+            check_run_name(cfg.train.name)
         name = cfg.train.name or "-".join([cfg.method.method or "run", cfg.data.dataset, cfg.model.backbone,
                                            time.strftime("%Y%m%d-%H%M%S")])
-        path = out / name
-        if path.exists() and any(path.iterdir()):
-            if cfg.train.name is None:  # two runs in the same second: add a suffix
-                i = 2
-                while (out / f"{name}-{i}").exists():
-                    i += 1
-                path = out / f"{name}-{i}"
-            else:
-                raise RunFolderError(f"run folder {path} already exists and is not empty; "
-                                     f"choose another --name, or continue it with --resume {path}")
-        _check_free(_existing_parent(path), need_bytes)  # before the folder is made: a refused run leaves nothing
-        run = cls(path)
+        _check_free(_existing_parent(out / name), need_bytes)  # before the folder is made: a refused run leaves nothing
+        run = cls(_make_folder(out, name, suffix=cfg.train.name is None))
         run.check_writable(need_bytes)
         try:
             cfg.save(run.config_path)
@@ -64,40 +73,80 @@ class RunDir:
                                  "with free space") from None
         return run
 
+    def lock(self) -> "RunDir":
+        """Hold RUN/.lock until this process ends or `run_locks()` exits: a second process training the same
+        folder (two `--resume` at once) gets one line. An flock, so the OS drops it when the process dies:
+        a `kill -9` leaves no stale lock."""
+        key = str(self.path.resolve())
+        if key in _HELD:
+            return self
+        try:
+            fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise RunFolderError(f"cannot write to run folder {self.path} ({e.strerror or e}); check its "
+                                 "permissions") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise RunFolderError(f"run folder {self.path} is in use by another sslab process (pid {holder}); wait "
+                                 "for it to finish or stop it, then try again") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        _HELD[key] = fd
+        return self
+
     def check_writable(self, need_bytes: int = 0) -> None:
         _probe(self.path, [self.plots_dir, self.checkpoints_dir], "run folder")
         _check_free(self.path, need_bytes)
 
     def remove_temp_files(self) -> None:
-        """Temp files of writes cut short (`kill -9` during a checkpoint); the files they replace are intact."""
+        """Temp files of writes cut short (`kill -9` during a checkpoint); the files they replace are intact.
+        Only files: a folder with a temp file's name is not ours to delete (and would stop `unlink`)."""
         for folder in (self.path, self.checkpoints_dir):
             for tmp in folder.glob(".*.tmp"):
-                tmp.unlink(missing_ok=True)
+                if tmp.is_file() or tmp.is_symlink():
+                    tmp.unlink(missing_ok=True)
 
     # ---- metrics ----------------------------------------------------------------------------------
     def append_metrics(self, record: dict[str, Any]) -> None:
+        """One line, fsynced: the checkpoint written next covers it, so a power cut cannot lose it."""
         try:
             with open(self.metrics_path, "a") as f:
                 f.write(json.dumps(_finite(record)) + "\n")
                 f.flush()
+                os.fsync(f.fileno())
         except OSError as e:
             raise RunFolderError(f"could not write {self.metrics_path} ({e.strerror or e}); free disk space "
                                  f"and continue with --resume {self.path}") from None
 
     def read_metrics(self) -> list[dict[str, Any]]:
-        if not self.metrics_path.exists():
+        """The valid records of metrics.jsonl; a line that is torn, not a JSON object or missing fields is
+        skipped with a warning (never an exception: a hand-edited or cut file must not stop a resume)."""
+        try:
+            lines = self.metrics_path.read_bytes().decode("utf-8", errors="replace").splitlines()
+        except FileNotFoundError:
             return []
+        except OSError as e:
+            raise RunFolderError(f"cannot read {self.metrics_path} ({e.strerror or e})") from None
         records = []
-        for line in self.metrics_path.read_text().splitlines():
-            try:
+        for number, line in enumerate(lines, 1):
+            problem = metrics_record_problem(line)
+            if problem is None:
                 records.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut by a crash
-                break
+            elif line.strip():
+                log.warning("%s line %d %s; skipped", self.metrics_path, number, problem)
         return records
 
     def truncate_metrics(self, last_epoch: int) -> None:
-        """Keep the records up to `last_epoch` (on resume: drop what the checkpoint does not cover)."""
-        kept = [r for r in self.read_metrics() if r.get("epoch", 0) <= last_epoch]
+        """Keep the records up to `last_epoch` (on resume: drop what the checkpoint does not cover, and the lines
+        `read_metrics` skips, so they do not trouble later resumes); warn about epochs with no record."""
+        kept = [r for r in self.read_metrics() if r["epoch"] <= last_epoch]
+        missing = sorted(set(range(1, last_epoch + 1)) - {r["epoch"] for r in kept})
+        if missing:
+            log.warning("%s has no record of epoch(s) %s (lost or unreadable); the curves skip them",
+                        self.metrics_path, ", ".join(map(str, missing)))
         atomic_write_bytes(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept).encode())
 
     def write_summary(self, summary: dict[str, Any]) -> None:
@@ -111,21 +160,184 @@ class RunDir:
     def config(self) -> Config:
         return Config.load(self.config_path)
 
+    def save_config(self, cfg: Config) -> None:
+        """Rewrite config.yaml (atomically) when `cfg` differs from it: what `--resume --epochs N` changed
+        holds for later resumes too."""
+        if config_changes(self.config(), cfg):
+            atomic_write_bytes(self.config_path, yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
+
+
+LOCK_FILE = ".lock"
+_HELD: dict[str, int] = {}  # run folders this process holds the lock of -> the lock file's descriptor
+
+
+@contextlib.contextmanager
+def run_locks() -> Iterator[None]:
+    """Release, on exit, the run-folder locks taken inside (a run in a notebook frees its folder when fit()
+    returns, not when the kernel stops)."""
+    before = set(_HELD)
+    try:
+        yield
+    finally:
+        for key in set(_HELD) - before:
+            os.close(_HELD.pop(key))
+
+
+def check_run_name(name: str) -> None:
+    """--name is one folder inside --out: no path separators, no '..', not absolute."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or os.sep in name or "\0" in name:
+        raise RunFolderError(f"--name {name!r} must be a plain folder name (no '/', '\\' or '..'); the run folder "
+                             "is made inside --out, so pass --out for another place")
+
+
+def _make_folder(out: Path, name: str, suffix: bool) -> Path:
+    """mkdir without exist_ok (atomic): a name taken meanwhile gets the next suffix (-2, -3, ...) when `suffix`;
+    else an existing folder is taken only if it is empty and not locked by another run."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunFolderError(f"cannot write to --out folder {out} ({e.strerror or e}); choose a writable --out") from None
+    for i in range(1, 10_000):
+        path = out / (name if i == 1 else f"{name}-{i}")
+        try:
+            path.mkdir()
+            RunDir(path).lock()
+            return path
+        except FileExistsError:
+            if suffix:
+                continue
+        except OSError as e:
+            raise RunFolderError(f"cannot write to --out folder {out} ({e.strerror or e}); choose a writable --out") from None
+        if path.is_dir() and not any(p.name != LOCK_FILE for p in path.iterdir()):
+            RunDir(path).lock()  # then look again: another run may have filled it meanwhile
+            if not any(p.name != LOCK_FILE for p in path.iterdir()):
+                return path
+        raise RunFolderError(f"run folder {path} already exists and is not empty; "
+                             f"choose another --name, or continue it with --resume {path}")
+    raise RunFolderError(f"could not make a new run folder {out / name}-N; choose another --name")
+
+
+# ---- resume policy ------------------------------------------------------------------------------------------
+# What `--resume` may change: how long and where the run goes on, and what it logs; not what it computes.
+RESUME_CHANGES = {"epochs": "train", "time_limit": "train", "device": "train", "progress": "train",
+                  "knn_every": "train", "checkpoint_every": "train", "compile": "train"}
+# what a hand edit of RUN/config.yaml may change besides those: where the data lives, where runs go
+EDITABLE_ON_RESUME = {**RESUME_CHANGES, "data_dir": "data", "download": "data", "out": "train", "name": "train"}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def config_changes(old: Config, new: Config, ignore_none: bool = False) -> dict[str, tuple[Any, Any]]:
+    """field -> (old value, new value) for every field that differs (`ignore_none`: a None in `new` is "not
+    given", as in an unresolved config)."""
+    a, b = old.to_dict(), new.to_dict()
+    return {name: (a[section][name], value) for section in b for name, value in b[section].items()
+            if value != a[section][name] and not (ignore_none and value is None)}
+
+
+def resume_config(saved: Config, given: Config | None = None) -> tuple[Config, list[str]]:
+    """The config a resumed run continues with: the run's saved config, with the changes `--resume` allows
+    taken from `given`, and one line per change to announce. Any other difference is refused with one line
+    naming the flags (the run would silently become another one)."""
+    cfg = Config.from_dict(saved.to_dict())
+    cfg.train.time_limit = None  # a limit applies to the session that set it
+    if given is None:
+        return cfg, []
+    changes = config_changes(cfg, given, ignore_none=True)
+    refused = [name for name in changes if name not in RESUME_CHANGES]
+    if refused:
+        allowed = ", ".join(_flag(n) for n in RESUME_CHANGES)
+        raise ConfigError(f"{', '.join(_flag(n) for n in refused)} cannot change when resuming (the run goes on with "
+                          f"its config.yaml); with --resume only {allowed} apply; start a new run to change the others")
+    notes = []
+    for name, (old, new) in changes.items():
+        setattr(cfg.train, name, new)
+        note = "; the learning-rate schedule is stretched to the new length" if name == "epochs" else ""
+        notes.append(f"resuming with {_flag(name)} {new} (was {'none' if old is None else old}){note}")
+    return cfg, notes
+
+
+def check_resume_state(state: dict[str, Any], cfg: Config, data_info: dict[str, Any]) -> None:
+    """The checkpoint fits the run's config.yaml and its dataset as loaded now; else one line saying what changed."""
+    loop = state.get("loop") if isinstance(state.get("loop"), dict) else {}
+    where = "mid-epoch" if loop.get("step_in_epoch") else "at an epoch's end"
+    if isinstance(state.get("config"), dict):
+        edited = {k: v for k, v in config_changes(Config.from_dict(state["config"]), cfg).items()
+                  if k not in EDITABLE_ON_RESUME}
+        if edited:
+            what = ", ".join(f"{k} {new!r} (the checkpoint has {old!r})" for k, (old, new) in list(edited.items())[:4])
+            raise ConfigError(f"config.yaml was changed after the checkpoint ({where}) was taken: {what}; set the "
+                              "value(s) back to resume, or start a new run with the new values")
+    done = loop.get("epoch")
+    if isinstance(done, int) and cfg.train.epochs is not None and cfg.train.epochs < done:
+        raise ConfigError(f"--epochs {cfg.train.epochs} but the run has finished {done} epochs; pass --epochs {done} "
+                          "or more")
+    _check_same_data(state, data_info)
+
+
+def _check_same_data(state: dict[str, Any], now: dict[str, Any]) -> None:
+    then = state.get("data") if isinstance(state.get("data"), dict) else {}
+    labels = {"dataset": "dataset", "train_images": "training images", "test_images": "test images",
+              "channels": "channels", "image_size": "image size"}
+    differences = [f"{label} {then[key]} then, {now[key]} now" for key, label in labels.items()
+                   if key in then and key in now and then[key] != now[key]]
+    if "classes" in then and list(then["classes"]) != list(now.get("classes", [])):
+        differences.append(f"{len(then['classes'])} classes then, {len(now['classes'])} now")
+    perm = state["loop"].get("perm") if isinstance(state.get("loop"), dict) else None
+    if (isinstance(perm, torch.Tensor) and "train_images" not in then and "train_images" in now
+            and len(perm) != now["train_images"]):  # a checkpoint from before the counts were kept
+        differences.append(f"training images {len(perm)} then, {now['train_images']} now")
+    if differences:
+        raise DataError(f"the dataset changed since the checkpoint ({'; '.join(differences)}); "
+                        "restore the data as it was to resume, or start a new run on the new data")
+
+
+# what every record of an epoch >= 1 has; the epoch-0 record (before training) holds only kNN figures
+METRICS_FIELDS = ("step", "loss", "lr", "epoch_seconds", "images_per_second")
+
+
+def metrics_record_problem(line: str) -> str | None:
+    """Why a metrics.jsonl line is not a usable record, or None when it is one."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return "is not valid JSON (a write cut short?)"
+    if not isinstance(record, dict):
+        return f"is a JSON {type(record).__name__}, not a record"
+    epoch = record.get("epoch")
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+        return "has no valid epoch number"
+    missing = [k for k in METRICS_FIELDS if k not in record] if epoch > 0 else []
+    if missing:
+        return f"lacks {', '.join(missing)}"
+    return None
+
 
 def disk_free(path: Path) -> int:
     """Free bytes on the disk of `path` (a function, so tests can simulate a full disk)."""
     return shutil.disk_usage(path).free
 
 
-def _probe(path: Path, subdirs: list[Path], what: str) -> None:
+def _probe(path: Path, subdirs: list[Path], what: str, advice: str = "choose a writable --out") -> None:
     try:
         for d in (path, *subdirs):
             d.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-test-{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
+        for d in (path, *subdirs):
+            probe = d / f".write-test-{os.getpid()}"
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666))
+            probe.unlink()
     except OSError as e:
-        raise RunFolderError(f"cannot write to {what} {path} ({e.strerror or e}); choose a writable --out") from None
+        raise RunFolderError(f"cannot write to {what} {path} ({e.strerror or e}); {advice}") from None
+
+
+def check_output_folder(run_dir: str | Path, subdir: str | None = None) -> None:
+    """`eval`, `embed`, `analyze`, `attention` and `report` write into the run folder (and `subdir` of it):
+    checked before any work, so a read-only folder costs a second, not the whole evaluation."""
+    path = Path(run_dir)
+    _probe(path, [path / subdir] if subdir else [], "run folder",
+           "make it writable, or copy the run folder somewhere writable and pass that")
 
 
 def check_out_dir(out: str | Path, need_bytes: int = 0) -> None:

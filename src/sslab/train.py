@@ -43,7 +43,7 @@ from sslab.methods.base import std_of_normalized
 from sslab.models import BACKBONES, create_backbone
 from sslab.plots import plot_learning_curves
 from sslab.registry import DATASETS
-from sslab.run import RunDir, check_out_dir
+from sslab.run import RunDir, check_out_dir, check_resume_state, resume_config, run_locks
 
 # Test hook: "N" or "N:SIGTERM" / "N:SIGKILL". After global step N (counted from 1), rank 0 sends itself the
 # signal (SIGINT by default), so tests can interrupt a run at a chosen step. Unset in normal use.
@@ -184,7 +184,8 @@ class LoopState:
 
 
 def data_info(data: ImageData) -> dict[str, Any]:
-    return {"dataset": data.name, "channels": data.channels, "image_size": data.image_size,
+    return {"dataset": data.name, "train_images": len(data.train_x), "test_images": len(data.test_x),
+            "channels": data.channels, "image_size": data.image_size,
             "classes": list(data.classes), "mean": list(data.mean), "std": list(data.std)}
 
 
@@ -252,25 +253,23 @@ def fit(cfg: Config | None = None, resume: str | Path | None = None, data: Image
     (with its saved config); `time_limit` overrides `train.time_limit` for this session."""
     run: RunDir | None = None
     if resume is not None:
-        run = RunDir(Path(resume))
-        if not run.config_path.exists():
-            raise CheckpointError(f"{resume} is not a run folder (no config.yaml); pass the folder `sslab train` made")
-        cfg = run.config()
-        cfg.train.time_limit = None  # a limit applies to the session that set it
+        run = RunDir.existing(resume)
+        cfg, _ = resume_config(run.config(), cfg)  # changes other than --epochs, --time-limit, ... are refused
     if cfg is None:
         raise ConfigError("fit() needs a config, or a run folder to resume")
     if time_limit is not None:
         cfg = replace(cfg, train={"time_limit": time_limit})
-    with distributed_session(cfg.train.device) as group, SignalFlag() as stop:
+    with run_locks(), distributed_session(cfg.train.device) as group, SignalFlag() as stop:
         rank, world = group.rank, group.world_size
         if rank != 0:
             log = _quiet
         state = None
         if run is not None:
-            if not run.last_checkpoint.exists():
-                raise CheckpointError(f"no checkpoint in {run.path} (checkpoints/last.pt is missing); nothing to "
-                                      "resume: start a new run with `sslab train`")
-            state = load_checkpoint(run.last_checkpoint)
+            ddp.on_rank0(lambda: run.lock().save_config(cfg))  # one process per run folder at a time
+            if run.last_checkpoint.exists():
+                state = load_checkpoint(run.last_checkpoint)
+            else:  # stopped between config.yaml and the first checkpoint: start it again, in its folder
+                log(f"no checkpoint in {run.path} yet (it stopped before the first one); starting it from the beginning")
         check_names(cfg)
         if run is None:
             ddp.on_rank0(lambda: check_out_dir(cfg.train.out))  # before a long data load, not after
@@ -321,7 +320,10 @@ def fit(cfg: Config | None = None, resume: str | Path | None = None, data: Image
             need = checkpoint_bytes(model, opt) * (2 + (t.epochs // t.checkpoint_every if t.checkpoint_every else 0))
             run = RunDir(ddp.on_rank0(lambda: RunDir.create(cfg, need_bytes=need).path))
             log(f"run folder: {run.path}")
+        elif state is None:
+            ddp.on_rank0(lambda: run.truncate_metrics(-1))
         else:
+            check_resume_state(state, cfg, data_info(data))
             loop = restore(state, cfg, model, opt, order_gen, aug_gen, rank, world, steps_per_epoch, log)
             if rank == 0:
                 run.truncate_metrics(loop.epoch)

@@ -21,7 +21,7 @@ from sslab.analysis import clusters as km
 from sslab.analysis.embedding import EMBEDDINGS_FILE, compute_embeddings, save_embeddings
 from sslab.analysis.figures import class_colors, save_image_figure, scatter_by_class, to_display
 from sslab.analysis.structure import image_map, pca, pca_figures, subsample, thumb_size, tsne_2d
-from sslab.errors import ConfigError
+from sslab.errors import ConfigError, DataError
 from sslab.plots import DATASET_NAMES, run_title
 from sslab.pretrained import TrainedRun
 from sslab.run import RunDir
@@ -47,6 +47,9 @@ def analyze_run(trained: TrainedRun, split: str = "test", max_points: int = 5000
     feats = emb.features.float().cpu().numpy()
     labels = emb.labels
     n = len(labels)
+    if n < max(len(classes), 2):  # k-means makes one cluster per class
+        raise DataError(f"the {split} split holds {n} image(s), fewer than the {len(classes)} classes that analyze "
+                        "clusters them into; pass --split all (or train), or hold out more test images")
     where = f"{emb.split[0]} split" if len(set(emb.split.tolist())) == 1 else "train + test splits"
     log(f"analyze: {title}; {n} images of the {where}, {feats.shape[1]}-d features")
 

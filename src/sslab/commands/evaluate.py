@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Callable
 
 from sslab.errors import ConfigError
+from sslab.run import check_output_folder
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -94,6 +95,7 @@ def eval_command(args: argparse.Namespace, log: Callable[[str], None] = print) -
     opts = eval_options(args)
     opts.check()  # before loading anything
     trained = load_trained(args.run, args.device)
+    check_output_folder(trained.run_dir, "eval")
     if trained.device.type == "cpu" and opts.protocol in ("standard", "both") and opts.probe_epochs >= 50:
         log(f"note: the standard probe runs {opts.probe_epochs} epochs on the CPU; --protocol fast or "
             "--probe-epochs N is quicker")
@@ -111,6 +113,7 @@ def embed_command(args: argparse.Namespace, log: Callable[[str], None] = print) 
     if args.max_points < 1:
         raise ConfigError("--max-points must be >= 1")
     trained = load_trained(args.run, args.device)
+    check_output_folder(trained.run_dir, "projector")
     info = trained.data_info
     data = trained.load_data().to(trained.device)
     emb = compute_embeddings(trained.backbone, data, args.split, info["mean"], info["std"])

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Callable
 
 from sslab.commands.evaluate import add_run_arguments
+from sslab.run import check_output_folder
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -49,6 +50,7 @@ def analyze_command(args: argparse.Namespace, log: Callable[[str], None] = print
     from sslab.pretrained import load_trained
 
     trained = load_trained(args.run, args.device)
+    check_output_folder(trained.run_dir, "analysis")
     result = analyze_run(trained, args.split, args.max_points, args.seed, args.map_size, args.n_init, log)
     log(format_tables(result))
     log(f"wrote {trained.run_dir / 'analysis.json'} and {len(result['figures'])} figures in "
@@ -61,6 +63,7 @@ def attention_command(args: argparse.Namespace, log: Callable[[str], None] = pri
     from sslab.pretrained import load_trained
 
     trained = load_trained(args.run, args.device)
+    check_output_folder(trained.run_dir, "attention")
     record = attention_run(trained, args.num_images, args.layer, args.target, args.probe, args.split, args.seed, log)
     log(f"attention maps of layer {record['layer']}: " + ", ".join(str(trained.run_dir / f) for f in record["figures"]))
     return 0
@@ -69,6 +72,8 @@ def attention_command(args: argparse.Namespace, log: Callable[[str], None] = pri
 def report_command(args: argparse.Namespace, log: Callable[[str], None] = print) -> int:
     from sslab.analysis.report import build_report
 
+    if (Path(args.run) / "config.yaml").is_file():  # else build_report says it is not a run folder
+        check_output_folder(args.run)
     path = build_report(args.run)
     log(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, self-contained)")
     return 0

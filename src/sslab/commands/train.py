@@ -7,8 +7,10 @@ import os
 import signal
 import sys
 
-from sslab.config import add_config_flags, config_from_args
+from sslab.config import Config, add_config_flags, config_from_args
+from sslab.errors import ConfigError
 from sslab.methods import METHODS
+from sslab.run import RunDir, check_run_name, resume_config
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -46,19 +48,38 @@ def train_command(args: argparse.Namespace) -> int:
     from sslab.train import Interrupted, fit
 
     if args.resume:
-        cfg = None
+        cfg = resume_flags(args)
     else:
         cfg = config_from_args(args)
+        if cfg.train.name is not None:
+            check_run_name(cfg.train.name)
         if cfg.method.method is None and sys.stdin.isatty() and sys.stdout.isatty():
             cfg.method.method = ask_method()
     try:
-        summary = fit(cfg, resume=args.resume, time_limit=getattr(args, "time_limit", None) if args.resume else None)
+        summary = fit(cfg, resume=args.resume)
     except Interrupted as e:
         print_error(f"sslab: {e}")
         return 0 if e.signum == signal.SIGALRM else 128 + e.signum  # the time limit is a planned stop
     if os.environ.get("RANK", "0") == "0":  # once under torchrun
         print(json.dumps({k: summary[k] for k in ("run_dir", "knn_top1_init", "knn_top1", "epoch_seconds_median")}))
     return 0
+
+
+def resume_flags(args: argparse.Namespace) -> Config:
+    """`--resume RUN` plus flags: the run's config.yaml with the flags that may change on resume applied (and
+    announced); flags that would make the run another one are refused with one line (docs/reliability.md)."""
+    if getattr(args, "config", None):
+        raise ConfigError("--config cannot be combined with --resume (the run goes on with its own config.yaml); "
+                          "drop --config, or start a new run")
+    saved = RunDir.existing(args.resume).config()
+    base = Config.from_dict(saved.to_dict())
+    base.train.time_limit = None  # a limit applies to the session that set it
+    given = config_from_args(args, base=base)
+    _, notes = resume_config(saved, given)
+    if os.environ.get("RANK", "0") == "0":
+        for note in notes:
+            print(note)
+    return given
 
 
 def methods_command(args: argparse.Namespace) -> int:

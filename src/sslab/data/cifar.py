@@ -77,7 +77,13 @@ def decode(layout: CifarLayout, folder: Path) -> ImageData:
     train = [read_batch(folder / f, layout.label_key) for f in layout.train_files]
     test_x, test_y = read_batch(folder / layout.test_file, layout.label_key)
     meta = unpickle(folder / layout.meta_file)
-    classes = [c.decode() if isinstance(c, bytes) else str(c) for c in meta[layout.class_names_key]]
+    try:
+        classes = [c.decode() if isinstance(c, bytes) else str(c) for c in meta[layout.class_names_key]]
+    except (KeyError, TypeError, UnicodeDecodeError) as e:
+        raise DataError(f"{folder / layout.meta_file} has no list of class names ({type(e).__name__}); replace it "
+                        "with the file from the official archive") from None
+    for name, (_, labels) in zip([*layout.train_files, layout.test_file], [*train, (test_x, test_y)]):
+        check_labels(folder / name, labels, len(classes))
     train_x = np.concatenate([x for x, _ in train])
     train_y = np.concatenate([y for _, y in train])
     return ImageData(layout.name, torch.from_numpy(train_x), torch.from_numpy(train_y), torch.from_numpy(test_x),
@@ -96,6 +102,15 @@ def read_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{path} is not a CIFAR batch ({type(e).__name__}: {e}); replace it with the file from "
                         "the official archive") from None
     return data.reshape(-1, 3, 32, 32), labels  # rows hold the red, green, then blue 32x32 planes
+
+
+def check_labels(path: Path, labels: np.ndarray, num_classes: int) -> None:
+    """Every label names a class: an out-of-range one would index past the class list (or count as unlabelled)."""
+    bad = labels[(labels < 0) | (labels >= num_classes)]
+    if len(bad):
+        shown = ", ".join(str(v) for v in np.unique(bad)[:5])
+        raise DataError(f"{path} has {len(bad)} label(s) outside 0..{num_classes - 1} ({shown}); replace it with the "
+                        "file from the official archive")
 
 
 class _ArrayUnpickler(pickle.Unpickler):

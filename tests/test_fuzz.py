@@ -4,11 +4,13 @@ import argparse
 import datetime
 import io
 import logging
+import shutil
 import tempfile
 import typing
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import yaml
 from hypothesis import HealthCheck, given, settings
@@ -193,3 +195,80 @@ def test_image_folders_load_or_give_a_data_error(specs, strict, test_fraction, i
         assert skipped[0].startswith(f"skipped {listed - loaded} unreadable image(s) of {listed} in {root}: {root}/")
     else:
         assert not skipped
+
+
+# ---- a run folder's files: checkpoint, config.yaml, metrics.jsonl ----------------------------------------------
+# Random bytes, truncations and overwritten spans of a real run's files, given to `train --resume`, `eval` and
+# `report`: each ends in success or in one `sslab: error:` line with exit code 2, never a traceback.
+RUN_FILES = {"checkpoint": "checkpoints/last.pt", "config": "config.yaml", "metrics": "metrics.jsonl"}
+COMMANDS = {"checkpoint": ["resume", "eval"], "config": ["resume", "report"], "metrics": ["resume", "report"]}
+FILE_FUZZ = settings(FUZZ, max_examples=10)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    from sslab.train import fit
+
+    out = tmp_path_factory.mktemp("fuzz-run")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fit(Config.from_dict({"data": {"dataset": "digits", "limit_train": 256, "limit_test": 100},
+                              "model": {"backbone": "simple-cnn"},
+                              "method": {"method": "simsiam", "proj_hidden": 16, "proj_dim": 16, "pred_hidden": 8},
+                              "train": {"epochs": 1, "batch_size": 64, "device": "cpu", "knn_every": 0,
+                                        "progress": False, "out": str(out), "name": "run"}}), log=lambda s: None)
+    finally:
+        torch.set_num_threads(threads)
+    return out / "run"
+
+
+mutations = st.one_of(st.tuples(st.just("random bytes"), st.binary(max_size=300)),
+                      st.tuples(st.just("truncated"), st.floats(0, 0.999)),
+                      st.tuples(st.just("overwritten"), st.tuples(st.floats(0, 1), st.binary(min_size=1, max_size=16))))
+
+
+def mutate(original: bytes, mutation) -> bytes:
+    kind, arg = mutation
+    if kind == "random bytes":
+        return arg
+    if kind == "truncated":
+        return original[: int(len(original) * arg)]
+    at, junk = arg
+    start = int((len(original) - 1) * at)
+    return original[:start] + junk + original[start + len(junk):]
+
+
+def run_fuzzed(run: Path, command: str, capsys) -> None:
+    from sslab import cli
+
+    args = {"resume": ["train", "--resume", str(run), "--no-progress"],
+            "eval": ["eval", str(run / "checkpoints" / "last.pt"), "--device", "cpu", "--protocol", "fast"],
+            "report": ["report", str(run)]}[command]
+    capsys.readouterr()
+    code = cli.main(args)  # any exception but a one-line error fails the test
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err, err
+    errors = [line for line in err.splitlines() if line.startswith("sslab: error:")]
+    assert code == 0 and not errors or code == 2 and len(errors) == 1 == len(err.splitlines()), (code, err)
+
+
+@pytest.mark.parametrize("which", list(RUN_FILES))
+def test_fuzzed_run_files_give_success_or_one_line(which, tiny_run, tmp_path_factory, capsys):
+    original = (tiny_run / RUN_FILES[which]).read_bytes()
+
+    @FILE_FUZZ
+    @given(mutations, st.sampled_from(COMMANDS[which]))
+    def check(mutation, command):
+        with tempfile.TemporaryDirectory() as tmp:
+            run = Path(tmp) / "run"
+            shutil.copytree(tiny_run, run)
+            (run / RUN_FILES[which]).write_bytes(mutate(original, mutation))
+            run_fuzzed(run, command, capsys)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        check()
+    finally:
+        torch.set_num_threads(threads)

@@ -754,3 +754,64 @@ def test_cifar_labels_out_of_range_are_one_line_in_train_and_export_images(tmp_p
     data = ["--dataset", "cifar10", "--data-dir", str(tmp_path / "cifar")]
     assert_one_line(*run_cli(quick(data, tmp_path / "runs"), capsys), expected)
     assert_one_line(*run_cli(["export-images", *data, "--out", str(tmp_path / "png")], capsys), expected)
+
+
+def read_only(monkeypatch, folder: Path) -> None:
+    """Writes under `folder` fail as on a read-only disk (also for root, whom chmod does not stop)."""
+    real_open, real_mkdir = os.open, os.mkdir
+
+    def refuse(path) -> None:
+        if str(Path(path).absolute()).startswith(str(folder)):
+            raise OSError(30, "Read-only file system", str(path))
+
+    def open_(path, flags, *args, **kwargs):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            refuse(path)
+        return real_open(path, flags, *args, **kwargs)
+
+    def mkdir(path, *args, **kwargs):
+        refuse(path)
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", open_)
+    monkeypatch.setattr(os, "mkdir", mkdir)
+
+
+@pytest.mark.parametrize("command", [["eval", "--protocol", "fast"], ["embed"], ["analyze"], ["attention", "-n", "1"],
+                                     ["report"]])
+def test_a_read_only_run_folder_is_refused_before_any_work(command, finished_run, capsys, monkeypatch):
+    from sslab.pretrained import TrainedRun
+
+    loads = []
+    monkeypatch.setattr(TrainedRun, "load_data", lambda *a, **k: loads.append(1))
+    read_only(monkeypatch, finished_run)
+    device = ["--device", "cpu"] if command[0] != "report" else []
+    assert_one_line(*run_cli([command[0], str(finished_run), *command[1:], *device], capsys),
+                    f"cannot write to run folder {finished_run} (Read-only file system); make it writable, or copy the "
+                    "run folder somewhere writable and pass that")
+    assert not loads
+
+
+def test_analyze_on_a_split_smaller_than_the_classes_is_one_line(tmp_path, capsys):
+    cfg = tiny_config("simsiam", tmp_path, epochs=1)
+    cfg.data.limit_test = 3
+    fit(cfg, log=lambda s: None)
+    assert_one_line(*run_cli(["analyze", str(tmp_path / "simsiam"), "--device", "cpu"], capsys),
+                    "the test split holds 3 image(s), fewer than the 10 classes that analyze clusters them into; "
+                    "pass --split all (or train), or hold out more test images")
+
+
+def test_out_of_memory_names_a_huge_image_size_or_folder_images(tmp_path, capsys, monkeypatch):
+    import sslab.train
+
+    def oom(*a, **k):
+        raise MemoryError
+
+    monkeypatch.setattr(sslab.train, "load_from_config", oom)
+    assert_one_line(*run_cli(quick(DIGITS, tmp_path / "runs", "--image-size", "100000"), capsys),
+                    "sslab: error: out of memory; --image-size 100000 makes every image 100000x100000 pixels "
+                    "(28,610 MiB in colour, held for the whole dataset); use a smaller --image-size")
+    folder = image_folder(tmp_path / "imgs")
+    assert_one_line(*run_cli(quick(["--dataset", "folder", "--data-dir", str(folder)], tmp_path / "runs"), capsys),
+                    "out of memory; without --image-size the images of a folder are kept at their own size; if they "
+                    "are large, pass --image-size 96")

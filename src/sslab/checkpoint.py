@@ -12,6 +12,7 @@ import io
 import os
 import re
 import secrets
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -121,7 +122,8 @@ def load_safely(path: Path, map_location: str | torch.device = "cpu", what: str 
     """torch.load with `weights_only=True` (nothing in the file runs), then `from_plain`. CheckpointError (one
     line) for a truncated or foreign file, and for one holding objects other than tensors and plain data."""
     try:
-        with torch.serialization.safe_globals(_OLD_NUMPY_RNG):
+        with torch.serialization.safe_globals(_OLD_NUMPY_RNG), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on odd pickle protocols: the error says enough
             raw = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types for truncated or foreign files
         text = str(e)

@@ -67,10 +67,27 @@ def _main(argv: Sequence[str] | None) -> int:
         return 130
     except Exception as e:
         if is_out_of_memory(e):
-            print_error("sslab: error: out of memory" + (" on the GPU" if _is_gpu_oom(e) else "") +
-                         "; lower --batch-size (or use --precision bf16 on a GPU)")
+            print_error("sslab: error: out of memory" + (" on the GPU" if _is_gpu_oom(e) else "") + "; " +
+                        out_of_memory_advice(args))
             return 2
         raise
+
+
+LARGE_IMAGE_SIZE = 512  # pixels a side: above this, the images themselves are the likely cause of running out of memory
+
+
+def out_of_memory_advice(args: argparse.Namespace) -> str:
+    """What to change after running out of memory: the cause, when the flags show it."""
+    size = getattr(args, "image_size", None)
+    if isinstance(size, str) and size.isdigit():
+        size = int(size)
+    if isinstance(size, int) and size > LARGE_IMAGE_SIZE:
+        return (f"--image-size {size} makes every image {size}x{size} pixels ({3 * size * size / 2**20:,.0f} MiB in "
+                "colour, held for the whole dataset); use a smaller --image-size (32 to 224 is usual)")
+    if getattr(args, "dataset", None) == "folder" and size is None:
+        return ("without --image-size the images of a folder are kept at their own size; if they are large, pass "
+                "--image-size 96 (or another size), else lower --batch-size")
+    return "lower --batch-size (or use --precision bf16 on a GPU)"
 
 
 def show_warnings() -> None:

@@ -586,7 +586,8 @@ def test_ctrl_c_while_starting_is_one_line_and_exit_130(where, monkeypatch, caps
 
 # ---- the run folder: one process at a time, made atomically, inside --out (issue #14.3) -----------------------
 HOLD_LOCK = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
-             "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, str(os.getpid()).encode()); print('locked', flush=True); "
+             "fcntl.flock(fd, fcntl.LOCK_EX); os.ftruncate(fd, 0); os.write(fd, str(os.getpid()).encode()); "
+             "print('locked', flush=True); "
              "time.sleep(120)")
 
 

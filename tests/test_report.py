@@ -23,8 +23,11 @@ from test_eval_support import assert_png_not_blank, colour_codes, trained_run
 
 from sslab.cli import main
 
-SCAN_NUMBERS = {"dataset": "digits", "num_clusters": 10, "kmeans": {"acc": 0.25, "nmi": 0.2, "ari": 0.05},
-                "scan": {"acc": 0.4321, "nmi": 0.31, "ari": 0.17, "head": 2}}
+SCAN_NUMBERS = {"dataset": "digits", "num_clusters": 10, "acc_note": "ACC under the best one-to-one matching",
+                "kmeans": {"acc": 0.25, "nmi": 0.2, "ari": 0.05}, "neighbor_accuracy": 0.875,
+                "scan": {"acc": 0.4321, "nmi": 0.31, "ari": 0.17, "head": 2}, "selflabel": None,
+                "scan_heads_test_acc": [0.4, 0.41, 0.4321], "seconds": {"mine": 1.25, "cluster": 3.0, "selflabel": None},
+                "config": {"num_heads": 3, "entropy_weight": 5.0, "cluster_epochs": 2, "show_per_cluster": 10}}
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +60,15 @@ def test_report_is_self_contained_and_has_every_section(full_run):
     assert page.count("data:image/png;base64,") == len(pngs) >= 12
     for p in pngs:  # each figure embedded byte for byte
         assert base64.b64encode(p.read_bytes()).decode() in page
-    assert "scan.acc" in page and "0.4321" in page and "scan/heads/head2.png" in page
+    assert "scan/heads/head2.png" in page
+    assert re.search(r"<td>knn_top1</td><td>\d+\.\d\d%</td>", page)  # percentages, as in the plots
+    assert re.search(r"<td>knn_top1_init</td><td>\d+\.\d\d%</td>", page)
+    scan = page[page.index('<section id="scan">'):]
+    scan = scan[:scan.index("</section>")]
+    assert '<td>SCAN (head 2)</td><td class="num">43.21%</td><td class="num">31.00%</td>' in scan
+    assert '<td>SCAN + self-label</td><td class="num">not run</td>' in scan
+    assert "neighbor_accuracy</td><td>87.50%" in scan and "mine 1.2 s, cluster 3.0 s, selflabel –" in scan
+    assert "{" not in scan.split("<details>")[0]  # no raw JSON outside the folded config
     assert "linear-fast" in page and "ARI" in page
 
 

@@ -100,7 +100,7 @@ def per_class_figure(per_class: dict[str, dict[str, float | None]], classes: Seq
         values = [100 * (per_class[name].get(c) or 0.0) for c in classes]
         ax.bar(x + (i - (len(names) - 1) / 2) * width, values, width, label=name)
     ax.set_xticks(x, [c if len(c) <= 12 else c[:11] + "…" for c in classes], rotation=90 if k > 10 else 0, fontsize=8)
-    ax.set(ylabel="accuracy (%)", ylim=(0, 105), title=title)
+    ax.set(xlabel="class", ylabel="accuracy (%)", ylim=(0, 105), title=title)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     ax.grid(axis="y", alpha=0.3)
     save_figure(fig, path)

@@ -109,7 +109,12 @@ def section_summary(run: Path) -> str:
     summary = _read_json(run / "summary.json")
     if summary is None:
         return _missing("summary (the run has not finished)", f"sslab train --resume {run}")
-    return table(["field", "value"], [[k, _fmt(v)] for k, v in summary.items()])
+    return table(["field", "value"], [[k, _pct(v) if _is_accuracy(k) else _fmt(v)] for k, v in summary.items()])
+
+
+def _is_accuracy(key: str) -> bool:
+    """Fractions the figures show in percent: kNN top-1 and its baselines, ACC, confident shares."""
+    return key.startswith("knn_top1") or key in ("acc", "neighbor_accuracy") or key.endswith(("_acc", "_fraction"))
 
 
 def section_eval(run: Path) -> str:
@@ -166,14 +171,44 @@ def section_attention(run: Path) -> str:
     return note + figures(pngs, run)
 
 
+SCAN_STAGES = (("kmeans", "k-means on the features"), ("scan", "SCAN"), ("selflabel", "SCAN + self-label"))
+
+
 def section_scan(run: Path) -> str | None:
+    """scan.json as tables: ACC/NMI/ARI per stage (%), the setting, and the config folded away."""
     scan_dir = run / "scan"
     scan = _read_json(scan_dir / "scan.json")
     if scan is None:
         return None
-    parts = [table(["field", "value"], [[k, _fmt(v)] for k, v in flatten(scan)])]
+    scores = []
+    for key, name in SCAN_STAGES + tuple((k, k) for k, v in scan.items() if isinstance(v, dict) and "acc" in v
+                                         and k not in dict(SCAN_STAGES)):
+        stage = scan.get(key)
+        if isinstance(stage, dict):
+            head = f" (head {stage['head']})" if "head" in stage else ""
+            scores.append([name + head, _pct(stage.get("acc")), _pct(stage.get("nmi")), _pct(stage.get("ari"))])
+        elif key in scan:
+            scores.append([name, "not run", "", ""])
+    parts = [f"<p>{_esc(scan.get('acc_note', ''))}</p>" if scan.get("acc_note") else "",
+             table(["test split", "ACC", "NMI", "ARI"], scores, {1, 2, 3})]
+    facts = [[k, _scan_value(k, v)] for k, v in scan.items()
+             if k not in dict(SCAN_STAGES) and k not in ("config", "acc_note") and not (isinstance(v, dict) and "acc" in v)]
+    parts.append(table(["setting", "value"], facts))
+    if isinstance(scan.get("config"), dict):
+        parts.append("<details><summary>SCAN config</summary>"
+                     + table(["option", "value"], [[k, _fmt(v)] for k, v in flatten(scan["config"])]) + "</details>")
     parts.append(figures(sorted(scan_dir.rglob("*.png")), run))
     return "".join(parts)
+
+
+def _scan_value(key: str, value: Any) -> str:
+    if key == "seconds" and isinstance(value, dict):
+        return ", ".join(f"{k} {v:.1f} s" if isinstance(v, (int, float)) else f"{k} –" for k, v in value.items())
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_scan_value(k, v)}" for k, v in value.items())
+    if isinstance(value, list) and key.endswith("_acc"):
+        return ", ".join(_pct(v) for v in value)
+    return _pct(value) if _is_accuracy(key) else _fmt(value)
 
 
 def build_report(run_dir: str | Path) -> Path:

@@ -34,10 +34,21 @@ def needs_shared(relpath: str) -> pytest.MarkDecorator:
 
 
 @pytest.fixture(autouse=True)
-def isolated_home(tmp_path, monkeypatch):
-    """Default data and cache folders go to a temp HOME, never the real one."""
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+def isolated_home(tmp_path_factory, monkeypatch) -> Path:
+    """Default data and cache folders go to a temp HOME (beside tmp_path, which tests use as a data
+    folder), never the real one."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HOME", str(home))
     monkeypatch.delenv("SSLAB_DATA", raising=False)
+    monkeypatch.delenv("SSLAB_CACHE_DIR", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    return home
+
+
+@pytest.fixture
+def home_cache(isolated_home) -> Path:
+    """The default cache folder in these tests."""
+    return isolated_home / ".cache" / "sslab" / "cache"
     monkeypatch.delenv("SSLAB_DOWNLOAD_MIRROR", raising=False)
 
 
@@ -467,16 +478,65 @@ def test_folder_corrupt_files_skipped_and_listed_or_strict(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="sslab.data"):
         data = load_dataset("folder", tmp_path, test_fraction=0)
     assert len(data.train_x) == 6
-    assert "skipped 2 unreadable image(s)" in caplog.text and "zz_truncated.png" in caplog.text
-    assert "garbage.jpg" in caplog.text
+    assert "left out 2 of the 8 files" in caplog.text and "unreadable (2): cat/zz_truncated.png (" in caplog.text
+    assert "dog/garbage.jpg (" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="sslab.data"):
         load_dataset("folder", tmp_path, test_fraction=0)  # from the cache: still reported
-    assert "skipped 2 unreadable image(s)" in caplog.text
+    assert "left out 2 of the 8 files" in caplog.text
     with pytest.raises(DataError) as e:
         load_dataset("folder", tmp_path, strict=True)
     message = one_line_data_error(e)
     assert "zz_truncated.png" in message and "remove it" in message and "--strict" in message
+
+
+def test_folder_nested_subfolders_tiff_gif_and_every_left_out_file_listed(tmp_path, caplog):
+    rng = np.random.default_rng(1)
+    pictures = [rng.integers(0, 256, (6, 6, 3), dtype=np.uint8) for _ in range(4)]
+    save_image(tmp_path / "cat" / "a.png", pictures[0])
+    save_image(tmp_path / "cat" / "2024" / "june" / "b.tif", pictures[1])  # nested: still a cat
+    frames = [Image.fromarray(pictures[2]).convert("P", palette=Image.Palette.ADAPTIVE),
+              Image.fromarray(pictures[3]).convert("P", palette=Image.Palette.ADAPTIVE)]
+    (tmp_path / "dog").mkdir()
+    frames[0].save(tmp_path / "dog" / "anim.gif", save_all=True, append_images=frames[1:])
+    save_image(tmp_path / "dog" / "deep" / "c.TIFF", pictures[3])
+    (tmp_path / "dog" / "deep" / "notes.txt").write_text("not an image")
+    os.symlink(tmp_path / "dog", tmp_path / "dog" / "deep" / "again")  # a loop through a folder link
+    os.symlink("self.png", tmp_path / "cat" / "self.png")  # a link to itself
+    os.symlink(tmp_path / "gone.png", tmp_path / "cat" / "dangling.png")
+    with caplog.at_level(logging.WARNING, logger="sslab.data"):
+        data = load_dataset("folder", tmp_path, test_fraction=0)
+    assert data.classes == ["cat", "dog"] and data.train_y.tolist() == [0, 0, 1, 1]
+    x = data.train_x.permute(0, 2, 3, 1).numpy()
+    # sorted paths: cat/2024/june/b.tif, cat/a.png, dog/anim.gif, dog/deep/c.TIFF
+    assert np.array_equal(x[0], pictures[1]) and np.array_equal(x[1], pictures[0]) and np.array_equal(x[3], pictures[3])
+    assert np.array_equal(x[2], np.asarray(frames[0].convert("RGB")))  # the GIF's first frame
+    message = caplog.text
+    assert "left out 4 of the 8 files" in message
+    assert "not an image (.txt) (1): dog/deep/notes.txt" in message
+    assert "symlink loop (2): " in message and "cat/self.png" in message and "dog/deep/again" in message
+    assert "dangling symlink (1): cat/dangling.png" in message
+    with pytest.raises(DataError) as e:
+        load_dataset("folder", tmp_path, strict=True, cache=False)
+    assert "symlink" in one_line_data_error(e)
+
+
+def test_large_images_decode_reduced_to_the_training_size(tmp_path, monkeypatch):
+    big = np.zeros((400, 600, 3), np.uint8)
+    big[:, :300] = (200, 40, 40)
+    save_image(tmp_path / "a" / "big.png", big)
+    Image.fromarray(big).save(tmp_path / "a" / "big.jpg", quality=95)
+    sizes = []
+    real_to_array = folder._to_array
+    monkeypatch.setattr(folder, "_to_array", lambda im: sizes.append(im.size) or real_to_array(im))
+    data = load_dataset("folder", tmp_path, test_fraction=0, image_size=32, cache=False)
+    assert data.train_x.shape == (2, 3, 32, 32)
+    assert all(32 <= min(s) < 64 for s in sizes), sizes  # decoded at 50-75 px, not 400x600
+    left, right = data.train_x[:, :, :, :12].float().mean((0, 2, 3)), data.train_x[:, :, :, -12:].float().mean((0, 2, 3))
+    assert abs(left[0].item() - 200) < 8 and right.max().item() < 8  # the picture survives the reduction
+    sizes.clear()
+    assert load_dataset("folder", tmp_path, test_fraction=0, cache=False).train_x.shape == (2, 3, 400, 600)
+    assert sorted(sizes) == [(600, 400), (600, 400)]  # without --image-size: full size
 
 
 def test_folder_layout_errors(tmp_path):
@@ -537,10 +597,10 @@ def test_real_cifar10_jpeg_folder_second_load_is_fast(tmp_path):
 
 
 # ---- cache ----------------------------------------------------------------------------------------------
-def test_cache_second_load_does_not_decode(tmp_path, monkeypatch):
+def test_cache_second_load_does_not_decode(tmp_path, monkeypatch, home_cache):
     write_cifar10(tmp_path)
     first = load_dataset("cifar10", tmp_path)
-    assert len(list((tmp_path / ".sslab-cache").glob("cifar10-*.pt"))) == 1
+    assert len(list(home_cache.glob("cifar10-*.pt"))) == 1
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded again although the cache is valid")
@@ -564,10 +624,10 @@ def test_folder_cache_tracks_added_files(tmp_path, monkeypatch):
     assert len(load_dataset("folder", tmp_path, test_fraction=0).train_x) == 7
 
 
-def test_corrupt_cache_is_rebuilt(tmp_path, caplog):
+def test_corrupt_cache_is_rebuilt(tmp_path, caplog, home_cache):
     write_cifar10(tmp_path)
     first = load_dataset("cifar10", tmp_path)
-    (cache_file,) = (tmp_path / ".sslab-cache").glob("*.pt")
+    (cache_file,) = home_cache.glob("*.pt")
     cache_file.write_bytes(cache_file.read_bytes()[:1000])
     with caplog.at_level(logging.WARNING, logger="sslab.data"):
         second = load_dataset("cifar10", tmp_path)
@@ -576,18 +636,44 @@ def test_corrupt_cache_is_rebuilt(tmp_path, caplog):
     assert not [p for p in cache_file.parent.iterdir() if p.suffix == ".tmp"]
 
 
-def test_cache_falls_back_to_home_when_root_is_not_writable(tmp_path):
+def test_cache_goes_to_the_user_cache_folder_never_the_data_folder(tmp_path, monkeypatch, home_cache):
     write_cifar10(tmp_path / "data")
-    (tmp_path / "data" / ".sslab-cache").write_text("a file where the cache folder would go")
-    load_dataset("cifar10", tmp_path / "data")
-    assert len(list((tmp_path / "home" / ".cache" / "sslab" / "cache").glob("cifar10-*.pt"))) == 1
+    before = sorted(p.relative_to(tmp_path / "data") for p in (tmp_path / "data").rglob("*"))
+    load_dataset("cifar10", tmp_path / "data")  # a read-only data folder works: nothing is written there
+    assert sorted(p.relative_to(tmp_path / "data") for p in (tmp_path / "data").rglob("*")) == before
+    assert len(list(home_cache.glob("cifar10-*.pt"))) == 1
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    load_dataset("cifar10", tmp_path / "data", image_size=16)
+    assert len(list((tmp_path / "xdg" / "sslab" / "cache").glob("cifar10-*.pt"))) == 1
+    monkeypatch.setenv("SSLAB_CACHE_DIR", str(tmp_path / "env"))
+    load_dataset("cifar10", tmp_path / "data", image_size=16)
+    assert len(list((tmp_path / "env").glob("cifar10-*.pt"))) == 1
+    load_dataset("cifar10", tmp_path / "data", image_size=16, cache_dir=tmp_path / "data" / "asked")  # --cache-dir
+    assert len(list((tmp_path / "data" / "asked").glob("cifar10-*.pt"))) == 1
 
 
-def test_cache_key_includes_image_size(tmp_path):
+def test_unwritable_cache_folder_warns_and_loads_uncached(tmp_path, caplog):
+    write_cifar10(tmp_path / "data")
+    (tmp_path / "blocked").write_text("a file where the cache folder would go")
+    with caplog.at_level(logging.WARNING, logger="sslab.data"):
+        data = load_dataset("cifar10", tmp_path / "data", cache_dir=tmp_path / "blocked")
+    assert len(data.train_x) > 0
+    assert "could not cache the decoded cifar10 in" in caplog.text and "--cache-dir" in caplog.text
+
+
+def test_config_records_the_cache_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("SSLAB_CACHE_DIR", str(tmp_path / "env"))
+    cfg = DataConfig(dataset="digits")
+    load_from_config(cfg, seed=0)
+    assert cfg.cache_dir == str(tmp_path / "env")
+
+
+def test_cache_key_includes_image_size(tmp_path, home_cache):
     write_cifar10(tmp_path)
     assert load_dataset("cifar10", tmp_path, image_size=16).train_x.shape[-1] == 16
     assert load_dataset("cifar10", tmp_path).train_x.shape[-1] == 32
-    assert len(list((tmp_path / ".sslab-cache").glob("*.pt"))) == 2
+    assert len(list(home_cache.glob("*.pt"))) == 2
 
 
 # ---- the real data in ../shared -------------------------------------------------------------------------

@@ -176,6 +176,7 @@ def test_image_folders_load_or_give_a_data_error(specs, strict, test_fraction, i
             root = Path(tmp) / "data"
             root.mkdir()
             listed = write_files(root, specs)
+            not_images = len(list(root.rglob("*.txt")))
             try:
                 data = load_dataset("folder", root, strict=strict, test_fraction=test_fraction, image_size=image_size,
                                     cache=False)
@@ -189,10 +190,13 @@ def test_image_folders_load_or_give_a_data_error(specs, strict, test_fraction, i
     assert len(data.train_y) == len(data.train_x) and len(data.test_y) == len(data.test_x)
     if image_size:
         assert data.image_size == image_size and data.train_x.shape[-2] == image_size
-    skipped = [m for m in handler.messages if m.startswith("skipped ")]
-    if loaded < listed:  # the unreadable files are counted and named
-        assert not strict and len(skipped) == 1
-        assert skipped[0].startswith(f"skipped {listed - loaded} unreadable image(s) of {listed} in {root}: {root}/")
+    skipped = [m for m in handler.messages if m.startswith("left out ")]
+    if loaded < listed or not_images:  # every file not used is counted and named, with the reason
+        assert not strict or loaded == listed
+        assert len(skipped) == 1
+        assert skipped[0].startswith(f"left out {listed - loaded + not_images} of the {listed + not_images} files in {root}: ")
+        assert (f"unreadable ({listed - loaded}): " in skipped[0]) == (loaded < listed)
+        assert (f"not an image (.txt) ({not_images}): " in skipped[0]) == (not_images > 0)
     else:
         assert not skipped
 

@@ -361,7 +361,8 @@ def test_corrupt_images_are_skipped_and_listed_or_refused_with_strict(tmp_path, 
     code, err = run_cli(quick(["--dataset", "folder", "--data-dir", str(root)], tmp_path / "runs"), capsys)
     assert code == 0, err
     warnings = caplog.text  # the CLI prints these as "sslab: warning: ..." lines
-    assert "skipped 3 unreadable image(s) of 29" in warnings and "pass --strict to stop instead" in warnings
+    assert "left out 3 of the 29 files in" in warnings and "unreadable (3): " in warnings
+    assert "pass --strict to stop at unreadable images instead" in warnings
     assert all(name in warnings for name in ("broken.png", "truncated.png", "empty.jpg"))
     assert "come in 2 sizes; resized 1 of them to 8x8" in warnings
 

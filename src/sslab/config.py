@@ -30,6 +30,9 @@ class DataConfig:
     strict: bool = False  # refuse a folder with corrupt images instead of skipping and listing them
     limit_train: Optional[int] = None  # keep N training images, stratified (quick runs and tests)
     limit_test: Optional[int] = None
+    # where decoded datasets are cached; None: $SSLAB_CACHE_DIR, else $XDG_CACHE_HOME/sslab/cache, else
+    # ~/.cache/sslab/cache (never the data folder unless given here); the run's config.yaml records the one used
+    cache_dir: Optional[str] = None
 
 
 @dataclass

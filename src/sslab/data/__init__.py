@@ -12,7 +12,7 @@ from typing import Optional
 from sslab.config import DataConfig
 from sslab.data import cifar, digits, folder, idx, npz, stl10  # noqa: F401  (each registers its loader)
 from sslab.data.base import ImageData
-from sslab.data.cache import CACHE_DIR_NAME, cache_key, fallback_cache_dir, load_or_decode
+from sslab.data.cache import cache_folder, cache_key, load_or_decode
 from sslab.data.prepare import resize_images, stratified_split, stratified_subset
 from sslab.data.source import LoadRequest, Source, default_root
 from sslab.errors import ConfigError, DataError
@@ -23,9 +23,12 @@ TRAIN_SPLITS = {"stl10": stl10.TRAIN_SPLITS}  # datasets with more than a "train
 
 def load_dataset(name: str, root: str | Path | None = None, *, download: bool = False, train_split: str = "train",
                  image_size: Optional[int] = None, test_fraction: float = 0.2, seed: int = 0, strict: bool = False,
-                 limit_train: Optional[int] = None, limit_test: Optional[int] = None, cache: bool = True) -> ImageData:
+                 limit_train: Optional[int] = None, limit_test: Optional[int] = None, cache: bool = True,
+                 cache_dir: str | Path | None = None) -> ImageData:
     """Load dataset `name` from `root` (default: `$SSLAB_DATA/<name>` or `~/.cache/sslab/data/<name>`).
 
+    Decoded tensors are cached in `cache_dir` (default: `data.cache.cache_folder()`, the user's cache
+    folder; never the data folder unless it is asked for); `cache=False` decodes without a cache.
     `image_size` resizes every image to a square (bilinear, antialiased); sources without a test split
     get a stratified, seeded `test_fraction`; `limit_train`/`limit_test` keep that many images,
     stratified and seeded.
@@ -42,7 +45,7 @@ def load_dataset(name: str, root: str | Path | None = None, *, download: bool = 
     request = LoadRequest(Path(root).expanduser() if root is not None else default_root(name), root is not None,
                           download, train_split, image_size, strict)
     source: Source = locate(request)
-    data = decode_cached(name, source, image_size) if cache else _resized(source, image_size)
+    data = decode_cached(name, source, image_size, cache_folder(cache_dir)) if cache else _resized(source, image_size)
     if len(data.train_x) == 0:
         raise DataError(f"{name} at {request.root} has no readable training images; add images there")
     out = split_and_limit(data, test_fraction, seed, limit_train, limit_test)
@@ -53,18 +56,20 @@ def load_dataset(name: str, root: str | Path | None = None, *, download: bool = 
 
 
 def load_from_config(cfg: DataConfig, seed: int) -> ImageData:
+    """The dataset `cfg` describes. Records the cache folder it used in `cfg.cache_dir`, so the run's
+    config.yaml says where the decoded data went."""
+    if cfg.cache_dir is None:
+        cfg.cache_dir = str(cache_folder())
     return load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download, train_split=cfg.train_split,
                         image_size=cfg.image_size, test_fraction=cfg.test_fraction, seed=seed, strict=cfg.strict,
-                        limit_train=cfg.limit_train, limit_test=cfg.limit_test)
+                        limit_train=cfg.limit_train, limit_test=cfg.limit_test, cache_dir=cfg.cache_dir)
 
 
-def decode_cached(name: str, source: Source, image_size: Optional[int]) -> ImageData:
-    if source.cache_dir is None:
+def decode_cached(name: str, source: Source, image_size: Optional[int], folder: Path) -> ImageData:
+    if not source.cached:
         return _resized(source, image_size)
-    base = source.files_base or source.cache_dir
-    key = cache_key(name, {**source.options, "image_size": image_size}, source.files, base)
-    dirs = [source.cache_dir / CACHE_DIR_NAME, fallback_cache_dir()]
-    return load_or_decode(f"{name}-{key}.pt", dirs, lambda: _resized(source, image_size))
+    key = cache_key(name, {**source.options, "image_size": image_size}, source.files, source.files_base or Path("."))
+    return load_or_decode(f"{name}-{key}.pt", folder, lambda: _resized(source, image_size))
 
 
 def _resized(source: Source, image_size: Optional[int]) -> ImageData:

@@ -1,5 +1,7 @@
-"""Decode each dataset once. The uint8 tensors are saved with `torch.save` in `<root>/.sslab-cache/`
-(or `~/.cache/sslab/cache/` when that is not writable) under a key made of the loader, its options and
+"""Decode each dataset once. The uint8 tensors are saved with `torch.save` in the user's cache folder
+(`cache_folder`: `--cache-dir`, else `$SSLAB_CACHE_DIR`, else `$XDG_CACHE_HOME/sslab/cache`, else
+`~/.cache/sslab/cache`), never beside the data unless asked there: data folders may be read-only or shared,
+and users have disk quotas. The file name is a key made of the loader, its options, the data folder and
 the source files' sizes and mtimes, so editing, adding or removing a file decodes again.
 
 Writes are atomic (temp file in the same folder, fsync, rename); an unreadable cache file is decoded
@@ -24,15 +26,24 @@ from sslab.data.base import ImageData
 log = logging.getLogger("sslab.data")
 
 CACHE_FORMAT = 1  # bump when the payload layout or a decoder's output changes
-CACHE_DIR_NAME = ".sslab-cache"
+CACHE_ENV = "SSLAB_CACHE_DIR"
 
 
-def fallback_cache_dir() -> Path:
-    return Path.home() / ".cache" / "sslab" / "cache"
+def cache_folder(configured: str | Path | None = None) -> Path:
+    """Where decoded datasets are kept: `configured` (--cache-dir), else $SSLAB_CACHE_DIR, else
+    $XDG_CACHE_HOME/sslab/cache, else ~/.cache/sslab/cache."""
+    if configured:
+        return Path(configured).expanduser()
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"  # XDG: absolute only
+    return base / "sslab" / "cache"
 
 
 def cache_key(loader: str, options: dict[str, Any], files: Sequence[Path], base: Path) -> str:
-    """Hash of the loader name, its content-changing options and the sorted (relpath, size, mtime) of `files`."""
+    """Hash of the loader name, its content-changing options, the data folder and the sorted
+    (relpath, size, mtime) of `files` (one cache folder serves every data folder)."""
     prefix = str(base) + os.sep
     entries = []
     for f in files:
@@ -40,18 +51,16 @@ def cache_key(loader: str, options: dict[str, Any], files: Sequence[Path], base:
         name = str(f)
         entries.append((name[len(prefix):] if name.startswith(prefix) else name, st.st_size, st.st_mtime_ns))
     entries.sort()
-    blob = json.dumps({"format": CACHE_FORMAT, "loader": loader, "options": options, "files": entries},
-                      sort_keys=True)
+    blob = json.dumps({"format": CACHE_FORMAT, "loader": loader, "options": options, "files": entries,
+                       "base": str(Path(base).resolve())}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def load_or_decode(filename: str, dirs: Sequence[Path], decode: Callable[[], ImageData]) -> ImageData:
-    """The dataset cached as `filename` in the first of `dirs` that has a readable copy, else `decode()`
-    it and save it to the first of `dirs` that is writable."""
-    for folder in dirs:
-        path = folder / filename
-        if not path.exists():
-            continue
+def load_or_decode(filename: str, folder: Path, decode: Callable[[], ImageData]) -> ImageData:
+    """The dataset cached as `folder/filename` if it is readable, else `decode()` it and save it there
+    (a folder that cannot be written is reported, and the data is used uncached)."""
+    path = folder / filename
+    if path.exists():
         cached = _read(path)
         if cached is not None:
             data, warnings = cached
@@ -62,9 +71,7 @@ def load_or_decode(filename: str, dirs: Sequence[Path], decode: Callable[[], Ima
         log.warning("cache file %s is unreadable; decoding the dataset again and rewriting it", path)
     with _collect_warnings() as warnings:
         data = decode()
-    for folder in dirs:
-        if _write(folder / filename, data, warnings):
-            break
+    _write(path, data, warnings)
     return data
 
 
@@ -102,11 +109,13 @@ def _write(path: Path, data: ImageData, warnings: list[str]) -> bool:
         os.replace(tmp, path)
         log.info("cached the decoded %s in %s", data.name, path)
         return True
-    except (OSError, RuntimeError) as e:  # read-only folder, disk full: try the next folder, or go on uncached
+    except (OSError, RuntimeError) as e:  # read-only folder, disk full: go on uncached
         if tmp is not None:
             with suppress(OSError):
                 os.unlink(tmp)
-        log.info("could not write the cache file %s (%s)", path, e)
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+        log.warning("could not cache the decoded %s in %s (%s); it will be decoded again next time: pass "
+                    "--cache-dir or set %s to a writable folder", data.name, path.parent, reason, CACHE_ENV)
         return False
 
 

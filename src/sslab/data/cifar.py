@@ -63,7 +63,7 @@ def locate(layout: CifarLayout, request: LoadRequest) -> Source:
         missing = [f for f in layout.files if not (expected / f).is_file()] if expected.is_dir() else []
         raise not_found(layout.title, [expected], f"the official {layout.archive} contents", missing)
     return Source(decode=partial(decode, layout, folder), files=[folder / f for f in layout.files],
-                  files_base=folder, cache_dir=request.root)
+                  files_base=folder, cached=True)
 
 
 def find_folder(layout: CifarLayout, root: Path) -> Path | None:

@@ -57,7 +57,7 @@ def locate(dataset: IdxDataset, request: LoadRequest) -> Source:
     files = find_files(folders)
     keras_file = request.root if request.root.suffix == ".npz" else request.root / "mnist.npz"
     if files is None and dataset is MNIST and keras_file.is_file():
-        return npz.locate_file(keras_file, "mnist", keras_file.parent)
+        return npz.locate_file(keras_file, "mnist")
     if files is None and request.download:
         download(dataset.name, raw)
         files = find_files([raw])
@@ -66,8 +66,7 @@ def locate(dataset: IdxDataset, request: LoadRequest) -> Source:
         if dataset is MNIST:
             to_put += " or a Keras mnist.npz"
         raise not_found(dataset.title, folders, to_put)
-    cache_dir = request.root if files[0].parent != DEBIAN_FASHION_MNIST else files[0].parent
-    return Source(decode=partial(decode, dataset, files), files=files, files_base=files[0].parent, cache_dir=cache_dir)
+    return Source(decode=partial(decode, dataset, files), files=files, files_base=files[0].parent, cached=True)
 
 
 def find_files(folders: list[Path]) -> list[Path] | None:

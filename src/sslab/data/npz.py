@@ -21,7 +21,7 @@ LAYOUT_HINT = "a .npz file with x_train, y_train, x_test, y_test (Keras style)"
 @DATASETS.register("npz")
 def npz_arrays(request: LoadRequest) -> Source:
     path = find_file(request.root)
-    return locate_file(path, "npz", path.parent)
+    return locate_file(path, "npz")
 
 
 def find_file(root: Path) -> Path:
@@ -36,8 +36,8 @@ def find_file(root: Path) -> Path:
     return found[0]
 
 
-def locate_file(path: Path, name: str, cache_dir: Path) -> Source:
-    return Source(decode=partial(decode, path, name), files=[path], files_base=path.parent, cache_dir=cache_dir)
+def locate_file(path: Path, name: str) -> Source:
+    return Source(decode=partial(decode, path, name), files=[path], files_base=path.parent, cached=True)
 
 
 def decode(path: Path, name: str) -> ImageData:

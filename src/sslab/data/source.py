@@ -28,7 +28,7 @@ class Source:
     decode: Callable[[], ImageData]
     files: list[Path] = field(default_factory=list)  # their sizes and mtimes key the cache
     files_base: Optional[Path] = None  # `files` are keyed by their path relative to this folder
-    cache_dir: Optional[Path] = None  # where the decoded tensors are cached; None: not cached
+    cached: bool = False  # decode once and keep the tensors in the cache folder (data/cache.py)
     options: dict[str, Any] = field(default_factory=dict)
 
 

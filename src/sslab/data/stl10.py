@@ -43,7 +43,7 @@ def stl10(request: LoadRequest) -> Source:
         missing = [f for f in needed if not (expected / f).is_file()] if expected.is_dir() else []
         raise not_found("STL-10", [expected], "the official stl10_binary.tar.gz contents", missing)
     return Source(decode=partial(decode, folder, parts), files=[folder / f for f in needed], files_base=folder,
-                  cache_dir=request.root, options={"train_split": request.train_split})
+                  cached=True, options={"train_split": request.train_split})
 
 
 def find_folder(root: Path, needed: list[str]) -> Path | None:

@@ -195,9 +195,10 @@ def test_analyze_command_writes_figures_json_and_clusters(tiny_run, capsys):  # 
 def test_attention_without_and_with_a_probe(tiny_run, capsys):  # noqa: F811
     assert main(["attention", str(tiny_run), "--device", "cpu", "-n", "3"]) == 0
     out = capsys.readouterr().out
-    assert "Grad-CAM skipped" in out
-    assert_png_not_blank(tiny_run / "attention" / "activation-block2.png")  # simple-cnn: block3 is 1x1 on 8 px
-    assert not (tiny_run / "attention" / "gradcam-block2.png").exists()
+    assert "Grad-CAM skipped" in out and "too coarse" not in out
+    # simple-cnn on 8 px: block1 4x4, block2 2x2, block3 1x1; the default is the last map of at least 4x4
+    assert_png_not_blank(tiny_run / "attention" / "activation-block1.png")
+    assert not (tiny_run / "attention" / "gradcam-block1.png").exists()
     assert main(["eval", str(tiny_run), "--device", "cpu", "--protocol", "fast"]) == 0
     assert main(["attention", str(tiny_run), "--device", "cpu", "-n", "3", "--layer", "block1", "--target", "true"]) == 0
     info = json.loads((tiny_run / "attention" / "attention.json").read_text())
@@ -206,6 +207,26 @@ def test_attention_without_and_with_a_probe(tiny_run, capsys):  # noqa: F811
     assert_png_not_blank(tiny_run / "attention" / "gradcam-block1.png")
     assert main(["attention", str(tiny_run), "--device", "cpu", "--layer", "nope"]) == 2
     assert "unknown --layer 'nope'" in capsys.readouterr().err
+
+
+def test_attention_maps_differ_between_images_and_a_coarse_layer_is_flagged(tiny_run, capsys):  # noqa: F811
+    """The 8x8 complaint: a 2x2 stage scaled to [0, 1] and smoothed gave the same ramp for every image."""
+    from sslab.analysis.attention import activation_maps, upsample_unit
+    from sslab.eval.features import normalize_images
+    from sslab.pretrained import load_trained
+
+    trained = load_trained(tiny_run, "cpu")
+    info, data = trained.data_info, trained.load_data()
+    x = normalize_images(data.test_x[:16], info["mean"], info["std"])
+    trained.backbone.eval()
+    shown = upsample_unit(activation_maps(trained.backbone, "block1", x), 64)  # the default layer at 8 px
+    assert shown.std(dim=0).mean() > 0.1  # the maps differ from image to image
+    coarse = upsample_unit(activation_maps(trained.backbone, "block2", x), 64)
+    assert set(coarse[0].unique().tolist()) <= set(coarse[0, ::32, ::32].flatten().tolist())  # 2x2 cells, no ramp
+
+    assert main(["attention", str(tiny_run), "--device", "cpu", "-n", "2", "--layer", "block2"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: layer block2 gives a 2x2 map on 8x8 images, too coarse" in out and "--layer block1 (4x4)" in out
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -218,3 +239,32 @@ def test_data_tools_fail_in_one_line(argv, message, tmp_path, capsys):
     assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("sslab: error: ") and err.count("\n") == 1 and message in err
+
+
+def test_export_of_an_image_folder_keeps_names_sub_folders_and_sizes(tmp_path, capsys):
+    from PIL import Image
+
+    from sslab.data import load_dataset
+
+    rng = np.random.default_rng(0)
+    src = tmp_path / "src"
+    sizes = {"cat/a.png": (8, 8), "cat/b.jpg": (8, 8), "cat/2024/c.png": (12, 20), "cat/d.png": (8, 8),
+             "dog/e.bmp": (8, 8), "dog/f.png": (8, 8), "dog/old/g.gif": (8, 8), "dog/h.png": (30, 16)}
+    for rel, (h, w) in sizes.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(src / rel)
+    (src / "dog" / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    assert main(["export-images", "--dataset", "folder", "--data-dir", str(src), "--out", str(out),
+                 "--test-fraction", "0.25"]) == 0
+    log = capsys.readouterr().out
+    assert "left out 1 file(s)" in log and "dog/broken.png" in log and "exported 8 images" in log
+    written = {str(p.relative_to(out)): Image.open(p).size for p in out.rglob("*.png")}
+    assert {name.split("/", 1)[1] for name in written} == {rel.rsplit(".", 1)[0] + ".png" for rel in sizes}
+    for name, size in written.items():  # the original size, not the training size
+        assert size == sizes[next(r for r in sizes if r.rsplit(".", 1)[0] + ".png" == name.split("/", 1)[1])][::-1]
+    assert {name.split("/", 1)[0] for name in written} == {"train", "test"}
+    original = load_dataset("folder", src, test_fraction=0.25, cache=False)
+    back = load_dataset("folder", out, cache=False)  # same split, same pixels (the same resize to 8x8)
+    assert torch.equal(original.train_x, back.train_x) and torch.equal(original.test_x, back.test_x)
+    assert original.train_y.tolist() == back.train_y.tolist() and original.classes == back.classes

@@ -6,7 +6,13 @@ for a class score of the run's linear probe.
     RUN/attention/attention.json         images, layer, probe, targets
 
 Grad-CAM: weights a_k = mean over positions of d score_c / d A_k (A = the stage's output), map =
-ReLU(sum_k a_k A_k). Both maps are upsampled bilinearly and scaled to [0, 1] per image.
+ReLU(sum_k a_k A_k). Both maps are upsampled and scaled to [0, 1] per image.
+
+A map needs a few cells to say where: on 8x8 inputs a late stage is 2x2, and a 2x2 map scaled to [0, 1]
+and upsampled bilinearly is a ramp from one corner to another, much the same for every image (the four
+cells differ mostly by how much zero padding each one sees). So the default layer is the last stage whose
+map is at least MIN_MAP_SIDE cells on a side; a coarser layer asked for with --layer is drawn with nearest
+upsampling (its cells visible) and a warning.
 """
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ from sslab.eval.linear import ProbeWeights
 
 ATTENTION_DIR = "attention"
 DISPLAY_MIN = 64  # maps and images are shown at least this large
+MIN_MAP_SIDE = 4  # cells per side below which a map cannot say where
 
 
 def stages_of(backbone: nn.Module) -> dict[str, nn.Module]:
@@ -61,10 +68,24 @@ def stage_shapes(backbone: nn.Module, channels: int, image_size: int) -> dict[st
 
 
 def default_layer(backbone: nn.Module, channels: int, image_size: int) -> str:
-    """The last stage whose map is larger than 1x1 (a 1x1 map says nothing about where)."""
+    """The last stage whose map is at least MIN_MAP_SIDE x MIN_MAP_SIDE; else the stage with the largest map."""
     shapes = stage_shapes(backbone, channels, image_size)
-    spatial = [name for name, s in shapes.items() if len(s) == 3 and min(s[1:]) >= 2]
-    return spatial[-1] if spatial else list(shapes)[-1]
+    spatial = [name for name, s in shapes.items() if len(s) == 3 and min(s[1:]) >= MIN_MAP_SIDE]
+    if spatial:
+        return spatial[-1]
+    return max(shapes, key=lambda name: min(shapes[name][1:]) if len(shapes[name]) == 3 else 0)
+
+
+def coarse_map_warning(layer: str, shape: tuple[int, ...], image_size: int,
+                       shapes: dict[str, tuple[int, ...]]) -> str | None:
+    """A warning when `layer`'s map is too coarse to show where the network looks, naming a finer stage."""
+    side = min(shape[1:]) if len(shape) == 3 else 1
+    if side >= MIN_MAP_SIDE:
+        return None
+    finer = [f"{name} ({s[1]}x{s[2]})" for name, s in shapes.items() if len(s) == 3 and min(s[1:]) >= MIN_MAP_SIDE]
+    advice = f"pass --layer {finer[-1]}" if finer else "train at a larger --image-size for finer maps"
+    return (f"warning: layer {layer} gives a {'x'.join(map(str, shape[1:])) or '1x1'} map on {image_size}x{image_size} "
+            f"images, too coarse to show where the network looks (drawn cell by cell); {advice}")
 
 
 def _run_with_hook(backbone: nn.Module, layer: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,8 +123,11 @@ def grad_cam(backbone: nn.Module, probe: ProbeWeights, layer: str, x: torch.Tens
 
 
 def upsample_unit(maps: torch.Tensor, size: int) -> torch.Tensor:
-    """(B, h, w) -> (B, size, size) bilinear, scaled to [0, 1] per map (a constant map becomes 0)."""
-    up = F.interpolate(maps[:, None].float(), size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+    """(B, h, w) -> (B, size, size), scaled to [0, 1] per map (a constant map becomes 0): bilinear, or
+    nearest for maps under MIN_MAP_SIDE cells a side (smoothing 2x2 cells would draw a ramp that is not there)."""
+    coarse = min(maps.shape[-2:]) < MIN_MAP_SIDE
+    up = F.interpolate(maps[:, None].float(), size=(size, size), mode="nearest-exact" if coarse else "bilinear",
+                       **({} if coarse else {"align_corners": False}))[:, 0]
     lo = up.amin(dim=(1, 2), keepdim=True)
     hi = up.amax(dim=(1, 2), keepdim=True)
     return torch.where(hi - lo > 1e-12, (up - lo) / (hi - lo).clamp_min(1e-12), torch.zeros_like(up))
@@ -220,8 +244,12 @@ def attention_run(trained, num_images: int = 8, layer: str | None = None, target
         raise ConfigError("--num-images must be >= 1")
     info = trained.data_info
     backbone = trained.backbone
-    layer = layer or default_layer(backbone, info["channels"], info["image_size"])
     stages_of(backbone)  # a clear error for backbones without stages
+    layer = layer or default_layer(backbone, info["channels"], info["image_size"])
+    shapes = stage_shapes(backbone, info["channels"], info["image_size"])
+    warning = coarse_map_warning(layer, shapes[layer], info["image_size"], shapes) if layer in shapes else None
+    if warning:
+        log(warning)
     data = trained.load_data()
     images, labels, indices, names = split_images(data, split)
     rows = pick_images(labels, num_images, seed)
@@ -241,7 +269,7 @@ def attention_run(trained, num_images: int = 8, layer: str | None = None, target
                                probe, target, log)
     record.update({"split": str(names[rows[0]]) if len(rows) else split, "indices": indices[rows].tolist(),
                    "labels": [list(data.classes)[int(y)] if int(y) >= 0 else None for y in labels[torch.from_numpy(rows)]],
-                   "stages": {k: list(v) for k, v in stage_shapes(backbone, info["channels"], info["image_size"]).items()},
+                   "stages": {k: list(v) for k, v in shapes.items()}, "coarse_map_warning": warning,
                    "figures": [str(p.relative_to(run.path)) for p in record["figures"]]})
     run.write_json(f"{ATTENTION_DIR}/attention.json", record)
     return record

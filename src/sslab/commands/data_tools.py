@@ -14,7 +14,9 @@ PREVIEW_SECTIONS = ("data", "augment", "method")  # the config flags preview-aug
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export-images", help="write every image of a dataset as PNG: OUT/split/class/NNNNN.png",
                        description="Export a dataset of the registry as PNG files in OUT/<split>/<class>/NNNNN.png "
-                                   "(NNNNN = index in the split). `--dataset folder --data-dir OUT` reads them back.")
+                                   "(NNNNN = index in the split); an image folder keeps its file names, sub-folders "
+                                   "and image sizes (OUT/<split>/<class>/<name>.png). `--dataset folder --data-dir "
+                                   "OUT` reads them back.")
     p.add_argument("--dataset", required=True, help="a dataset name (cifar10, stl10, digits, folder, npz, ...)")
     p.add_argument("--data-dir", help="where the dataset lives (default: $SSLAB_DATA/<name> or ~/.cache/sslab/data/<name>)")
     p.add_argument("--out", required=True, help="an empty or new folder to write to")
@@ -39,9 +41,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def export_command(args: argparse.Namespace, log: Callable[[str], None] = print) -> int:
-    from sslab.analysis.export import export_images
-    from sslab.data import load_dataset
+    from sslab.analysis.export import export_folder, export_images
+    from sslab.data import default_root, load_dataset
 
+    if args.dataset == "folder":
+        root = args.data_dir if args.data_dir is not None else default_root("folder")
+        export_folder(root, args.out, args.image_size, args.test_fraction, args.seed, progress=True, log=log)
+        return 0
     data = load_dataset(args.dataset, args.data_dir, download=args.download, train_split=args.train_split,
                         image_size=args.image_size, test_fraction=args.test_fraction, seed=args.seed)
     export_images(data, args.out, progress=True, log=log)

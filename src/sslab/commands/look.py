@@ -29,7 +29,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                                    "(RUN/probe.pt, written by `sslab eval`; skipped when there is none).")
     add_run_arguments(p)
     p.add_argument("--layer", default=None,
-                   help="stage to look at, e.g. layer3 (default: the last stage with a map larger than 1x1)")
+                   help="stage to look at, e.g. layer3 (default: the last stage with a map of at least 4x4)")
     p.add_argument("--num-images", "-n", type=int, default=8, help="how many images (default: 8)")
     p.add_argument("--target", default="predicted",
                    help="Grad-CAM class: predicted, true, a class name or index (default: predicted)")

@@ -54,7 +54,8 @@ def write_run(tmp_path: Path, epochs: int, epoch_zero: bool = True, summary: dic
     run = RunDir(tmp_path / "run")
     run.path.mkdir(parents=True)
     records = [{"epoch": 0, "step": 0, "knn_top1": 0.31, "knn_top1_init": 0.31, "knn_top1_pixels": 0.55}] if epoch_zero else []
-    records += [{"epoch": e, "step": 10 * e, "loss": -0.1 * e, "lr": 0.1, "knn_top1": 0.5 + 0.1 * e}
+    records += [{"epoch": e, "step": 10 * e, "loss": -0.1 * e, "lr": 0.1, "knn_top1": 0.5 + 0.1 * e,
+                 "epoch_seconds": 1.0, "images_per_second": 100.0}
                 for e in range(1, epochs + 1)]
     run.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in records))
     if summary is not None:
@@ -152,3 +153,13 @@ def test_pca_components_and_scan_confident_images_titles_fit(tmp_path, kept_figu
                      ["a", "b", "c"])
     for name in ("pca-components.png", "pca-cumulative.png", "confident_images.png"):
         assert_texts_inside(kept_figures[name])
+
+
+def test_an_installed_cjk_font_has_the_glyphs():
+    from matplotlib.font_manager import FontProperties, findfont, get_font
+
+    families = plots._font_families()
+    if len(families) < 2:
+        pytest.skip("no font with CJK glyphs installed (e.g. apt-get install fonts-wqy-zenhei or fonts-noto-cjk)")
+    font = get_font(findfont(FontProperties(family=families[-1]), fallback_to_default=False))
+    assert all(font.get_char_index(ord(c)) != 0 for c in "猫犬鳥類の写真")

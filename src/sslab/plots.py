@@ -6,8 +6,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import textwrap
 import warnings
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 if TYPE_CHECKING:
@@ -22,6 +24,8 @@ METHOD_NAMES = {"simsiam": "SimSiam", "phinet": "PhiNet", "xphinet": "X-PhiNet",
 CJK_FONTS = ("Noto Sans CJK JP", "Noto Sans CJK SC", "Noto Sans CJK TC", "Noto Sans CJK KR", "Source Han Sans",
              "WenQuanYi Zen Hei", "WenQuanYi Micro Hei", "Droid Sans Fallback", "IPAGothic", "IPAexGothic",
              "Hiragino Sans", "PingFang SC", "Microsoft YaHei", "MS Gothic", "AR PL UMing CN")
+_CJK_FILE_HINTS = ("cjk", "wqy", "droidsansfallback", "ipag", "ipaexg", "sourcehan", "ukai", "uming", "hiragino",
+                   "pingfang", "msyh", "msgothic")
 BASELINE_STYLES = {"knn_top1_init": ("untrained network", "0.45", "--"),
                    "knn_top1_pixels": ("raw pixels", "tab:red", ":")}
 _TITLE_MARGIN = 0.98  # share of the canvas a title may span
@@ -46,20 +50,34 @@ def _font_families() -> tuple[str, ...]:
     glyph by glyph through the list, so Latin text keeps its usual font."""
     from matplotlib import font_manager, rcParams
 
-    cjk = pick_cjk_font([f.name for f in font_manager.fontManager.ttflist])
+    manager = font_manager.fontManager
+    cjk = pick_cjk_font([f.name for f in manager.ttflist])
+    if cjk is None:  # matplotlib's font list is cached when it is first built: fonts installed later are missing
+        for path in font_manager.findSystemFonts():
+            if any(hint in Path(path).name.lower() for hint in _CJK_FILE_HINTS):
+                with contextlib.suppress(Exception):  # a damaged font file: use the others
+                    manager.addfont(path)
+        cjk = pick_cjk_font([f.name for f in manager.ttflist])
     return tuple(rcParams["font.family"]) + ((cjk,) if cjk else ())
 
 
 @contextlib.contextmanager
 def figure_style() -> Iterator[None]:
     """The font list above, and quiet about glyphs no installed font has: without a CJK font they are drawn
-    as boxes, and matplotlib's warning for each (with a source path) says nothing a user can act on."""
+    as boxes, and matplotlib's warning for each (with a source path) says nothing a user can act on; nor does
+    its log line when a CJK font has only a medium weight ("Failed to find font weight normal")."""
     import matplotlib.pyplot as plt
 
-    with plt.rc_context({"font.family": list(_font_families())}), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from", category=UserWarning)
-        warnings.filterwarnings("ignore", message=r"Matplotlib currently does not support", category=UserWarning)
-        yield
+    font_log = logging.getLogger("matplotlib.font_manager")
+    level = font_log.level
+    font_log.setLevel(logging.ERROR)
+    try:
+        with plt.rc_context({"font.family": list(_font_families())}), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from", category=UserWarning)
+            warnings.filterwarnings("ignore", message=r"Matplotlib currently does not support", category=UserWarning)
+            yield
+    finally:
+        font_log.setLevel(level)
 
 
 def new_figure(width: float = 6.4, height: float = 4.0):

@@ -63,6 +63,36 @@ def test_over_clustering_uses_the_majority_mapping():
     assert s["acc"] == pytest.approx(7 / 8)  # cluster 1 = {0, 0, 1} -> class 0
 
 
+def test_clustering_scores_counts_the_distinct_ids_it_is_given():
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 2, 2, 2])
+    sparse = np.array([0, 0, 5, 5, 0, 9, 9, 5, 9, 9])  # 3 clusters named 0, 5, 9, for 3 classes
+    dense = np.searchsorted([0, 5, 9], sparse)
+    s = clustering_scores(sparse, labels)
+    assert s["acc_mapping"] == "hungarian" and s["clusters_used"] == 3
+    assert s["acc"] == pytest.approx(brute_force_accuracy(dense, labels, 3))
+    assert s["acc"] == pytest.approx(0.5)
+    assert cluster_accuracy(dense, labels, 3, 3, "majority") == pytest.approx(0.6)  # majority would flatter it
+
+
+def test_clustering_scores_hungarian_on_ids_0_5_9_gives_0_540():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 1000)
+    clusters = np.where(rng.random(1000) < 0.4, np.array([0, 5, 9])[labels], rng.choice([0, 5, 9], 1000))
+    s = clustering_scores(clusters, labels, num_classes=3)
+    dense = np.searchsorted([0, 5, 9], clusters)
+    assert s["acc"] == pytest.approx(brute_force_accuracy(dense, labels, 3))
+    assert s["acc_mapping"] == "hungarian"
+
+
+def test_clustering_scores_refuses_negative_ids_and_out_of_range_ids():
+    with pytest.raises(ValueError, match=">= 0"):
+        clustering_scores(np.array([0, -1, 1]), np.array([0, 1, 1]))
+    with pytest.raises(ValueError, match=">= 0"):
+        clustering_scores(np.array([0, 1, 1]), np.array([0, -1, 1]))
+    with pytest.raises(ValueError, match="out of range"):
+        clustering_scores(np.array([0, 4]), np.array([0, 1]), num_clusters=3)
+
+
 # ---- linear probes -----------------------------------------------------------------------------------------------
 def blobs(n_per_class: int, k: int, dim: int, separation: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
@@ -125,6 +155,57 @@ def test_standard_probe_learns_a_linear_task_through_a_frozen_backbone():
     assert (predict(result.probe, feats) == y.numpy()).mean() > 0.9
     assert all(torch.equal(a, b) for a, b in zip(before, backbone.parameters()))  # frozen
     assert result.details["augmentation"]["flip_p"] == 0.0 and result.details["steps"] == 15 * 4
+
+
+def quadrant_images(n: int, size: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images whose class (of 4) is the bright quadrant, on noise."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(4).repeat(n // 4)
+    x = torch.randint(0, 40, (len(y), 1, size, size), dtype=torch.uint8, generator=g)
+    half = size // 2
+    for q in range(4):
+        r, c = divmod(q, 2)
+        x[y == q, :, r * half:(r + 1) * half, c * half:(c + 1) * half] += 200
+    return x, y
+
+
+def test_standard_probe_reaches_the_fast_probe_where_a_linear_classifier_works():
+    torch.manual_seed(0)
+    x, y = quadrant_images(256)
+    tx, ty = quadrant_images(128, seed=1)
+    backbone = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten())
+    with torch.no_grad():
+        feats, test_feats = (backbone((v.float() / 255 - 0.3) / 0.4) for v in (x, tx))
+    fast = fit_fast_probe(feats, y, 4)
+    fast_acc = (predict(fast.probe, test_feats) == ty.numpy()).mean()
+    standard = train_standard_probe(backbone, x, y, 4, (0.3,), (0.4,), epochs=15, batch_size=64, crop_scale=(0.6, 1.0),
+                                    flip_p=0.0, reference=fast.probe)
+    standard_acc = (predict(standard.probe, test_feats) == ty.numpy()).mean()
+    assert fast_acc > 0.9 and standard_acc >= fast_acc - 0.05
+    assert standard.details["reference_accuracy_on_views"] > 0.8  # these views keep the class: the probe can match
+    assert standard.details["train_accuracy_last_epoch"] > 0.8
+
+
+def test_semi_supervised_fine_tune_on_a_few_labels_does_not_collapse_to_one_class():
+    """20 labelled images (5 per class), batches of 20, 15 steps, a backbone with BatchNorm: the test predictions
+    must use every class (they were all one class when the test-time BatchNorm statistics lagged behind)."""
+    from sslab.eval.semi import finetune, predict_finetuned
+
+    torch.manual_seed(0)
+    x, y = quadrant_images(20)
+    tx, ty = quadrant_images(200, seed=1)
+    backbone = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+                             nn.Flatten())
+    with torch.no_grad():  # "pre-trained" BatchNorm statistics: those of these images
+        backbone[1].momentum = None
+        backbone((quadrant_images(200, seed=2)[0].float() / 255 - 0.3) / 0.4)
+        backbone[1].momentum = 0.1
+    backbone.eval()
+    net, head, details = finetune(backbone, x, y, 4, (0.3,), (0.4,), epochs=15, batch_size=64, lr=0.05,
+                                  crop_scale=(0.8, 1.0), flip_p=0.0)
+    pred = predict_finetuned(net, head, tx, (0.3,), (0.4,))
+    assert len(np.unique(pred)) == 4 and (pred == ty.numpy()).mean() > 0.7
+    assert details["steps"] == 15
 
 
 def test_per_class_accuracy_and_confusion_matrix():

@@ -441,3 +441,23 @@ def test_cli_flags_map_onto_the_config(tmp_path):
     assert cfg.weak_crop_scale == (0.3, 1.0) and cfg.cluster_epochs == ScanConfig().cluster_epochs
     with pytest.raises(ConfigError, match="--confidence"):
         ScanConfig(confidence=1.5).validate()
+
+
+def test_head_is_chosen_by_consistency_minus_entropy_on_the_test_images(monkeypatch):
+    """Reference scan_evaluate: lowest consistency - 1 x entropy on the validation images and their own 5
+    neighbours. Head 0 clusters the test images' groups, head 1 is uniform there; on the train split it is the
+    other way round, so a choice made on the train split would keep head 1."""
+    from types import SimpleNamespace
+
+    groups = torch.arange(3).repeat_interleave(6)  # 18 test images in 3 tight groups
+    test_feats = F.one_hot(groups, 3).float() * 10 + 0.01 * torch.randn(18, 3, generator=gen(7))
+    good = torch.log_softmax(F.one_hot(groups, 3).float() * 20, -1)
+    uniform = torch.full((18, 3), -math.log(3))
+    by_split = {"test": torch.stack([good, uniform]), "train": torch.stack([uniform, good])}
+    monkeypatch.setattr(pipeline, "predict", lambda ctx, model, split: by_split[split])
+    ctx = SimpleNamespace(data=SimpleNamespace(test_x=torch.zeros(18, 1, 8, 8)), pretext_features=lambda s: test_feats)
+    train_neighbors = torch.randint(18, (18, 5), generator=gen(8))
+    best, losses, selection = pipeline.choose_head(ctx, None, train_neighbors)
+    assert best == 0 and selection["split"] == "test" and selection["entropy_weight"] == 1.0
+    assert not selection["labels_used"]
+    assert losses[0].item() == pytest.approx(-math.log(3), abs=1e-3) and losses[1].item() == pytest.approx(0.0, abs=1e-5)

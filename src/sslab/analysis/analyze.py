@@ -80,7 +80,9 @@ def analyze_run(trained: TrainedRun, split: str = "test", max_points: int = 5000
 
     t0 = time.perf_counter()
     k = len(classes)
-    assign, _, dist = km.kmeans(feats, k, seed, n_init)
+    fitted = kmeans_of_run(trained, data, k, seed, n_init, info)
+    assign = km.split_assignments(fitted, emb.split, emb.indices)
+    dist = km.distances(feats, assign, fitted["centres"])
     report = km.cluster_report(assign, labels, k, len(classes), classes)
     km.cluster_tiles_figure(emb.images, assign, dist, report, out_dir / "cluster-tiles.png", title,
                             size=max(info["image_size"], 24) if info["image_size"] < 24 else min(info["image_size"], 64))
@@ -96,11 +98,23 @@ def analyze_run(trained: TrainedRun, split: str = "test", max_points: int = 5000
                       "explained_variance_ratio_top10": [float(v) for v in p["ratio"][:10]],
                       "input": "backbone features, centred"},
               "tsne": tsne_info,
-              "kmeans": {**report, "n_init": n_init, "seed": seed, "input": "l2-normalised backbone features"},
+              "kmeans": {**report, "n_init": n_init, "seed": seed,
+                         "input": "l2-normalised backbone features; fitted on the train split, test images assigned to "
+                                  "the nearest centre (the k-means result `sslab scan` reports too)"},
               "figures": [str(f.relative_to(run.path)) for f in figures], "embeddings": EMBEDDINGS_FILE,
               "seconds": time.perf_counter() - start}
     run.write_json(ANALYSIS_JSON, result)
     return result
+
+
+def kmeans_of_run(trained: TrainedRun, data, k: int, seed: int, n_init: int, info: dict[str, Any]) -> dict[str, Any]:
+    """The run's one k-means result on its learned features (RUN/kmeans-cache.npz, shared with `sslab scan`)."""
+    from sslab.eval.clustering import cached_kmeans
+    from sslab.eval.features import extract_features
+
+    train, test = (extract_features(trained.backbone, x, info["mean"], info["std"]).float().cpu().numpy()
+                   for x in (data.train_x, data.test_x))
+    return cached_kmeans(trained.run_dir, "learned", train, test, k, seed, n_init)
 
 
 def torch_index(rows: np.ndarray, device):

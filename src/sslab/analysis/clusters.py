@@ -1,30 +1,42 @@
-"""k-means on the features (METHODS.md: l2-normalised, k = number of classes, n_init >= 10), scored with
-ACC (Hungarian), NMI and ARI against the labels, and a tile image: one row per cluster, its members nearest
-the centre, left to right."""
+"""k-means on the features (METHODS.md: l2-normalised, k = number of classes, n_init >= 10; fitted on the train
+split, test images assigned to the nearest centre: `sslab.eval.clustering.kmeans_fit`, the one protocol `analyze`
+and `scan` share), scored with ACC (Hungarian), NMI and ARI against the labels, and a tile image: one row per
+cluster, its members nearest the centre, left to right."""
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
 
-from sslab.eval.clustering import cluster_to_class, clustering_scores, contingency
+from sslab.eval.clustering import (
+    cluster_to_class,
+    clustering_scores,
+    contingency,
+    kmeans_fit,
+    l2_normalised,
+)
 
 TILE_COLUMNS = 10
 
 
 def kmeans(features: np.ndarray, k: int, seed: int = 0, n_init: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(assignments (N,), centres (k, D), distance of each point to its centre (N,)) on l2-normalised features."""
-    from sklearn.cluster import KMeans
+    result = kmeans_fit(features, features[:0], k, seed, n_init)
+    return result["train"], result["centres"], distances(features, result["train"], result["centres"])
 
-    x = np.asarray(features, dtype=np.float64)
-    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    from sslab.analysis.structure import sklearn_threads
 
-    with sklearn_threads(len(x)):
-        model = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit(x)
-    assign = model.labels_.astype(np.int64)
-    dist = np.linalg.norm(x - model.cluster_centers_[assign], axis=1)
-    return assign, model.cluster_centers_, dist
+def distances(features: np.ndarray, assign: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Distance of each l2-normalised feature to the centre of its cluster."""
+    return np.linalg.norm(l2_normalised(features) - centres[assign], axis=1)
+
+
+def split_assignments(result: dict[str, np.ndarray], split: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """Assignments of the rows of an `Embeddings` (split name and index per row) from a `kmeans_fit` result."""
+    out = np.empty(len(split), dtype=np.int64)
+    for name in ("train", "test"):
+        rows = split == name
+        out[rows] = result[name][indices[rows]]
+    return out
 
 
 def cluster_report(assign: np.ndarray, labels: np.ndarray, k: int, num_classes: int,

@@ -226,7 +226,8 @@ def train_standard_probe(backbone: nn.Module, images: torch.Tensor, labels: torc
                          mean: Sequence[float], std: Sequence[float], epochs: int = 100, batch_size: int = 256,
                          lr: float = 0.3, momentum: float = 0.9, weight_decay: float = 0.0,
                          crop_scale: tuple[float, float] | None = None, flip_p: float | None = None, seed: int = 0,
-                         bf16: bool = True, log: Callable[[str], None] | None = None) -> ProbeResult:
+                         bf16: bool = True, log: Callable[[str], None] | None = None,
+                         reference: ProbeWeights | None = None) -> ProbeResult:
     """SGD on a linear layer over the frozen backbone (eval mode) fed crop + flip views made on its device.
 
     `images` uint8 (N, C, H, W), `labels` (N,); unlabelled images (-1) are left out. The layer reads the
@@ -234,6 +235,12 @@ def train_standard_probe(backbone: nn.Module, images: torch.Tensor, labels: torc
     (SGD on raw or BatchNorm-ed features of a self-supervised backbone crawls: they are strongly
     correlated); the whitening is folded into the layer afterwards. lr is `lr * batch_size / 256`,
     cosine-annealed to 0 per step, no warm-up.
+
+    `details` says how far the probe got: its accuracy on the views of the last epoch and, given a
+    `reference` probe (the fast probe, fitted on clean features), that probe's accuracy on one pass of views:
+    when it is low, the backbone maps the views far from the clean images and no probe trained on views can
+    match the fast probe (measured on the demo: a fast probe at 89% on clean test images classified the crop
+    views of its own train images at 33%).
     """
     start = time.perf_counter()
     device = next(backbone.parameters()).device
@@ -258,7 +265,11 @@ def train_standard_probe(backbone: nn.Module, images: torch.Tensor, labels: torc
     losses = []
     try:
         order = torch.arange(n, device=device)
-        white = Whitening.fit(torch.cat([features_of_views(order[i:i + batch]) for i in range(0, n, batch)]))
+        first_pass = torch.cat([features_of_views(order[i:i + batch]) for i in range(0, n, batch)])  # N x D
+        white = Whitening.fit(first_pass)
+        reference_on_views = (None if reference is None else
+                              (reference.logits(first_pass).argmax(1) == labels).float().mean().item())
+        del first_pass
         head = nn.Linear(len(white.mean), num_classes).to(device)
         nn.init.zeros_(head.weight)
         nn.init.zeros_(head.bias)
@@ -268,12 +279,15 @@ def train_standard_probe(backbone: nn.Module, images: torch.Tensor, labels: torc
         for epoch in range(epochs):
             perm = torch.randperm(n, device=device, generator=gen)
             epoch_loss = torch.zeros((), device=device)
+            correct = torch.zeros((), device=device)
             for i in range(steps_per_epoch):
                 idx = perm[i * batch:(i + 1) * batch]
                 feats = white(features_of_views(idx))
                 for g in opt.param_groups:
                     g["lr"] = peak * 0.5 * (1 + math.cos(math.pi * step / total))
-                loss = F.cross_entropy(head(feats), labels[idx])
+                logits = head(feats)
+                loss = F.cross_entropy(logits, labels[idx])
+                correct += (logits.detach().argmax(1) == labels[idx]).sum()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -293,6 +307,8 @@ def train_standard_probe(backbone: nn.Module, images: torch.Tensor, labels: torc
                "head": "Linear on features " + white.describe().replace("train statistics", "statistics of one pass of "
                                                                         "augmented train views") + ", folded afterwards",
                "selection": "fixed hyper-parameters, nothing tuned", "train_loss_by_epoch": losses,
+               "train_accuracy_last_epoch": (correct / (steps_per_epoch * batch)).item() if epochs else None,
+               "reference_accuracy_on_views": reference_on_views,
                "seconds": time.perf_counter() - start}
     return ProbeResult(probe, details)
 

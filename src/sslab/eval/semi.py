@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from sslab.data.prepare import stratified_subset
-from sslab.eval.features import autocast_for, extract_features
+from sslab.eval.features import autocast_for, extract_features, normalize_images
 from sslab.eval.linear import crop_flip_augmenter
 
 
@@ -82,6 +82,7 @@ def finetune(backbone: nn.Module, images: torch.Tensor, labels: torch.Tensor, nu
         losses.append((epoch_loss / steps_per_epoch).item())
         if log is not None and (epoch + 1 == epochs or (epoch + 1) % max(1, epochs // 3) == 0):
             log(f"    fine-tune epoch {epoch + 1}/{epochs}: loss {losses[-1]:.4f}")
+    recalibrate_batchnorm(nn.Sequential(net, head), images, mean, std, batch)
     net.eval()
     head.eval()
     details = {"epochs": epochs, "batch_size": batch, "steps": total, "optimizer": "sgd nesterov momentum 0.9",
@@ -90,6 +91,23 @@ def finetune(backbone: nn.Module, images: torch.Tensor, labels: torch.Tensor, nu
                "augmentation": {"crop_scale": list(augment.params.crop_scale), "flip_p": augment.params.flip_p},
                "train_loss_by_epoch": losses, "seconds": time.perf_counter() - start}
     return net, head, details
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, mean: Sequence[float], std: Sequence[float],
+                          batch_size: int) -> None:
+    """Set every BatchNorm's running statistics to the exact average over `images` (un-augmented, in
+    batches of `batch_size` as in training) under the final weights."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    model.train()
+    for i in range(0, len(images) - batch_size + 1, batch_size):
+        model(normalize_images(images[i:i + batch_size], mean, std))
+    for m, momentum in zip(norms, saved):
+        m.momentum = momentum
 
 
 @torch.no_grad()

@@ -2,15 +2,16 @@
 
     mine       K nearest neighbours of every train image in the frozen pretext backbone's feature space
                (+ the k-means baseline on the same features)                     -> neighbors.pt
-    cluster    H linear heads (+ the backbone) trained with the SCAN loss; the head with the lowest loss on
-               the train split (all K neighbours, un-augmented images) is kept   -> cluster.pt
+    cluster    H linear heads (+ the backbone) trained with the SCAN loss; the head with the lowest
+               consistency - entropy (weight 1) on the test images and their own 5 neighbours, no labels,
+               is kept (reference scan_evaluate)                                 -> cluster.pt
     selflabel  confident pseudo-labels from one view, class-balanced cross-entropy on a strong view
                                                                                  -> selflabel.pt
 Each stage checkpoints atomically every epoch (`<stage>.pt`, with optimiser and random-generator state),
 appends to `<stage>_metrics.jsonl` and writes TensorBoard scalars under `tensorboard/<stage>`. A rerun skips
 finished stages and continues an interrupted one; `restart="cluster"` redoes that stage and the ones after.
-Test-split metrics (ACC by Hungarian matching, or majority mapping when clusters outnumber classes; NMI; ARI)
-are only reported, never used to choose anything.
+Test-split labels (ACC by Hungarian matching, or majority mapping when clusters outnumber classes; NMI; ARI)
+are only reported, never used to choose anything; the head is chosen on the test images without their labels.
 
 Outputs: scan.json, config.yaml, clusters.npz, confident_images.png, confusion.png (see `write_outputs`).
 """
@@ -35,7 +36,7 @@ from sslab.augment.strong import StrongAugmenter
 from sslab.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
 from sslab.data.base import ImageData
 from sslab.errors import ConfigError, RunFolderError
-from sslab.eval.clustering import clustering_scores
+from sslab.eval.clustering import cached_kmeans, clustering_scores
 from sslab.eval.features import extract_features
 from sslab.pretrained import TrainedRun, load_trained
 from sslab.run import RunDir
@@ -267,16 +268,12 @@ def mine_stage(ctx: ScanContext) -> dict[str, Any]:
 
 
 def kmeans_baseline(ctx: ScanContext, train_feats: torch.Tensor) -> dict[str, Any]:
-    """KMeans on l2-normalised train features (n_init restarts), test images assigned to the nearest centre."""
-    from sklearn.cluster import KMeans
-
-    z = torch.nn.functional.normalize(train_feats.float(), dim=1).cpu().numpy()
-    km = KMeans(n_clusters=ctx.num_clusters, n_init=ctx.cfg.kmeans_init, random_state=ctx.cfg.seed).fit(z)
-    test = np.zeros(0, dtype=np.int64)
-    if len(ctx.data.test_x):
-        zt = torch.nn.functional.normalize(ctx.pretext_features("test"), dim=1).cpu().numpy()
-        test = km.predict(zt).astype(np.int64)
-    return {"train": km.labels_.astype(np.int64), "test": test, "scores": ctx.test_scores(test)}
+    """The k-means protocol (`kmeans_fit`: l2-normalised train features, n_init restarts, test images assigned to the
+    nearest centre), the run's one result for these features (RUN/kmeans-cache.npz, shared with `analyze`)."""
+    test = ctx.pretext_features("test") if len(ctx.data.test_x) else train_feats[:0]
+    km = cached_kmeans(ctx.run.run_dir, "learned", train_feats.float().cpu().numpy(), test.float().cpu().numpy(),
+                       ctx.num_clusters, ctx.cfg.seed, ctx.cfg.kmeans_init)
+    return {"train": km["train"], "test": km["test"], "scores": ctx.test_scores(km["test"])}
 
 
 # ---- predictions ---------------------------------------------------------------------------------
@@ -293,8 +290,7 @@ def predict(ctx: ScanContext, model: ClusterModel, split: str) -> torch.Tensor:
 
 @torch.no_grad()
 def head_losses(log_probs: torch.Tensor, indices: torch.Tensor, entropy_weight: float) -> torch.Tensor:
-    """SCAN loss (H,) of each head over every (anchor, neighbour) pair of the train split (reference
-    `scan_evaluate`, here on the train split so the test split chooses nothing)."""
+    """SCAN loss (H,) of each head over every (anchor, neighbour) pair of a split (reference `scan_evaluate`)."""
     out = []
     for lp in log_probs:  # N x C, one head at a time
         log_dot = torch.logsumexp(lp.unsqueeze(1) + lp[indices], dim=-1)  # N x K
@@ -302,6 +298,29 @@ def head_losses(log_probs: torch.Tensor, indices: torch.Tensor, entropy_weight: 
         entropy = -(m * torch.log(m.clamp_min(1e-8))).sum()
         out.append(-log_dot.mean() - entropy_weight * entropy)
     return torch.stack(out)
+
+
+HEAD_CHOICE_ENTROPY_WEIGHT = 1.0  # reference scan_evaluate: total = consistency - entropy
+HEAD_CHOICE_NEIGHBORS = 5  # reference: the validation images' 5 nearest neighbours (topk_neighbors_val)
+
+
+def choose_head(ctx: ScanContext, model: ClusterModel,
+                train_neighbors: torch.Tensor) -> tuple[int, torch.Tensor, dict[str, Any]]:
+    """The head with the lowest `consistency - entropy` (entropy weight 1) on the validation split, as the
+    reference's `scan_evaluate` picks it: here the test images with their own 5 nearest neighbours in the pretext
+    feature space, no label used. Without enough test images, the train split and its mined neighbours."""
+    n_test = len(ctx.data.test_x)
+    if n_test > HEAD_CHOICE_NEIGHBORS:
+        indices, _ = mine_neighbors(ctx.pretext_features("test"), HEAD_CHOICE_NEIGHBORS)
+        split, log_probs = "test", predict(ctx, model, "test")
+    else:
+        indices, split, log_probs = train_neighbors, "train", predict(ctx, model, "train")
+    losses = head_losses(log_probs, indices, HEAD_CHOICE_ENTROPY_WEIGHT).cpu()
+    selection = {"split": split, "images": int(log_probs.shape[1]), "neighbors": int(indices.shape[1]),
+                 "entropy_weight": HEAD_CHOICE_ENTROPY_WEIGHT, "labels_used": False,
+                 "rule": "lowest consistency - entropy over every (image, neighbour) pair of the split, un-augmented "
+                         "(reference scan_evaluate)"}
+    return int(losses.argmin()), losses, selection
 
 
 def due(every: int, epoch: int, last: int) -> bool:
@@ -390,18 +409,17 @@ def cluster_stage(ctx: ScanContext, neighbors: torch.Tensor, state: Optional[dic
             checkpoint(epoch, done=False)
     logger.close()
 
-    # choose the head: lowest SCAN loss over all train anchors and their K neighbours, un-augmented
     tick = time.perf_counter()
-    losses = head_losses(predict(ctx, model, "train"), neighbors.to(dev), cfg.entropy_weight).cpu()
-    best = int(losses.argmin())
+    best, losses, selection = choose_head(ctx, model, neighbors.to(dev))
     test_lp = predict(ctx, model, "test")
     per_head = [ctx.test_scores(test_lp[h].argmax(-1).cpu().numpy()) for h in range(cfg.heads)]
     seconds += time.perf_counter() - tick
-    result = {"head": best, "head_losses": [float(v) for v in losses], "scores": per_head[best],
-              "heads_test_acc": [s["acc"] if s else None for s in per_head], "seconds": seconds}
+    result = {"head": best, "head_losses": [float(v) for v in losses], "head_selection": selection,
+              "scores": per_head[best], "heads_test_acc": [s["acc"] if s else None for s in per_head],
+              "seconds": seconds}
     checkpoint(cfg.cluster_epochs, done=True, result=result)
     s = per_head[best]
-    ctx.log(f"cluster: kept head {best} (train SCAN loss {losses[best]:.4f})"
+    ctx.log(f"cluster: kept head {best} ({selection['split']} consistency - entropy {losses[best]:.4f})"
             + (f"; test ACC {100 * s['acc']:.1f}% NMI {s['nmi']:.3f} ARI {s['ari']:.3f}" if s else "")
             + f" ({seconds:.1f} s)")
     return result
@@ -487,14 +505,34 @@ def selflabel_stage(ctx: ScanContext, cluster_state: dict[str, Any], state: Opti
             checkpoint(epoch, done=False)
     logger.close()
     tick = time.perf_counter()
-    test_lp = predict(ctx, model, "test")
-    s = ctx.test_scores(test_lp[0].argmax(-1).cpu().numpy())
+    after = predict(ctx, model, "test")[0].argmax(-1)
+    before = predict(ctx, cluster_model_from(ctx, cluster_state).single_head(cluster_state["result"]["head"]),
+                     "test")[0].argmax(-1)
+    s = ctx.test_scores(after.cpu().numpy())
     seconds += time.perf_counter() - tick
-    result = {"scores": s, "confident_fraction": None if math.isnan(confident) else confident, "seconds": seconds}
+    result = {"scores": s, "confident_fraction": None if math.isnan(confident) else confident, "seconds": seconds,
+              **selflabel_effect(before, after, ctx.num_clusters, cfg.selflabel_epochs * steps)}
     checkpoint(cfg.selflabel_epochs, done=True, result=result)
     ctx.log("selflabel: done" + (f"; test ACC {100 * s['acc']:.1f}% NMI {s['nmi']:.3f} ARI {s['ari']:.3f}" if s else "")
             + f" ({seconds:.1f} s)")
     return result
+
+
+def selflabel_effect(before: torch.Tensor, after: torch.Tensor, num_clusters: int, steps: int) -> dict[str, Any]:
+    """What self-labelling did to the test clusters: the share of images that changed cluster, the largest
+    cluster's share, and a note when it changed almost nothing or piled the images into one cluster."""
+    n = len(after)
+    changed = float((before != after).float().mean()) if n else None
+    largest = float(torch.bincount(after, minlength=num_clusters).max() / n) if n else None
+    note = None
+    if changed is not None and changed < 0.01:
+        note = (f"self-labelling moved {100 * changed:.1f}% of the test images to another cluster in {steps} steps: "
+                "too few steps at this learning rate to change the clustering (the reference runs 200 epochs)")
+    elif largest is not None and largest > 2.0 / num_clusters:
+        note = (f"one cluster holds {100 * largest:.0f}% of the test images after self-labelling: it reinforces the "
+                "confident predictions, and when many of those are wrong (low neighbour accuracy) it drifts into a "
+                "few clusters; compare with the SCAN step and k-means")
+    return {"changed_fraction": changed, "largest_cluster_share": largest, "note": note}
 
 
 def selflabel_model_from(ctx: ScanContext, state: dict[str, Any]) -> ClusterModel:
@@ -639,6 +677,9 @@ def write_outputs(ctx: ScanContext, results: dict[str, Any], mine: dict[str, Any
         "scan_heads_test_acc": None if cluster is None else cluster["heads_test_acc"],
         "selflabel": None if selflabel is None else selflabel["scores"],
         "selflabel_confident_fraction": None if selflabel is None else selflabel["confident_fraction"],
+        "selflabel_changed_fraction": None if selflabel is None else selflabel.get("changed_fraction"),
+        "selflabel_note": None if selflabel is None else selflabel.get("note"),
+        "head_selection": None if cluster is None else cluster.get("head_selection"),
         "seconds": seconds, "device": device_name(ctx.device),
         "pretext": {"run_dir": str(ctx.run.run_dir), "method": ctx.run.cfg.method.method,
                     "backbone": ctx.run.cfg.model.backbone, "epochs": ctx.pretext_epoch},

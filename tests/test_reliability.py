@@ -585,6 +585,14 @@ def test_ctrl_c_while_starting_is_one_line_and_exit_130(where, monkeypatch, caps
     assert (code, err) == (130, "sslab: stopped")
 
 
+def test_parsing_the_flags_imports_neither_scikit_learn_nor_scipy():
+    """They load when a command needs them: start-up stays short (a smaller window for a start-up Ctrl-C)."""
+    code = "import sys; import sslab.cli as c; c.build_parser(); print(sorted({'sklearn', 'scipy'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(SRC)}, capture_output=True,
+                         text=True, timeout=120)
+    assert out.stdout.strip() == "[]", out.stderr
+
+
 # ---- the run folder: one process at a time, made atomically, inside --out (issue #14.3) -----------------------
 HOLD_LOCK = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
              "fcntl.flock(fd, fcntl.LOCK_EX); os.ftruncate(fd, 0); os.write(fd, str(os.getpid()).encode()); "

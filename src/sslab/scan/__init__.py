@@ -6,11 +6,20 @@
 Stages (METHODS.md "SCAN"): mine neighbours in the pretext feature space -> train clustering heads with the
 SCAN loss -> self-label with confident pseudo-labels. `pipeline.py` runs them; the losses are in `loss.py`.
 """
-from sslab.scan.config import STAGES, ScanConfig
-from sslab.scan.loss import entropy_of_mean, scan_loss, selflabel_loss
-from sslab.scan.model import ClusterModel
-from sslab.scan.neighbors import mine_neighbors, neighbor_accuracy
-from sslab.scan.pipeline import run_scan
+import importlib
+from typing import Any
+
+# imported on first use (PEP 562), so `sslab --help` and the CLI's start-up do not import scikit-learn
+_WHERE = {"STAGES": "config", "ScanConfig": "config", "entropy_of_mean": "loss", "scan_loss": "loss",
+          "selflabel_loss": "loss", "ClusterModel": "model", "mine_neighbors": "neighbors",
+          "neighbor_accuracy": "neighbors", "run_scan": "pipeline"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"sslab.scan.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'sslab.scan' has no attribute {name!r}")
+
 
 __all__ = ["STAGES", "ClusterModel", "ScanConfig", "entropy_of_mean", "mine_neighbors", "neighbor_accuracy",
            "run_scan", "scan_loss", "selflabel_loss"]

@@ -254,7 +254,7 @@ def fit(cfg: Config | None = None, resume: str | Path | None = None, data: Image
     run: RunDir | None = None
     if resume is not None:
         run = RunDir.existing(resume)
-        cfg, _ = resume_config(run.config(), cfg)  # changes other than --epochs, --time-limit, ... are refused
+        cfg, resume_notes = resume_config(run.config(), cfg)  # changes but --epochs, --time-limit, ... are refused
     if cfg is None:
         raise ConfigError("fit() needs a config, or a run folder to resume")
     if time_limit is not None:
@@ -266,6 +266,8 @@ def fit(cfg: Config | None = None, resume: str | Path | None = None, data: Image
         state = None
         if run is not None:
             ddp.on_rank0(lambda: run.lock().save_config(cfg))  # one process per run folder at a time
+            for note in resume_notes:  # "resuming with --epochs 5 (was 3); ..."
+                log(note)
             if run.last_checkpoint.exists():
                 state = load_checkpoint(run.last_checkpoint)
             else:  # stopped between config.yaml and the first checkpoint: start it again, in its folder

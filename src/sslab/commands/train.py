@@ -66,8 +66,8 @@ def train_command(args: argparse.Namespace) -> int:
 
 
 def resume_flags(args: argparse.Namespace) -> Config:
-    """`--resume RUN` plus flags: the run's config.yaml with the flags that may change on resume applied (and
-    announced); flags that would make the run another one are refused with one line (docs/reliability.md)."""
+    """`--resume RUN` plus flags: the run's config.yaml with the flags given applied; flags that would make the
+    run another one are refused with one line (docs/reliability.md)."""
     if getattr(args, "config", None):
         raise ConfigError("--config cannot be combined with --resume (the run goes on with its own config.yaml); "
                           "drop --config, or start a new run")
@@ -75,10 +75,7 @@ def resume_flags(args: argparse.Namespace) -> Config:
     base = Config.from_dict(saved.to_dict())
     base.train.time_limit = None  # a limit applies to the session that set it
     given = config_from_args(args, base=base)
-    _, notes = resume_config(saved, given)
-    if os.environ.get("RANK", "0") == "0":
-        for note in notes:
-            print(note)
+    resume_config(saved, given)  # refused here, before anything loads; fit() announces what applies
     return given
 
 

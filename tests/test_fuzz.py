@@ -1,5 +1,6 @@
-"""Fuzzing the two doors user input comes through: the config (YAML, dicts, flags) and image folders.
-Whatever comes in, the answer is a valid Config / a loaded dataset, or a one-line ConfigError / DataError."""
+"""Fuzzing the doors user input comes through: the config (YAML, dicts, flags), image folders, and a run
+folder's files (checkpoint, config.yaml, metrics.jsonl). Whatever comes in, the answer is a valid Config / a
+loaded dataset / a finished command, or a one-line ConfigError / DataError / `sslab: error:` line."""
 import argparse
 import datetime
 import io

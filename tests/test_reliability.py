@@ -641,7 +641,8 @@ def test_flags_given_with_resume_are_applied_and_announced_or_refused(finished_r
     assert_one_line(*run_cli(["train", "--resume", str(finished_run), "--epochs", "2", "--lr", "1000", "--method",
                               "simclr"], capsys),
                     "--method, --lr cannot change when resuming (the run goes on with its config.yaml); with --resume "
-                    "only --epochs, --time-limit, --device, --progress, --knn-every, --checkpoint-every, --compile apply")
+                    "only --epochs, --time-limit, --device, --progress, --knn-every, --checkpoint-every, --compile, "
+                    "--cache-dir apply")
     assert_one_line(*run_cli(["train", "--resume", str(finished_run), "--config", str(finished_run / "config.yaml")],
                              capsys), "--config cannot be combined with --resume")
     assert (finished_run / "config.yaml").read_text() == config

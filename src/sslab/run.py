@@ -220,7 +220,7 @@ def _make_folder(out: Path, name: str, suffix: bool) -> Path:
 # ---- resume policy ------------------------------------------------------------------------------------------
 # What `--resume` may change: how long and where the run goes on, and what it logs; not what it computes.
 RESUME_CHANGES = {"epochs": "train", "time_limit": "train", "device": "train", "progress": "train",
-                  "knn_every": "train", "checkpoint_every": "train", "compile": "train"}
+                  "knn_every": "train", "checkpoint_every": "train", "compile": "train", "cache_dir": "data"}
 # what a hand edit of RUN/config.yaml may change besides those: where the data lives, where runs go
 EDITABLE_ON_RESUME = {**RESUME_CHANGES, "data_dir": "data", "download": "data", "out": "train", "name": "train"}
 
@@ -253,7 +253,7 @@ def resume_config(saved: Config, given: Config | None = None) -> tuple[Config, l
                           f"its config.yaml); with --resume only {allowed} apply; start a new run to change the others")
     notes = []
     for name, (old, new) in changes.items():
-        setattr(cfg.train, name, new)
+        setattr(getattr(cfg, RESUME_CHANGES[name]), name, new)
         note = "; the learning-rate schedule is stretched to the new length" if name == "epochs" else ""
         notes.append(f"resuming with {_flag(name)} {new} (was {'none' if old is None else old}){note}")
     return cfg, notes

@@ -686,7 +686,7 @@ def test_bad_metrics_lines_are_skipped_with_a_warning_and_repaired_on_resume(fin
     assert [r["epoch"] for r in RunDir(finished_run).read_metrics()] == [1]
     warnings = caplog.text
     assert "line 2 is a JSON list, not a record; skipped" in warnings
-    assert "line 3 lacks step, loss, lr, epoch_seconds, images_per_second; skipped" in warnings
+    assert "line 3 lacks step, loss, lr; skipped" in warnings
     assert "line 5 is not valid JSON (a write cut short?); skipped" in warnings
     code, err = run_cli(["train", "--resume", str(finished_run), "--epochs", "2"], capsys)
     assert code == 0, err

@@ -58,8 +58,7 @@ def test_run_folder_layout_metrics_and_truncation(tmp_path):
     run = RunDir.create(cfg)
     assert Config.load(run.config_path) == cfg
     for e in range(1, 5):
-        run.append_metrics({"epoch": e, "step": 10 * e, "loss": float("nan") if e == 2 else 1.0 / e, "lr": 0.1,
-                            "epoch_seconds": 1.0, "images_per_second": 100.0})
+        run.append_metrics({"epoch": e, "step": 10 * e, "loss": float("nan") if e == 2 else 1.0 / e, "lr": 0.1})
     assert run.read_metrics()[1]["loss"] is None  # NaN written as null, the file stays valid JSON lines
     run.truncate_metrics(2)
     assert [r["epoch"] for r in run.read_metrics()] == [1, 2]

@@ -294,8 +294,9 @@ def _check_same_data(state: dict[str, Any], now: dict[str, Any]) -> None:
                         "restore the data as it was to resume, or start a new run on the new data")
 
 
-# what every record of an epoch >= 1 has; the epoch-0 record (before training) holds only kNN figures
-METRICS_FIELDS = ("step", "loss", "lr", "epoch_seconds", "images_per_second")
+# what every record of an epoch >= 1 has (the curves need them); the epoch-0 record (before training) holds
+# only kNN figures
+METRICS_FIELDS = ("step", "loss", "lr")
 
 
 def metrics_record_problem(line: str) -> str | None:

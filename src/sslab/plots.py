@@ -137,9 +137,19 @@ def fit_titles(fig) -> bool:
         lines = text.get_text().split("\n")
         per_char = extent.width / max(len(line) for line in lines)
         chars = max(12, int(room / per_char))
-        text.set_text("\n".join(textwrap.fill(line, chars) for line in lines))
+        text.set_text("\n".join(_wrap(line, chars) for line in lines))
         changed = True
     return changed
+
+
+def _wrap(line: str, chars: int) -> str:
+    """`line` in lines of at most `chars` characters, broken after "what: " first ("PCA ...: SimSiam · ...")."""
+    if len(line) <= chars:
+        return line
+    head, sep, rest = line.partition(": ")
+    if sep and len(head) < chars:
+        return head + ":\n" + textwrap.fill(rest, chars)
+    return textwrap.fill(line, chars)
 
 
 # ---- learning curves -------------------------------------------------------------------------------------------

@@ -52,7 +52,8 @@ def train_once(root: Path, out: Path, args: argparse.Namespace) -> dict:
     """Train in a child process; its peak RSS and wall time."""
     cmd = [sys.executable, "-m", "sslab", "train", "--method", args.method, "--dataset", "stl10", "--data-dir", str(root),
            "--train-split", "unlabeled", "--backbone", args.backbone, "--batch-size", str(args.batch_size),
-           "--epochs", "1", "--knn-k", "20", "--no-progress", "--device", args.device, "--out", str(out)]
+           "--epochs", "1", "--knn-k", "20", "--no-progress", "--device", args.device, "--out", str(out),
+           "--cache-dir", str(root / "decoded-cache")]  # beside the synthetic data, removed with it
     env = {**os.environ, "PYTHONPATH": str(SRC), "SSLAB_TEST_SIGNAL_AT_STEP": str(args.steps)}
     t0 = time.perf_counter()
     with tempfile.TemporaryFile("w+") as out_file, tempfile.TemporaryFile("w+") as err_file:

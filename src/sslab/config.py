@@ -79,6 +79,7 @@ class OptimConfig:
     weight_decay: Optional[float] = None
     warmup_epochs: Optional[int] = None
     min_lr: float = 0.0  # cosine schedule floor, as a fraction of the peak lr
+    fused: Optional[bool] = None  # fused SGD/AdamW kernel (one launch for all parameters); None: on GPU only; LARS: none
 
 
 @dataclass

@@ -130,7 +130,7 @@ def build_optimizer(model: Method, cfg: Config, steps_per_epoch: int) -> tuple[t
     o, t = cfg.optim, cfg.train
     peak = o.lr * t.batch_size / 256
     groups = [{"params": g["params"], "fixed_lr": g["fixed_lr"], "lr": peak} for g in model.param_groups() if g["params"]]
-    fused = {"fused": True} if next(model.parameters()).is_cuda else {}
+    fused = {"fused": True} if (next(model.parameters()).is_cuda if o.fused is None else o.fused) else {}
     if o.optimizer == "sgd":
         opt = torch.optim.SGD(groups, lr=peak, momentum=o.momentum, weight_decay=o.weight_decay, **fused)
     elif o.optimizer == "adamw":

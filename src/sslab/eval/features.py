@@ -15,15 +15,17 @@ def normalize_images(x: torch.Tensor, mean: Sequence[float], std: Sequence[float
     return (x.float() / 255.0 - m) / s
 
 
-def autocast_for(device: torch.device, bf16: bool):
-    if bf16 and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def autocast_for(device: torch.device, bf16: bool | None = None):
+    """bf16 autocast on `device`. None (auto): on a GPU only; True: on the CPU too (the tests run the GPU
+    configuration there); False: never."""
+    if bf16 is None:
+        bf16 = device.type == "cuda"
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
 @torch.no_grad()
 def extract_features(backbone: nn.Module, images: torch.Tensor, mean: Sequence[float], std: Sequence[float],
-                     batch_size: int = 1024, bf16: bool = True, channels_last: bool = False) -> torch.Tensor:
+                     batch_size: int = 1024, bf16: bool | None = None, channels_last: bool = False) -> torch.Tensor:
     """Backbone features (N, D) float32 on the model's device, in eval mode (BN running stats)."""
     device = next(backbone.parameters()).device
     was_training = backbone.training

@@ -226,7 +226,7 @@ def train_standard_probe(backbone: nn.Module, images: torch.Tensor, labels: torc
                          mean: Sequence[float], std: Sequence[float], epochs: int = 100, batch_size: int = 256,
                          lr: float = 0.3, momentum: float = 0.9, weight_decay: float = 0.0,
                          crop_scale: tuple[float, float] | None = None, flip_p: float | None = None, seed: int = 0,
-                         bf16: bool = True, log: Callable[[str], None] | None = None,
+                         bf16: bool | None = None, log: Callable[[str], None] | None = None,
                          reference: ProbeWeights | None = None) -> ProbeResult:
     """SGD on a linear layer over the frozen backbone (eval mode) fed crop + flip views made on its device.
 

@@ -33,7 +33,7 @@ def labelled_subset(labels: torch.Tensor, fraction: float, seed: int, num_classe
 def finetune(backbone: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
              mean: Sequence[float], std: Sequence[float], epochs: int = 30, batch_size: int = 64, lr: float = 0.05,
              weight_decay: float = 5e-4, crop_scale: tuple[float, float] | None = None, flip_p: float | None = None,
-             seed: int = 0, bf16: bool = True,
+             seed: int = 0, bf16: bool | None = None,
              log: Callable[[str], None] | None = None) -> tuple[nn.Module, nn.Module, dict]:
     """Fine-tune a copy of `backbone` and a linear head on (images, labels); returns (backbone, head, details).
 

@@ -65,6 +65,8 @@ class ScanConfig:
     seed: int = setting(0, "seed of the samplers, augmentations and k-means")
     device: str = setting("auto", "auto, cpu, cuda or cuda:N")
     precision: str = setting("auto", "auto (bf16 autocast on GPU, fp32 on CPU), bf16 or fp32")
+    channels_last: Optional[bool] = setting(None, "channels-last memory format for the convolutions; none: on GPU only")
+    fused: Optional[bool] = setting(None, "Adam's fused kernel (one launch for all parameters); none: on GPU only")
     eval_every: int = setting(1, "test metrics of the best head every N epochs, for monitoring only (0: off)")
     checkpoint_every: int = setting(1, "write the stage checkpoint every N epochs (and always at the end)")
     show_per_cluster: int = setting(10, "images per cluster in confident_images.png")

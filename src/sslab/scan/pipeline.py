@@ -17,7 +17,6 @@ Outputs: scan.json, config.yaml, clusters.npz, confident_images.png, confusion.p
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import shutil
@@ -37,7 +36,7 @@ from sslab.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoin
 from sslab.data.base import ImageData
 from sslab.errors import ConfigError, RunFolderError
 from sslab.eval.clustering import cached_kmeans, clustering_scores
-from sslab.eval.features import extract_features
+from sslab.eval.features import autocast_for, extract_features
 from sslab.pretrained import TrainedRun, load_trained
 from sslab.run import RunDir
 from sslab.scan.config import STAGES, ScanConfig, stage_settings
@@ -73,7 +72,7 @@ class ScanContext:
         return self.run.device
 
     def autocast(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+        return autocast_for(self.device, self.bf16)
 
     def images(self, split: str) -> torch.Tensor:
         return self.data.train_x if split == "train" else self.data.test_x
@@ -125,8 +124,9 @@ class ScanContext:
         return scores(clusters, self.data.test_y.cpu().numpy(), self.num_clusters, self.data.num_classes)
 
     def fused(self) -> dict[str, bool]:
-        """Adam's fused CUDA kernel on the GPU (one launch for all parameters)."""
-        return {"fused": True} if self.device.type == "cuda" else {}
+        """Adam's fused kernel (one launch for all parameters): on a GPU unless --no-fused, on the CPU with --fused."""
+        fused = self.device.type == "cuda" if self.cfg.fused is None else self.cfg.fused
+        return {"fused": True} if fused else {}
 
     def sync(self) -> None:
         if self.device.type == "cuda":
@@ -590,7 +590,8 @@ def run_scan(run_dir: str | Path, cfg: Optional[ScanConfig] = None, *, until: st
     data = trained.load_data().to(trained.device)
     cuda = trained.device.type == "cuda"
     ctx = ScanContext(trained, cfg, data, out, log, cfg.num_clusters or data.num_classes,
-                      bf16=cuda and cfg.precision in ("auto", "bf16"), channels_last=cuda,
+                      bf16=cfg.precision == "bf16" or (cuda and cfg.precision == "auto"),
+                      channels_last=cuda if cfg.channels_last is None else cfg.channels_last,
                       pretext_epoch=int(trained.state.get("loop", {}).get("epoch", 0)))
     log(f"scan: {data.name} {len(data.train_x)} train / {len(data.test_x)} test images, {ctx.num_clusters} clusters, "
         f"pretext {trained.cfg.method.method}/{trained.cfg.model.backbone} (epoch {ctx.pretext_epoch}), "

@@ -76,7 +76,8 @@ def test_resume_verdict_flags_a_loss_outside_the_tolerance(tmp_path):
         folder = tmp_path / name
         folder.mkdir()
         lines = [{"epoch": 0, "step": 0, "knn_top1": 0.1, "knn_top1_init": 0.1, "knn_top1_pixels": 0.2}]
-        lines += [{"epoch": i + 1, "loss": v, "knn_top1": 0.5} for i, v in enumerate(losses)]
+        lines += [{"epoch": i + 1, "step": i + 1, "loss": v, "lr": 0.1, "knn_top1": 0.5, "epoch_seconds": 1.0,
+                   "images_per_second": 1.0} for i, v in enumerate(losses)]
         (folder / "metrics.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
         return str(folder)
 

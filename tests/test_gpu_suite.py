@@ -78,7 +78,7 @@ def test_resume_verdict_flags_a_loss_outside_the_tolerance(tmp_path):
         lines = [{"epoch": 0, "step": 0, "knn_top1": 0.1, "knn_top1_init": 0.1, "knn_top1_pixels": 0.2}]
         lines += [{"epoch": i + 1, "step": i + 1, "loss": v, "lr": 0.1, "knn_top1": 0.5, "epoch_seconds": 1.0,
                    "images_per_second": 1.0} for i, v in enumerate(losses)]
-        (folder / "metrics.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
         return str(folder)
 
     ref, ref2 = run("a", [1.0, 0.9]), run("b", [1.0, 0.901])
@@ -90,9 +90,9 @@ def test_resume_verdict_flags_a_loss_outside_the_tolerance(tmp_path):
 def test_rows_fill_the_docs_table(smoke, tmp_path):
     suite, out, _, _ = smoke
     rows = (out / "gpu_suite_rows.md").read_text()
-    body = [l for l in rows.splitlines() if l.startswith("| ") and not l.startswith(("| stage", "| ---"))]
-    assert {l.split(" | ")[0][2:] for l in body} == set(suite.STAGES)
-    assert not any("failed" in l or "not run" in l or "not measured" in l for l in body), rows
+    body = [row for row in rows.splitlines() if row.startswith("| ") and not row.startswith(("| stage", "| ---"))]
+    assert {row.split(" | ")[0][2:] for row in body} == set(suite.STAGES)
+    assert not any("failed" in row or "not run" in row or "not measured" in row for row in body), rows
     docs = ROOT / "docs" / "benchmarks.md"
     assert suite.DOCS_BEGIN in docs.read_text() and suite.DOCS_END in docs.read_text()
     copy = tmp_path / "benchmarks.md"

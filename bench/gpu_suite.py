@@ -191,7 +191,7 @@ def stage_speed(suite: Suite, budget: float) -> dict[str, Any]:
     if compiled.get("epochs", 0) > 1:
         compiled["compile_s"] = max(0.0, compiled["epoch_s_first"] - compiled["epoch_s_median"])
     peer = run_peer(suite)
-    result = {"eager": eager, "compiled": compiled, "compile_mode": suite.compile_setting(), "peer": peer}
+    result = {"eager": eager, "compiled": compiled, "compile_mode": suite.args.compile_mode, "peer": peer}
     ours = [r["epoch_s_median"] for r in (eager, compiled) if r.get("epochs", 0) > 1]
     if ours and peer.get("epoch_s_median"):
         result["speedup_vs_peer"] = peer["epoch_s_median"] / min(ours)
@@ -364,7 +364,7 @@ def after_figures(run: Path) -> dict[str, Any]:
         return json.loads(path.read_text()) if path.exists() else None
 
     evals = read(run / "eval.json") or []
-    records = evals.get("records", []) if isinstance(evals, dict) else evals
+    records = evals.get("results", []) if isinstance(evals, dict) else evals
     scan = read(run / "scan" / "scan.json") or {}
     analysis = read(run / "analysis.json") or {}
     return {"eval": {r.get("name"): r.get("accuracy") for r in records if isinstance(r, dict)},
@@ -598,12 +598,13 @@ def speed_cell(r: dict[str, Any]) -> str:
     return text + (" (stopped at its budget)" if r.get("stopped_at_budget") else "")
 
 
-def stage_rows(name: str, r: dict[str, Any]) -> list[tuple[str, str]]:
+def stage_rows(name: str, r: dict[str, Any], scale: dict[str, Any]) -> list[tuple[str, str]]:
     if r.get("status") != "ok":
         return [(name, f"failed: {r.get('error', 'not run')}".replace("|", "/"))]
+    setup = f"{scale.get('backbone', '?')}, batch {scale.get('batch_size', '?')}"
     if name == "speed":
         p = r.get("peer", {})
-        rows = [("SimSiam R18 CIFAR-10 b512, eager bf16", speed_cell(r["eager"])),
+        rows = [(f"SimSiam {setup}, eager", speed_cell(r["eager"])),
                 (f"the same, compiled ({r.get('compile_mode')})", speed_cell(r["compiled"])),
                 (f"peer: {p.get('peer', '-')}", f"{_num(p.get('epoch_s_median'))} s/epoch; kNN {_pct(p.get('knn_top1'))}; "
                  f"compute floor {_num(p.get('floor_fp32_epoch_s'))} s fp32, {_num(p.get('floor_bf16_cl_epoch_s'))} s "
@@ -613,9 +614,10 @@ def stage_rows(name: str, r: dict[str, Any]) -> list[tuple[str, str]]:
                          f"{r['ours_vs_peer_bf16_floor']:.2f}x the peer's bf16 compute floor"))
         return rows
     if name == "methods":
-        return [(f"{m} R18 CIFAR-10 b512, eager bf16", speed_cell(r.get(m, {}))) for m in ("simclr", "byol")]
+        return [(f"{m} {setup}, eager", speed_cell(r.get(m, {}))) for m in ("simclr", "byol")]
     if name == "stl96":
-        return [(f"SimSiam R18 96 px, b256, {r['images']} synthetic images", speed_cell(r["simsiam"]))]
+        return [(f"SimSiam {scale.get('backbone', '?')} 96 px, batch {scale.get('stl_batch', '?')}, {r['images']} "
+                 "synthetic images", speed_cell(r["simsiam"]))]
     if name == "accuracy":
         return [accuracy_row(r)]
     if name == "after":
@@ -645,13 +647,15 @@ def accuracy_row(r: dict[str, Any]) -> tuple[str, str]:
 
 def render_table(results: dict[str, Any]) -> str:
     h = results.get("header", {})
+    data = results.get("data", {}).get("dir", "?")
     lines = [f"Measured on {h.get('device', '?')}, torch {h.get('torch', '?')}, {h.get('date', '?')}"
-             f"{' (SMOKE: miniature sizes, not figures)' if h.get('smoke') else ''}; the whole suite "
+             f"{' (SMOKE: miniature sizes, not figures)' if h.get('smoke') else ''}; data {Path(data).name} "
+             f"(bf16 autocast and channels-last on a GPU, the defaults); the whole suite "
              f"{results.get('total_seconds', 0):.0f} s; `{h.get('command', '')}`", "",
              "| stage | measurement | figure |", "| --- | --- | --- |"]
     for name in STAGES:
         r = results.get("stages", {}).get(name)
-        rows = stage_rows(name, r) if r is not None else [("-", "not run")]
+        rows = stage_rows(name, r, h.get("scale", {})) if r is not None else [("-", "not run")]
         lines += [f"| {name} | {what} | {figure} |" for what, figure in rows]
     return "\n".join(lines)
 

@@ -59,6 +59,7 @@ def test_accuracy_run_gives_a_knn_curve_and_the_commands_run_on_it(smoke):
         assert after[name]["exit_code"] == 0 and after[name]["seconds"] > 0, name
     assert (Path(after["run_dir"]) / "report.html").is_file()
     assert after["figures"]["scan_acc"]["scan"] is not None
+    assert {"knn", "linear-fast", "linear-standard"} <= set(after["figures"]["eval"])
 
 
 def test_resume_on_the_cpu_is_bitwise(smoke):

@@ -1,3 +1,4 @@
+# PYTHON_ARGCOMPLETE_OK  (argcomplete: `eval "$(register-python-argcomplete sslab)"` completes commands and flags)
 """The `sslab` command. Thin: parse flags, build the config, call the library, turn user errors into one line.
 
 Each feature module adds its subcommands with `add_commands(subparsers)`; a handler takes the parsed
@@ -15,7 +16,7 @@ from typing import NoReturn, Sequence
 from sslab.errors import UserError
 
 # modules that add subcommands, in the order `sslab --help` lists them
-COMMAND_MODULES = ["sslab.commands.train", "sslab.commands.demo", "sslab.commands.scan", "sslab.commands.evaluate", "sslab.commands.look", "sslab.commands.data_tools"]
+COMMAND_MODULES = ["sslab.commands.train", "sslab.commands.demo", "sslab.commands.scan", "sslab.commands.evaluate", "sslab.commands.look", "sslab.commands.data_tools", "sslab.commands.export", "sslab.commands.datasets"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -29,10 +30,34 @@ class Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="sslab", description="Self-supervised representation learning on images: "
                     "train, evaluate, look, cluster.")
+    parser.add_argument("--version", action="version", version=version_line())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for name in COMMAND_MODULES:
         importlib.import_module(name).add_commands(sub)
     return parser
+
+
+def version_line() -> str:
+    """`sslab 0.1.0 (torch 2.13.0+cpu, Python 3.11.7)`: what a bug report needs, without importing torch."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    from sslab import __version__
+
+    try:
+        torch_version = version("torch")
+    except PackageNotFoundError:
+        torch_version = "not installed"
+    return f"sslab {__version__} (torch {torch_version}, Python {platform.python_version()})"
+
+
+def enable_completion(parser: argparse.ArgumentParser) -> None:
+    """Shell completion when argcomplete is installed and the shell asks for it (a no-op otherwise)."""
+    try:
+        import argcomplete
+    except ImportError:
+        return
+    argcomplete.autocomplete(parser)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -47,6 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
+    enable_completion(parser)
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # name the subcommand whose --help lists the flags
         command = getattr(args, "command", None)

@@ -13,6 +13,7 @@ that loads it.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import json
@@ -21,7 +22,7 @@ import re
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Iterator
 
 import torch
 import torch.nn as nn
@@ -36,8 +37,6 @@ RESNETS = ("resnet18", "resnet34", "resnet50")  # the backbones torchvision and 
 TORCHVISION_RENAMES = ((r"^stem\.0\.", "conv1."), (r"^stem\.1\.", "bn1."), (r"\.shortcut\.", ".downsample."))
 ONNX_CHECK_IMAGES = 4
 ONNX_ATOL, ONNX_RTOL = 1e-4, 1e-3
-
-Log = Callable[[str], None]
 
 
 class ExportCheckError(UserError):
@@ -172,7 +171,7 @@ def export_onnx(backbone: nn.Module, spec: ModelInput, path: Path) -> dict[str, 
         raise ConfigError(f"--format onnx needs onnx, onnxscript and onnxruntime ({e.name} is missing): "
                           "pip install onnx onnxscript onnxruntime") from None
     x = check_inputs(spec)  # traced on 2 of them, checked on all: the batch dimension is free
-    with _quiet_exporter():
+    with quiet_onnx_exporter():
         program = torch.onnx.export(backbone, (x[:2],), None, input_names=["images"], output_names=["features"],
                                     dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, verbose=False)
     atomic_write_bytes(path, program.model_proto.SerializeToString())  # type: ignore[union-attr]
@@ -197,21 +196,19 @@ def check_inputs(spec: ModelInput, n: int = ONNX_CHECK_IMAGES, seed: int = 0) ->
     return (images.float() / 255 - mean) / std
 
 
-class _quiet_exporter:
+@contextlib.contextmanager
+def quiet_onnx_exporter() -> Iterator[None]:
     """torch.onnx's exporter logs about optional torchvision ops and warns about its own internals; users of
     `sslab export` should see only sslab's lines."""
-
-    def __enter__(self) -> None:
-        self._warnings = warnings.catch_warnings()
-        self._warnings.__enter__()
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        self._logger = logging.getLogger("torch.onnx")
-        self._level = self._logger.level
-        self._logger.setLevel(logging.ERROR)
-
-    def __exit__(self, *exc: Any) -> None:
-        self._logger.setLevel(self._level)
-        self._warnings.__exit__(*exc)
+        logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            logger.setLevel(level)
 
 
 def export_backbone(backbone: nn.Module, name: str, info: dict[str, Any], fmt: str, out_dir: Path,

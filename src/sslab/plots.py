@@ -81,9 +81,12 @@ def figure_style() -> Iterator[None]:
 
 
 def new_figure(width: float = 6.4, height: float = 4.0):
+    import sys
+
     import matplotlib
 
-    matplotlib.use("Agg")
+    if "ipykernel" not in sys.modules:  # in a notebook, keep its inline backend: the user's own plots must still show
+        matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     with figure_style():

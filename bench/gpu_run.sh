@@ -16,10 +16,11 @@ if [ "${1:-}" = "--prepare" ]; then
     exit 0
 fi
 out=${OUT:-gpu-suite-out}
-mkdir -p /tmp/c10 "$out"
-tar -xzf .data/cifar10-jpeg.tar.gz -C /tmp/c10
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/peer .data/wheels/*.whl
-export PYTHONPATH=src:/tmp/peer PYTHONUNBUFFERED=1
+work=${SUITE_WORK:-/tmp/sslab-gpu-suite}  # the unpacked data, the peer's packages, the run folders
+mkdir -p "$work/data" "$out"
+tar -xzf .data/cifar10-jpeg.tar.gz -C "$work/data"
+python3 -m pip install -q --no-index --no-deps --no-compile --target "$work/peer" .data/wheels/*.whl
+export PYTHONPATH="src:$work/peer" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,noheader || true
-python3 bench/gpu_suite.py --data /tmp/c10/cifar10-jpeg --peer .data/peer_lightly_simsiam.py \
-    --out "$out" --runs /tmp/gpu-suite-runs "$@" 2>&1 | tee "$out/gpu_suite.log"
+python3 bench/gpu_suite.py --data "$work/data/cifar10-jpeg" --peer .data/peer_lightly_simsiam.py \
+    --out "$out" --runs "$work/runs" "$@" 2>&1 | tee "$out/gpu_suite.log"

@@ -42,7 +42,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from sslab.cli import main as sslab_main  # noqa: E402
-from sslab.config import FIELD_TYPES, Config  # noqa: E402
+from sslab.config import Config, TrainConfig  # noqa: E402
 from sslab.data import load_dataset  # noqa: E402
 from sslab.data.base import ImageData  # noqa: E402
 from sslab.run import RunDir  # noqa: E402
@@ -154,7 +154,7 @@ class Suite:
 
     def compile_setting(self) -> Any:
         """`train.compile` as this version of the config spells it: a mode name, or True (older: a bool)."""
-        return True if FIELD_TYPES["train"]["compile"] is bool else self.args.compile_mode
+        return True if isinstance(TrainConfig().compile, bool) else self.args.compile_mode
 
     def left(self) -> float:
         return self.args.budget - (time.perf_counter() - self.started)
@@ -247,22 +247,20 @@ def peer_importable() -> bool:
 
 
 def peer_stub(suite: Suite) -> dict[str, Any]:
-    """What the peer does, in miniature and without lightly: a per-image Python augmentation loop feeding
-    the same model. It only proves the suite's plumbing; its numbers are not the peer's."""
-    from sslab.methods import METHODS
+    """What the peer does, in miniature and without lightly: a per-image Python augmentation loop feeding a
+    backbone and a projector under a negative-cosine loss. It only proves the suite's plumbing; its numbers are
+    not the peer's."""
     from sslab.models import create_backbone
 
-    cfg = Config.from_dict(suite.base_config("simsiam", 1, "peer-stub"))
-    from sslab.train import resolve
-    cfg = resolve(cfg, suite.data.image_size)
-    model = METHODS.create("simsiam", create_backbone(suite.scale.backbone, 3, suite.data.image_size, "auto"), cfg.method)
+    torch.manual_seed(0)
+    backbone = create_backbone(suite.scale.backbone, 3, suite.data.image_size, "auto")
+    model = torch.nn.Sequential(backbone, torch.nn.Linear(backbone.out_dim, 32))
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    x = suite.data.train_x[: suite.scale.batch_size * 2]
     start = time.perf_counter()
-    for batch in x.split(suite.scale.batch_size):
-        views = [torch.stack([img.flip(-1) if torch.rand(()) < 0.5 else img for img in batch]).float() / 255
-                 for _ in range(2)]  # per-image Python on purpose: that is the peer's data path
-        loss = model(views)["loss"]
+    for batch in suite.data.train_x[: suite.scale.batch_size * 2].split(suite.scale.batch_size):
+        z1, z2 = (model(torch.stack([img.flip(-1) if torch.rand(()) < 0.5 else img for img in batch]).float() / 255)
+                  for _ in range(2))  # per-image Python on purpose: that is the peer's data path
+        loss = -torch.nn.functional.cosine_similarity(z1, z2.detach()).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -184,9 +184,9 @@ def test_scan_stages_run_in_the_gpu_configuration(tmp_path):
 
 @pytest.mark.slow  # inductor compiles the step in ~1-3 minutes on 2 CPU cores (measured 164 s under load)
 def test_compiled_step_in_the_gpu_configuration_follows_eager(tmp_path):
-    from sslab.config import FIELD_TYPES
+    from sslab.config import TrainConfig
 
-    compile_on = True if FIELD_TYPES["train"]["compile"] is bool else "default"
+    compile_on = True if isinstance(TrainConfig().compile, bool) else "default"  # a bool before --compile MODE
     eager = train_tiny(tmp_path, "simsiam", GPU_TRAIN, {"fused": True}, name="eager")["final_loss"]
     compiled = train_tiny(tmp_path, "simsiam", {**GPU_TRAIN, "compile": compile_on}, {"fused": True},
                           name="compiled")["final_loss"]

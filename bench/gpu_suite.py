@@ -390,8 +390,11 @@ def stage_resume(suite: Suite, budget: float) -> dict[str, Any]:
         first = suite.train(cfg, share(1), data=data)
     if not first["stopped_at_budget"] or first["epochs"] != 1:
         raise RuntimeError(f"the run was not interrupted at step {at} (epochs done: {first['epochs']})")
-    fit(resume=first["run_dir"], data=data, log=lambda m: print(f"[resume] {m}", flush=True),
-        time_limit=max(share(1), 1.0))
+    try:
+        fit(resume=first["run_dir"], data=data, log=lambda m: print(f"[resume] {m}", flush=True),
+            time_limit=max(share(1), 1.0))
+    except Interrupted:
+        raise RuntimeError("the resumed run did not finish within the stage's budget (--budget-resume)") from None
     runs["resumed"] = first["run_dir"]
     return {"interrupted_at_step": at, **resume_verdict(*(runs[k] for k in ("reference", "second_reference",
                                                                                "resumed")))}

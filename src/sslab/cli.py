@@ -38,17 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def version_line() -> str:
-    """`sslab 0.1.0 (torch 2.13.0+cpu, Python 3.11.7)`: what a bug report needs, without importing torch."""
+    """`sslab 0.1.0 (torch 2.13.0+cpu, Python 3.11.7)`: what a bug report needs, the torch build included."""
     import platform
-    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
 
     from sslab import __version__
 
-    try:
-        torch_version = version("torch")
-    except PackageNotFoundError:
-        torch_version = "not installed"
-    return f"sslab {__version__} (torch {torch_version}, Python {platform.python_version()})"
+    return f"sslab {__version__} (torch {torch.__version__}, Python {platform.python_version()})"
 
 
 def enable_completion(parser: argparse.ArgumentParser) -> None:

@@ -270,6 +270,44 @@ def test_eval_command_writes_json_figures_and_probe(tiny_run, capsys):  # noqa: 
         assert_png_not_blank(tiny_run / rel)
     name, probe, classes = load_probe(tiny_run)
     assert name == "linear-standard" and probe.weight.shape == (10, 64) and classes == ev["classes"]
+    # baselines beside the figures: the contract's pixel kNN and the untrained network, same split and protocol
+    from sslab.data import load_dataset
+    from sslab.eval.baselines import pixel_knn_accuracy
+
+    d = load_dataset("digits")
+    assert by_name["knn"]["baselines"]["pixels"] == pytest.approx(
+        pixel_knn_accuracy(d.train_x, d.train_y, d.test_x, d.test_y, 10, 20, 0.1))
+    for n in ("knn", "linear-fast"):
+        assert 0 < by_name[n]["baselines"]["untrained"] <= 1 and 0 < by_name[n]["baselines"]["pixels"] <= 1
+    assert "rebuilt from the config's seed" in ev["baselines"]["untrained_source"] or "init.pt" in ev["baselines"]["untrained_source"]
+    assert ev["complete"] is True and "pixels" in out and "untrained" in out
+
+
+def test_an_interrupted_eval_keeps_its_results_and_a_rerun_continues(tiny_run, monkeypatch):  # noqa: F811
+    from sslab.eval import evaluate
+
+    real = evaluate.standard_protocol
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluate, "standard_protocol", interrupted)
+    assert main(["eval", str(tiny_run), "--device", "cpu", "--probe-epochs", "1"]) == 130
+    ev = json.loads((tiny_run / "eval.json").read_text())
+    assert ev["complete"] is False and [r["name"] for r in ev["results"]] == ["knn", "linear-fast"]
+    assert ev["results"][0]["baselines"]["pixels"] is not None
+    kept = {r["name"]: r["accuracy"] for r in ev["results"]}
+
+    def recomputed(*a, **k):
+        raise AssertionError("a finished protocol was run again")
+
+    monkeypatch.setattr(evaluate, "standard_protocol", real)
+    monkeypatch.setattr(evaluate, "feature_protocols", recomputed)
+    monkeypatch.setattr(evaluate, "baseline_protocols", recomputed)
+    assert main(["eval", str(tiny_run), "--device", "cpu", "--probe-epochs", "1"]) == 0
+    ev = json.loads((tiny_run / "eval.json").read_text())
+    assert ev["complete"] is True and [r["name"] for r in ev["results"]] == ["knn", "linear-fast", "linear-standard"]
+    assert {r["name"]: r["accuracy"] for r in ev["results"][:2]} == kept
 
 
 def test_eval_svm_and_transfer_to_an_rgb_folder(tiny_run, tmp_path):  # noqa: F811
@@ -330,3 +368,43 @@ def test_real_command_line_on_a_folder_without_checkpoint(tmp_path):
     assert done.returncode == 2 and "Traceback" not in done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("sslab: error: no checkpoint in")
+
+
+# ---- baselines ------------------------------------------------------------------------------------------------
+def test_pixel_knn_of_a_tiny_case_by_hand():
+    """1 x 1 x 2 images. Plain pixel vectors all point the same way (cosine ~1 everywhere), so only the centred
+    vectors separate the classes: the baseline takes the better of the two."""
+    from sslab.eval.baselines import pixel_knn_accuracy
+
+    train = torch.tensor([[250, 240], [251, 241], [252, 242], [240, 250]], dtype=torch.uint8).view(4, 1, 1, 2)
+    train_y = torch.tensor([0, 0, 0, 1])
+    test = torch.tensor([[249, 241], [241, 249]], dtype=torch.uint8).view(2, 1, 1, 2)
+    test_y = torch.tensor([0, 1])
+    assert pixel_knn_accuracy(train, train_y, test, test_y, 2, k=1, t=0.1) == 1.0
+    plain = knn_accuracy(train.view(4, 2).float() / 255, train_y, test.view(2, 2).float() / 255, test_y, 2, 4, 0.1)
+    assert plain == 0.5  # four near-equal votes, three for class 0: the plain vectors cannot tell
+    assert pixel_knn_accuracy(train, train_y, test, test_y, 2, k=4, t=0.1) == 1.0  # centred: they can
+    assert pixel_knn_accuracy(train, torch.full((4,), -1), test, test_y, 2) is None
+
+
+def test_large_images_are_randomly_projected_and_small_ones_kept():
+    from sslab.eval.baselines import PIXEL_MAX_DIM, pixel_features
+
+    small = torch.randint(0, 256, (3, 3, 8, 8), dtype=torch.uint8)
+    assert torch.equal(pixel_features(small), small.view(3, -1).float() / 255)
+    big = torch.randint(0, 256, (5, 3, 48, 48), dtype=torch.uint8)  # 6912 values > PIXEL_MAX_DIM
+    a, b = pixel_features(big), pixel_features(big)
+    assert a.shape == (5, PIXEL_MAX_DIM) and torch.equal(a, b)  # fixed projection
+    x = big.view(5, -1).float() / 255
+    assert torch.allclose(torch.cdist(a, a), torch.cdist(x, x), rtol=0.1)  # distances kept
+
+
+def test_the_baseline_sentence_names_every_figure_below_a_baseline():
+    from sslab.eval.baselines import below_baseline_sentence
+
+    results = [{"name": "knn", "accuracy": 0.6, "baselines": {"pixels": 0.98, "untrained": 0.5}},
+               {"name": "linear-fast", "accuracy": 0.9, "baselines": {"pixels": 0.85, "untrained": 0.7}}]
+    sentence = below_baseline_sentence(results)
+    assert "knn (60.0%) is below the raw pixels (98.0%)" in sentence and "linear-fast" not in sentence
+    assert "untrained" not in sentence.split("Below a baseline:")[1].split(".")[0]
+    assert below_baseline_sentence(results[1:]) is None

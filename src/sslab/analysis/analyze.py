@@ -87,7 +87,11 @@ def analyze_run(trained: TrainedRun, split: str = "test", max_points: int = 5000
     km.cluster_tiles_figure(emb.images, assign, dist, report, out_dir / "cluster-tiles.png", title,
                             size=max(info["image_size"], 24) if info["image_size"] < 24 else min(info["image_size"], 64))
     figures.append(out_dir / "cluster-tiles.png")
-    log(f"k-means (k={k}, n_init={n_init}) in {time.perf_counter() - t0:.1f} s")
+    from sslab.eval.baselines import kmeans_baselines
+
+    baselines = kmeans_baselines(trained, data, k, seed, n_init)
+    log(f"k-means (k={k}, n_init={n_init}) and its raw-pixel and untrained-network baselines in "
+        f"{time.perf_counter() - t0:.1f} s")
 
     save_embeddings(run.path / EMBEDDINGS_FILE, {**emb.arrays(), "clusters": assign, "tsne": coords.astype(np.float32),
                                                  "tsne_rows": rows.astype(np.int64)})
@@ -98,7 +102,7 @@ def analyze_run(trained: TrainedRun, split: str = "test", max_points: int = 5000
                       "explained_variance_ratio_top10": [float(v) for v in p["ratio"][:10]],
                       "input": "backbone features, centred"},
               "tsne": tsne_info,
-              "kmeans": {**report, "n_init": n_init, "seed": seed,
+              "kmeans": {**report, "n_init": n_init, "seed": seed, "baselines": baselines,
                          "input": "l2-normalised backbone features; fitted on the train split, test images assigned to "
                                   "the nearest centre (the k-means result `sslab scan` reports too)"},
               "figures": [str(f.relative_to(run.path)) for f in figures], "embeddings": EMBEDDINGS_FILE,
@@ -133,8 +137,16 @@ def format_tables(result: dict[str, Any]) -> str:
     top = "  ".join(f"{100 * v:.1f}" for v in p["explained_variance_ratio_top10"])
     lines += [f"  first components (%): {top}", ""]
     lines += [f"k-means, k={k['k']} on l2-normalised features (n_init={k['n_init']}): "
-              f"ACC {100 * k['acc']:.2f}% ({k['acc_mapping']})  NMI {k['nmi']:.4f}  ARI {k['ari']:.4f}",
-              "  cluster   size  majority class        purity  matched class"]
+              f"ACC {100 * k['acc']:.2f}% ({k['acc_mapping']})  NMI {k['nmi']:.4f}  ARI {k['ari']:.4f}"]
+    base = k.get("baselines") or {}
+    for name in ("pixels", "untrained"):
+        if base.get(name):
+            b = base[name]
+            lines.append(f"  baseline, {name} (test split): ACC {100 * b['acc']:.2f}%  NMI {b['nmi']:.4f}  ARI {b['ari']:.4f}")
+    from sslab.eval.baselines import below_baseline_sentence, kmeans_record
+
+    sentence = below_baseline_sentence([kmeans_record("k-means ACC", k, base)])
+    lines += ([sentence] if sentence else []) + ["  cluster   size  majority class        purity  matched class"]
     for c in k["clusters"]:
         purity = f"{100 * c['purity']:5.1f}%" if c["purity"] is not None else "    - "
         lines.append(f"  {c['cluster']:>7d} {c['size']:>6d}  {str(c['majority_class'])[:20]:<20s}  {purity}  "

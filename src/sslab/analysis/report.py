@@ -104,6 +104,11 @@ def _missing(what: str, command: str) -> str:
     return f'<p class="missing">No {_esc(what)} yet: run <code>{_esc(command)}</code>.</p>'
 
 
+def _baseline_sentence(sentence: str | None) -> str:
+    """The one sentence saying which learned figures are below a baseline ("" when none is)."""
+    return f'<p class="missing">{_esc(sentence)}</p>' if sentence else ""
+
+
 # ---- sections ----------------------------------------------------------------------------------------------------
 def section_summary(run: Path) -> str:
     summary = _read_json(run / "summary.json")
@@ -121,12 +126,19 @@ def section_eval(run: Path) -> str:
     ev = _read_json(run / "eval.json")
     if ev is None:
         return _missing("evaluation", f"sslab eval {run}")
+    from sslab.eval.baselines import below_baseline_sentence
+
     rows = []
     for r in ev.get("results", []):
         sizes = ", ".join(f"{k} {v}" for k, v in (r.get("sizes") or {}).items())
+        base = r.get("baselines") or {}
         rows.append([r.get("name"), r.get("protocol"), r.get("classifier"), r.get("dataset"), _pct(r.get("accuracy")),
-                     sizes])
-    parts = [table(["name", "protocol", "classifier", "dataset", "accuracy", "sizes"], rows, {4})]
+                     _pct(base.get("pixels")), _pct(base.get("untrained")), sizes, r.get("note") or ""])
+    parts = [_baseline_sentence(below_baseline_sentence(ev.get("results", [])))]
+    parts.append(table(["name", "protocol", "classifier", "dataset", "accuracy", "raw pixels", "untrained network",
+                        "sizes", "note"], rows, {4, 5, 6}))
+    if ev.get("complete") is False:
+        parts.append(_missing("complete evaluation (it was interrupted)", f"sslab eval {run}"))
     own = [r for r in ev.get("results", []) if not str(r.get("name", "")).startswith("transfer-")]
     classes = ev.get("classes", [])
     if own and classes:
@@ -150,9 +162,16 @@ def section_analysis(run: Path) -> str:
                      f"{_esc(an.get('feature_dim'))}-d features; PCA effective rank {_fmt(p.get('effective_rank'))}.</p>")
         parts.append(table(["explained variance", "components"],
                            [[f"{100 * float(t):g}%", n] for t, n in (p.get("components_for_variance") or {}).items()], {1}))
-        parts.append(table(["k-means", "k", "ACC", "NMI", "ARI", "ACC mapping"],
-                           [["l2-normalised features", k.get("k"), _pct(k.get("acc")), _fmt(k.get("nmi")),
-                             _fmt(k.get("ari")), k.get("acc_mapping")]], {1, 2, 3, 4}))
+        from sslab.eval.baselines import below_baseline_sentence, kmeans_record
+
+        base = k.get("baselines") or {}
+        rows = [["learned features (l2-normalised)", k.get("k"), _pct(k.get("acc")), _fmt(k.get("nmi")),
+                 _fmt(k.get("ari")), k.get("acc_mapping")]]
+        rows += [[f"baseline: {label} (test split)", k.get("k"), _pct(b.get("acc")), _fmt(b.get("nmi")),
+                  _fmt(b.get("ari")), b.get("acc_mapping")]
+                 for label, b in (("raw pixels", base.get("pixels")), ("untrained network", base.get("untrained"))) if b]
+        parts.append(_baseline_sentence(below_baseline_sentence([kmeans_record("k-means ACC", k, base)])))
+        parts.append(table(["k-means", "k", "ACC", "NMI", "ARI", "ACC mapping"], rows, {1, 2, 3, 4}))
     parts.append(figures(pngs, run))
     return "".join(parts)
 
@@ -189,10 +208,16 @@ def section_scan(run: Path) -> str | None:
             scores.append([name + head, _pct(stage.get("acc")), _pct(stage.get("nmi")), _pct(stage.get("ari"))])
         elif key in scan:
             scores.append([name, "not run", "", ""])
-    parts = [f"<p>{_esc(scan.get('acc_note', ''))}</p>" if scan.get("acc_note") else "",
+    base = scan.get("baselines") or {}
+    scores += [[f"baseline: k-means on {label}", _pct(b.get("acc")), _pct(b.get("nmi")), _pct(b.get("ari"))]
+               for label, b in (("raw pixels", base.get("pixels")), ("the untrained network", base.get("untrained")))
+               if isinstance(b, dict)]
+    parts = [_baseline_sentence(scan.get("below_baselines")),
+             f"<p>{_esc(scan.get('acc_note', ''))}</p>" if scan.get("acc_note") else "",
              table(["test split", "ACC", "NMI", "ARI"], scores, {1, 2, 3})]
     facts = [[k, _scan_value(k, v)] for k, v in scan.items()
-             if k not in dict(SCAN_STAGES) and k not in ("config", "acc_note") and not (isinstance(v, dict) and "acc" in v)]
+             if k not in dict(SCAN_STAGES) and k not in ("config", "acc_note", "baselines", "below_baselines")
+             and not (isinstance(v, dict) and "acc" in v)]
     parts.append(table(["setting", "value"], facts))
     if isinstance(scan.get("config"), dict):
         parts.append("<details><summary>SCAN config</summary>"

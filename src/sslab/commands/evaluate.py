@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 from pathlib import Path
 from typing import Callable
 
@@ -80,12 +82,39 @@ def eval_options(args: argparse.Namespace):
 
 
 def format_results(result: dict) -> str:
-    lines = [f"{'name':<24s} {'classifier':<10s} {'dataset':<14s} {'accuracy':>9s}   sizes"]
+    """The results table with the raw-pixel and untrained-network baselines beside each figure, the notes, and
+    one sentence naming every figure below a baseline."""
+    from sslab.eval.baselines import below_baseline_sentence
+
+    def pct(v) -> str:
+        return f"{100 * v:.2f}%" if v is not None else "-"
+
+    lines = [f"{'name':<24s} {'classifier':<10s} {'dataset':<14s} {'accuracy':>9s} {'pixels':>9s} {'untrained':>9s}   sizes"]
     for r in result["results"]:
         sizes = " ".join(f"{k}={v}" for k, v in r["sizes"].items())
-        acc = f"{100 * r['accuracy']:.2f}%" if r["accuracy"] is not None else "-"
-        lines.append(f"{r['name']:<24s} {r['classifier']:<10s} {r['dataset']:<14s} {acc:>9s}   {sizes}")
-    return "\n".join(lines)
+        b = r.get("baselines") or {}
+        lines.append(f"{r['name']:<24s} {r['classifier']:<10s} {r['dataset']:<14s} {pct(r['accuracy']):>9s} "
+                     f"{pct(b.get('pixels')):>9s} {pct(b.get('untrained')):>9s}   {sizes}")
+    lines += [f"note, {r['name']}: {r['note']}" for r in result["results"] if r.get("note")]
+    sentence = below_baseline_sentence(result["results"])
+    return "\n".join(lines + ([sentence] if sentence else []))
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM ends `eval` like Ctrl-C (one line, exit 130) instead of killing it mid-write."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave the default
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def eval_command(args: argparse.Namespace, log: Callable[[str], None] = print) -> int:
@@ -99,7 +128,8 @@ def eval_command(args: argparse.Namespace, log: Callable[[str], None] = print) -
     if trained.device.type == "cpu" and opts.protocol in ("standard", "both") and opts.probe_epochs >= 50:
         log(f"note: the standard probe runs {opts.probe_epochs} epochs on the CPU; --protocol fast or "
             "--probe-epochs N is quicker")
-    result = evaluate_run(trained, opts, log)
+    with sigterm_as_interrupt():  # results already in eval.json are kept; a rerun continues
+        result = evaluate_run(trained, opts, log)
     log(format_results(result))
     log(f"wrote {Path(result['run_dir']) / 'eval.json'}, {len(result['figures'])} figures in "
         f"{Path(result['run_dir']) / 'eval'}, probes in {Path(result['run_dir']) / 'probe.pt'}")

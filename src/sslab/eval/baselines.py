@@ -1,20 +1,57 @@
 """Reference points for every learned figure: the raw pixels and the untrained network.
 
-A learned kNN accuracy means little alone. sslab prints it beside (a) the raw pixels under the same kNN
-protocol, taking the better of plain and mean-centred pixel vectors so the baseline is never a straw man,
-and (b) the run's own network before training (its initial weights).
+A learned kNN accuracy means little alone. sslab prints it beside (a) the raw pixels under the same protocol,
+taking the better of plain and mean-centred pixel vectors so the baseline is never a straw man, and (b) the
+run's own network before training (its initial weights, RUN/checkpoints/init.pt).
+
+Pixel vectors are memory-bounded: images are turned into floats a chunk at a time, and images with more than
+PIXEL_MAX_DIM values (STL-10's 96x96x3 = 27,648) are mapped by a fixed, seeded Gaussian random projection to
+PIXEL_MAX_DIM dimensions (Johnson-Lindenstrauss: distances and dot products kept to a few per cent), which the
+results say. CIFAR-size images (3,072 values) are used as they are.
 """
 from __future__ import annotations
 
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
 import torch
 
 from sslab.eval.knn import knn_accuracy
 
+PIXEL_MAX_DIM = 4096
+PIXEL_CHUNK = 4096  # images converted to float at a time
+INIT_CHECKPOINT = "checkpoints/init.pt"
+
+
+def pixel_projection(dim: int, device: torch.device | str = "cpu", seed: int = 0) -> torch.Tensor | None:
+    """The fixed (dim, PIXEL_MAX_DIM) Gaussian projection / sqrt(PIXEL_MAX_DIM), or None when dim is small enough."""
+    if dim <= PIXEL_MAX_DIM:
+        return None
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(dim, PIXEL_MAX_DIM, generator=g) / PIXEL_MAX_DIM ** 0.5).to(device)
+
 
 def pixel_features(images: torch.Tensor, center: torch.Tensor | None = None) -> torch.Tensor:
-    """uint8 (N, C, H, W) -> float (N, C*H*W) pixel vectors in [0, 1], minus `center` when given."""
-    x = images.reshape(len(images), -1).float() / 255.0
+    """uint8 (N, C, H, W) -> float (N, D) pixel vectors in [0, 1] (randomly projected to PIXEL_MAX_DIM when
+    C*H*W is larger), converted a chunk at a time, minus `center` when given."""
+    flat = images.reshape(len(images), -1)
+    proj = pixel_projection(flat.shape[1], images.device)
+    parts = []
+    for i in range(0, len(flat), PIXEL_CHUNK):
+        x = flat[i:i + PIXEL_CHUNK].float() / 255.0
+        parts.append(x @ proj if proj is not None else x)
+    x = torch.cat(parts) if parts else torch.zeros(0, flat.shape[1] if proj is None else PIXEL_MAX_DIM)
     return x - center if center is not None else x
+
+
+def pixel_description(images: torch.Tensor) -> str:
+    dim = int(np.prod(images.shape[1:]))
+    what = f"raw pixel vectors ({dim} values in [0, 1])"
+    if dim > PIXEL_MAX_DIM:
+        what += f", seeded Gaussian random projection to {PIXEL_MAX_DIM} dimensions (memory bound)"
+    return what
 
 
 @torch.no_grad()
@@ -26,7 +63,109 @@ def pixel_knn_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: tor
     if len(test_x) == 0 or int(labelled.sum()) == 0:
         return None
     bank = pixel_features(train_x[labelled])
+    queries = pixel_features(test_x)
     mean = bank.mean(dim=0, keepdim=True)
-    plain = knn_accuracy(bank, train_y[labelled], pixel_features(test_x), test_y, num_classes, k, t)
-    centred = knn_accuracy(bank - mean, train_y[labelled], pixel_features(test_x, mean), test_y, num_classes, k, t)
+    plain = knn_accuracy(bank, train_y[labelled], queries, test_y, num_classes, k, t)
+    centred = knn_accuracy(bank - mean, train_y[labelled], queries - mean, test_y, num_classes, k, t)
     return max(plain, centred)
+
+
+def pixel_kmeans(train_x: torch.Tensor, test_x: torch.Tensor, test_y: np.ndarray, k: int, seed: int = 0,
+                 n_init: int = 10, run_dir: Path | None = None) -> dict[str, Any]:
+    """The k-means protocol (`kmeans_fit`) on pixel vectors, the better (test ACC) of plain and centred:
+    {"scores": ACC/NMI/ARI on the labelled test images, "centred": bool, "train", "test"}."""
+    from sslab.eval.clustering import cached_kmeans, clustering_scores
+
+    train = pixel_features(train_x).cpu().numpy()
+    test = pixel_features(test_x).cpu().numpy()
+    mean = train.mean(axis=0, keepdims=True)
+    known = np.asarray(test_y) >= 0
+    best: dict[str, Any] | None = None
+    for centred in (False, True):
+        shift = mean if centred else 0.0
+        km = cached_kmeans(run_dir, "pixels-centred" if centred else "pixels", train - shift, test - shift, k, seed, n_init)
+        scores = clustering_scores(km["test"][known], np.asarray(test_y)[known]) if known.any() else None
+        if best is None or (scores is not None and (best["scores"] is None or scores["acc"] > best["scores"]["acc"])):
+            best = {"scores": scores, "centred": centred, "train": km["train"], "test": km["test"]}
+    return best
+
+
+# ---- the untrained network ----------------------------------------------------------------------------------------
+def untrained_method(run_dir: Path, cfg, channels: int, image_size: int, device: torch.device) -> tuple[Any, str]:
+    """The run's method with its initial weights, in eval mode on `device`, and where they came from:
+    RUN/checkpoints/init.pt (written by training at step 0), else rebuilt from the config's seed as training
+    builds it (seed everything, then build; the global random state is restored afterwards)."""
+    from sslab.checkpoint import load_checkpoint
+    from sslab.train import build_method, seed_everything
+
+    path = Path(run_dir) / INIT_CHECKPOINT
+    if path.is_file():
+        model = build_method(cfg, channels, image_size)
+        model.load_state_dict(load_checkpoint(path)["model"])
+        source = f"{INIT_CHECKPOINT} (the run's weights at step 0)"
+    else:
+        with fork_random_state():
+            seed_everything(cfg.train.seed)
+            model = build_method(cfg, channels, image_size)
+        source = (f"rebuilt from the config's seed {cfg.train.seed}: this run has no {INIT_CHECKPOINT} (made before "
+                  "sslab wrote it), so these are the weights training would start from with that seed")
+    return model.to(device).eval(), source
+
+
+@contextlib.contextmanager
+def fork_random_state():
+    """Restore Python's, NumPy's and torch's global random state on exit."""
+    import random
+
+    py, npy = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        yield
+    random.setstate(py)
+    np.random.set_state(npy)
+
+
+# ---- saying it ------------------------------------------------------------------------------------------------------
+BASELINE_NAMES = {"pixels": "the raw pixels", "untrained": "the untrained network"}
+
+
+def below_baseline_sentence(results: list[dict[str, Any]]) -> str | None:
+    """One sentence naming every learned figure below a baseline (records with "accuracy" and "baselines"
+    {name: accuracy}), or None when none is."""
+    below = []
+    for r in results:
+        acc, base = r.get("accuracy"), r.get("baselines") or {}
+        worse = [f"{BASELINE_NAMES.get(k, k)} ({100 * v:.1f}%)" for k, v in base.items()
+                 if v is not None and acc is not None and acc < v]
+        if worse:
+            below.append(f"{r['name']} ({100 * acc:.1f}%) is below {' and '.join(worse)}")
+    if not below:
+        return None
+    return ("Below a baseline: " + "; ".join(below) + ". These features are worse than the reference on that "
+            "protocol: the method has not learned what the protocol measures, or training was too short.")
+
+
+def kmeans_baselines(trained, data, k: int, seed: int = 0, n_init: int = 10) -> dict[str, Any]:
+    """The k-means protocol on the raw pixels (better of plain and centred) and on the untrained network's
+    features, scored on the labelled test images: {"pixels": scores, "untrained": scores, ...}."""
+    from sslab.eval.clustering import cached_kmeans, clustering_scores
+    from sslab.eval.features import extract_features
+
+    info = trained.data_info
+    test_y = data.test_y.cpu().numpy()
+    known = test_y >= 0
+    pixels = pixel_kmeans(data.train_x, data.test_x, test_y, k, seed, n_init, trained.run_dir)
+    model, source = untrained_method(trained.run_dir, trained.cfg, info["channels"], info["image_size"], trained.device)
+    train, test = (extract_features(model.backbone, x, info["mean"], info["std"]).float().cpu().numpy()
+                   for x in (data.train_x, data.test_x))
+    km = cached_kmeans(trained.run_dir, "untrained", train, test, k, seed, n_init)
+    untrained = clustering_scores(km["test"][known], test_y[known]) if known.any() else None
+    return {"pixels": pixels["scores"], "pixels_centred": pixels["centred"], "pixels_input": pixel_description(data.train_x),
+            "untrained": untrained, "untrained_source": source, "split": "test",
+            "protocol": "the same k-means (k, n_init, seed; fitted on train, test assigned to the nearest centre)"}
+
+
+def kmeans_record(name: str, scores: dict[str, Any] | None, baselines: dict[str, Any] | None) -> dict[str, Any]:
+    """A k-means ACC as a record `below_baseline_sentence` reads."""
+    base = baselines or {}
+    return {"name": name, "accuracy": scores.get("acc") if scores else None,
+            "baselines": {b: base[b]["acc"] for b in ("pixels", "untrained") if base.get(b)}}

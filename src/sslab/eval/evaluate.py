@@ -1,7 +1,10 @@
 """`sslab eval`: every protocol of METHODS.md on a trained run, written to the run folder.
 
     RUN/eval.json                    one record per protocol: name, protocol, classifier, accuracy,
-                                     per-class accuracy, sizes, settings
+                                     per-class accuracy, sizes, settings, the raw-pixel and untrained-network
+                                     baselines and a note where a figure falls short for a known reason;
+                                     written after every protocol ("complete": false until the end), so
+                                     an interrupted eval keeps its results and a rerun continues it
     RUN/eval/confusion-NAME.png      confusion matrix with class names, per protocol
     RUN/eval/per-class.png           per-class accuracy of every protocol on the run's dataset
     RUN/probe.pt                     the trained linear probes (linear maps on backbone features), for Grad-CAM
@@ -12,8 +15,9 @@ probe; the standard probe and the semi-supervised fine-tuning make their own aug
 from __future__ import annotations
 
 import io
+import pickle
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -27,8 +31,14 @@ from sslab.data.base import ImageData
 from sslab.errors import CheckpointError, ConfigError, DataError
 from sslab.eval.features import extract_features
 from sslab.eval.knn import knn_predict
-from sslab.eval.linear import (ProbeWeights, confusion_matrix, fit_fast_probe, per_class_accuracy,
-                               predict, train_standard_probe)
+from sslab.eval.linear import (
+    ProbeWeights,
+    confusion_matrix,
+    fit_fast_probe,
+    per_class_accuracy,
+    predict,
+    train_standard_probe,
+)
 from sslab.plots import DATASET_NAMES, run_title
 from sslab.pretrained import TrainedRun
 from sslab.run import RunDir
@@ -195,12 +205,15 @@ def standard_probe_note(acc: float | None, fast_acc: float | None, details: dict
 
 
 def semi_protocol(backbone: torch.nn.Module, data: ImageData, opts: EvalOptions, crop_scale, flip_p, dataset: str,
-                  log: Log = print) -> list[dict[str, Any]]:
+                  log: Log, state: EvalState, trained: TrainedRun) -> None:
+    """Fine-tune on each label fraction not done yet; each result goes to eval.json as soon as it is known."""
     from sslab.eval.semi import finetune, labelled_subset, predict_finetuned
 
-    records = []
     test_x, test_y = _labelled(data.test_x, data.test_y)
     for fraction in opts.semi_fractions:
+        name = f"semi-{100 * fraction:g}pct"
+        if state.done(name):
+            continue
         idx = labelled_subset(data.train_y, fraction, opts.seed, data.num_classes).to(data.train_x.device)
         log(f"semi-supervised {100 * fraction:g}% of the labels: fine-tuning on {len(idx)} images for "
             f"{opts.semi_epochs} epochs")
@@ -209,18 +222,117 @@ def semi_protocol(backbone: torch.nn.Module, data: ImageData, opts: EvalOptions,
                                       crop_scale=crop_scale, flip_p=flip_p, seed=opts.seed, log=log)
         pred = predict_finetuned(net, head, test_x, data.mean, data.std)
         details.update({"labels_fraction": fraction, "subset": "stratified, seeded", "seed": opts.seed})
-        name = f"semi-{100 * fraction:g}pct"
-        records.append(_record(name, f"semi-supervised fine-tuning (backbone + linear head) on {100 * fraction:g}% "
-                               "of the train labels", "softmax", dataset, pred, test_y.cpu().numpy(),
-                               list(data.classes), {"train": len(idx), "test": len(test_x)}, details))
-        log(f"{name}: {100 * records[-1]['accuracy']:.2f}%")
+        rec = _record(name, f"semi-supervised fine-tuning (backbone + linear head) on {100 * fraction:g}% "
+                      "of the train labels", "softmax", dataset, pred, test_y.cpu().numpy(),
+                      list(data.classes), {"train": len(idx), "test": len(test_x)}, details)
+        log(f"{name}: {100 * rec['accuracy']:.2f}%")
+        state.add([rec], {}, list(data.classes), trained)
         del net, head
-    return records
 
 
-# ---- the whole evaluation --------------------------------------------------------------------------------------
+# ---- baselines: the raw pixels and the untrained network under the same protocols ----------------------------------
+def baseline_protocols(trained: TrainedRun, data: ImageData, opts: EvalOptions, knn_k: int, knn_t: float,
+                       log: Log = print) -> dict[str, Any]:
+    """kNN and the fast probe on raw pixels and on the untrained network, same split and settings:
+    {"knn": {"pixels": acc, "untrained": acc}, "linear-fast": {...}, "pixels_input": ..., "untrained_source": ...}."""
+    from sslab.eval.baselines import (
+        pixel_description,
+        pixel_features,
+        pixel_knn_accuracy,
+        untrained_method,
+    )
+
+    info = trained.data_info
+    classes = list(data.classes)
+    out: dict[str, Any] = {"knn": {}, "pixels_input": pixel_description(data.train_x)}
+    out["knn"]["pixels"] = pixel_knn_accuracy(data.train_x, data.train_y, *_labelled(data.test_x, data.test_y),
+                                              len(classes), knn_k, knn_t)
+    model, out["untrained_source"] = untrained_method(trained.run_dir, trained.cfg, info["channels"],
+                                                      info["image_size"], trained.device)
+    sets = {"pixels": (pixel_features(data.train_x), pixel_features(data.test_x)),
+            "untrained": tuple(extract_features(model.backbone, x, info["mean"], info["std"])
+                               for x in (data.train_x, data.test_x))}
+    del model
+    quiet = replace(opts, protocol="fast" if opts.protocol != "standard" else "none")
+    for name, (train_f, test_f) in sets.items():
+        recs, _ = feature_protocols(train_f, data.train_y, test_f, data.test_y, classes, data.name, quiet, knn_k, knn_t,
+                                    log=lambda _: None)
+        for r in recs:
+            if r["name"] == "knn" and name == "pixels":
+                continue  # the contract's pixel kNN (better of plain and centred) is above
+            out.setdefault(r["name"], {})[name] = r["accuracy"]
+    log("baselines: " + "; ".join(f"{k} pixels {_pct(v.get('pixels'))}, untrained {_pct(v.get('untrained'))}"
+                                  for k, v in out.items() if isinstance(v, dict)))
+    return out
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.2f}%"
+
+
+def attach_baselines(records: list[dict[str, Any]], baselines: dict[str, Any]) -> None:
+    """rec["baselines"] = {"pixels": acc, "untrained": acc} for the records a baseline exists for, and
+    rec["below_baselines"] = the names of those the learned figure is below."""
+    for rec in records:
+        b = baselines.get(rec["name"])
+        if isinstance(b, dict) and rec.get("accuracy") is not None:
+            rec["baselines"] = dict(b)
+            rec["below_baselines"] = [k for k, v in b.items() if v is not None and rec["accuracy"] < v]
+
+
+# ---- the whole evaluation: each result written to eval.json as soon as it is known ----------------------------------
+class EvalState:
+    """eval.json while `eval` runs: written after every protocol ("complete": false until the end), so an
+    interrupted eval keeps what it finished, and a rerun with the same options and checkpoint continues it."""
+
+    def __init__(self, run: RunDir, header: dict[str, Any], log: Log):
+        self.run, self.header, self.records, self.probes = run, header, [], {}
+        self.baselines: dict[str, Any] | None = None
+        earlier = _read_json(run.path / EVAL_JSON)
+        if earlier and earlier.get("complete") is False and earlier.get("resume_key") == header["resume_key"]:
+            self.records = earlier.get("results", [])
+            self.baselines = earlier.get("baselines")
+            saved = _load_probes(run.path / PROBE_FILE)
+            self.probes = {n: p for n, p in saved.items() if self.done(n)}
+            log(f"eval: continuing an interrupted eval; kept {', '.join(r['name'] for r in self.records) or 'nothing'}")
+
+    def done(self, name: str) -> bool:
+        return any(r["name"] == name for r in self.records)
+
+    def record(self, name: str) -> dict[str, Any] | None:
+        return next((r for r in self.records if r["name"] == name), None)
+
+    def add(self, records: list[dict[str, Any]], probes: dict[str, ProbeWeights], classes: list[str],
+            trained: TrainedRun, class_names: list[str] | None = None) -> None:
+        for rec in records:
+            if not rec["name"].startswith("semi-"):
+                confusion_png(self.run, trained.cfg, rec, class_names or classes)
+            self.records.append({k: v for k, v in rec.items() if not k.startswith("_")})
+        self.probes.update(probes)
+        if self.baselines:
+            attach_baselines(self.records, self.baselines)
+        save_probes(self.run.path / PROBE_FILE, self.probes, classes, trained, self.records)
+        self.write(complete=False)
+
+    def write(self, complete: bool, **extra: Any) -> dict[str, Any]:
+        result = {**self.header, "results": self.records, "baselines": self.baselines, "probes": sorted(self.probes),
+                  "complete": complete, **extra}
+        self.run.write_json(EVAL_JSON, result)
+        return result
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def evaluate_run(trained: TrainedRun, opts: EvalOptions, log: Log = print) -> dict[str, Any]:
-    """Run the protocols `opts` asks for; write eval.json, the figures and probe.pt; return the eval.json dict."""
+    """Run the protocols `opts` asks for; write eval.json (after each one), the figures and probe.pt; return the
+    eval.json dict."""
     opts.check()
     start = time.perf_counter()
     cfg, backbone, device = trained.cfg, trained.backbone, trained.device
@@ -235,78 +347,79 @@ def evaluate_run(trained: TrainedRun, opts: EvalOptions, log: Log = print) -> di
     knn_k = opts.knn_k or cfg.train.knn_k
     knn_t = opts.knn_t or cfg.train.knn_t
     crop_scale, flip_p = cfg.augment.crop_scale, cfg.augment.flip_p
+    classes = list(data.classes)
     log(f"eval: {run_title(cfg)}; {len(data.train_x)} train, {len(data.test_x)} test images on {device}")
 
     train_f = extract_features(backbone, data.train_x, mean, std)
     test_f = extract_features(backbone, data.test_x, mean, std)
-    records, probes = feature_protocols(train_f, data.train_y, test_f, data.test_y, list(data.classes), data.name, opts,
-                                        knn_k, knn_t, log=log)
-    if opts.protocol in ("standard", "both"):
-        fast = next((r for r in records if r["name"] == "linear-fast"), None)
-        rec, probe = standard_protocol(backbone, data, test_f, opts, crop_scale, flip_p, data.name, log=log, fast=fast,
-                                       fast_probe=probes.get("linear-fast"))
-        records.append(rec)
-        probes["linear-standard"] = probe
-    if opts.semi:
-        records += semi_protocol(backbone, data, opts, crop_scale, flip_p, data.name, log=log)
-
-    transfer_info = None
-    if opts.transfer_dataset:
-        tdata = transfer_data(opts.transfer_dataset, opts.transfer_data_dir, info["channels"], info["image_size"],
-                              opts.transfer_download, opts.seed).to(device)
-        log(f"transfer to {tdata.name}: {len(tdata.train_x)} train, {len(tdata.test_x)} test images, "
-            f"{tdata.num_classes} classes")
-        ttrain = extract_features(backbone, tdata.train_x, tdata.mean, tdata.std)
-        ttest = extract_features(backbone, tdata.test_x, tdata.mean, tdata.std)
-        trecs, _ = feature_protocols(ttrain, tdata.train_y, ttest, tdata.test_y, list(tdata.classes), tdata.name, opts,
-                                     knn_k, knn_t, prefix="transfer-", log=log)
-        if opts.protocol in ("standard", "both"):
-            rec, _ = standard_protocol(backbone, tdata, ttest, opts, crop_scale, flip_p, tdata.name, "transfer-", log)
-            trecs.append(rec)
-        records += trecs
-        transfer_info = {"dataset": tdata.name, "classes": list(tdata.classes), "channels": tdata.channels,
-                         "image_size": tdata.image_size, "normalisation": "the transfer dataset's own train mean/std",
-                         "preprocessing": "resized to the backbone's training size; grey repeated to RGB or RGB to "
-                                          "grey (luma) to match the backbone's channels"}
-
-    figures = write_figures(run, cfg, records, list(data.classes), transfer_info)
-    save_probes(run.path / PROBE_FILE, probes, list(data.classes), trained, records)
-    result = {"run_dir": str(run.path), "title": run_title(cfg), "method": cfg.method.method, "dataset": data.name,
+    header = {"run_dir": str(run.path), "title": run_title(cfg), "method": cfg.method.method, "dataset": data.name,
               "dataset_name": DATASET_NAMES.get(data.name, data.name), "backbone": cfg.model.backbone,
-              "device": str(device), "feature_dim": int(train_f.shape[1]), "classes": list(data.classes),
+              "device": str(device), "feature_dim": int(train_f.shape[1]), "classes": classes,
               "sizes": {"train": len(data.train_x), "test": len(data.test_x)},
               "normalisation": {"mean": list(mean), "std": list(std)}, "options": _jsonable(asdict(opts)),
-              "results": [{k: v for k, v in r.items() if not k.startswith("_")} for r in records],
-              "transfer": transfer_info, "figures": figures, "probes": sorted(probes),
-              "seconds": time.perf_counter() - start}
-    run.write_json(EVAL_JSON, result)
-    return result
+              "resume_key": {"options": _jsonable(asdict(opts)), "checkpoint": dict(trained.state.get("loop") or {})
+                             .get("step", trained.state.get("loop", {}).get("epoch"))}}
+    state = EvalState(run, header, log)
+    if not state.done("knn"):
+        records, probes = feature_protocols(train_f, data.train_y, test_f, data.test_y, classes, data.name, opts,
+                                            knn_k, knn_t, log=log)
+        state.add(records, probes, classes, trained)
+    if state.baselines is None:
+        state.baselines = baseline_protocols(trained, data, opts, knn_k, knn_t, log)
+        attach_baselines(state.records, state.baselines)
+        state.write(complete=False)
+    if opts.protocol in ("standard", "both") and not state.done("linear-standard"):
+        rec, probe = standard_protocol(backbone, data, test_f, opts, crop_scale, flip_p, data.name, log=log,
+                                       fast=state.record("linear-fast"), fast_probe=state.probes.get("linear-fast"))
+        state.add([rec], {"linear-standard": probe}, classes, trained)
+    if opts.semi:
+        semi_protocol(backbone, data, opts, crop_scale, flip_p, data.name, log=log, state=state, trained=trained)
+    transfer_info = transfer_protocols(trained, opts, knn_k, knn_t, crop_scale, flip_p, state, log)
+    per_class = run.path / EVAL_DIR / "per-class.png"
+    own = {r["name"]: r["per_class_accuracy"] for r in state.records if not r["name"].startswith("transfer-")}
+    per_class_figure(own, classes, per_class, f"per-class accuracy: {run_title(cfg)}")
+    figures = [r["confusion_png"] for r in state.records if r.get("confusion_png")] + [
+        str(per_class.relative_to(run.path))]
+    return state.write(complete=True, transfer=transfer_info, figures=figures, seconds=time.perf_counter() - start)
+
+
+def transfer_protocols(trained: TrainedRun, opts: EvalOptions, knn_k: int, knn_t: float, crop_scale, flip_p,
+                       state: EvalState, log: Log) -> dict[str, Any] | None:
+    if not opts.transfer_dataset:
+        return None
+    info, backbone = trained.data_info, trained.backbone
+    tdata = transfer_data(opts.transfer_dataset, opts.transfer_data_dir, info["channels"], info["image_size"],
+                          opts.transfer_download, opts.seed).to(trained.device)
+    transfer_info = {"dataset": tdata.name, "classes": list(tdata.classes), "channels": tdata.channels,
+                     "image_size": tdata.image_size, "normalisation": "the transfer dataset's own train mean/std",
+                     "preprocessing": "resized to the backbone's training size; grey repeated to RGB or RGB to "
+                                      "grey (luma) to match the backbone's channels"}
+    if state.done("transfer-knn") and (opts.protocol == "fast" or state.done("transfer-linear-standard")):
+        return transfer_info
+    log(f"transfer to {tdata.name}: {len(tdata.train_x)} train, {len(tdata.test_x)} test images, "
+        f"{tdata.num_classes} classes")
+    ttrain = extract_features(backbone, tdata.train_x, tdata.mean, tdata.std)
+    ttest = extract_features(backbone, tdata.test_x, tdata.mean, tdata.std)
+    trecs, _ = feature_protocols(ttrain, tdata.train_y, ttest, tdata.test_y, list(tdata.classes), tdata.name, opts,
+                                 knn_k, knn_t, prefix="transfer-", log=log)
+    if opts.protocol in ("standard", "both"):
+        rec, _ = standard_protocol(backbone, tdata, ttest, opts, crop_scale, flip_p, tdata.name, "transfer-", log)
+        trecs.append(rec)
+    state.add(trecs, {}, list(state.header["classes"]), trained, class_names=list(tdata.classes))
+    return transfer_info
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
-def write_figures(run: RunDir, cfg, records: list[dict[str, Any]], classes: list[str],
-                  transfer_info: dict[str, Any] | None) -> list[str]:
-    out_dir = run.path / EVAL_DIR
-    title = run_title(cfg)
-    written = []
-    for rec in records:
-        if rec["name"].startswith("semi-"):
-            continue
-        names = transfer_info["classes"] if rec["name"].startswith("transfer-") else classes
-        m = confusion_matrix(rec["_pred"], rec["_labels"], len(names))
-        path = out_dir / f"confusion-{rec['name']}.png"
-        where = f" on {DATASET_NAMES.get(rec['dataset'], rec['dataset'])}" if rec["name"].startswith("transfer-") else ""
-        confusion_figure(m, names, path, f"{rec['name']}{where} ({100 * rec['accuracy']:.1f}%)\n{title}")
-        rec["confusion_png"] = str(path.relative_to(run.path))
-        written.append(rec["confusion_png"])
-    own = {r["name"]: r["per_class_accuracy"] for r in records if not r["name"].startswith("transfer-")}
-    path = out_dir / "per-class.png"
-    per_class_figure(own, classes, path, f"per-class accuracy: {title}")
-    written.append(str(path.relative_to(run.path)))
-    return written
+def confusion_png(run: RunDir, cfg, rec: dict[str, Any], names: list[str]) -> None:
+    """RUN/eval/confusion-NAME.png for one record (rec["_pred"], rec["_labels"]); sets rec["confusion_png"]."""
+    m = confusion_matrix(rec["_pred"], rec["_labels"], len(names))
+    path = run.path / EVAL_DIR / f"confusion-{rec['name']}.png"
+    where = f" on {DATASET_NAMES.get(rec['dataset'], rec['dataset'])}" if rec["name"].startswith("transfer-") else ""
+    confusion_figure(m, names, path, f"{rec['name']}{where} ({100 * rec['accuracy']:.1f}%)\n{run_title(cfg)}")
+    rec["confusion_png"] = str(path.relative_to(run.path))
 
 
 def save_probes(path: Path, probes: dict[str, ProbeWeights], classes: list[str], trained: TrainedRun,
@@ -317,6 +430,15 @@ def save_probes(path: Path, probes: dict[str, ProbeWeights], classes: list[str],
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def _load_probes(path: Path) -> dict[str, ProbeWeights]:
+    """The probes of an earlier (interrupted) eval, {} when there is no readable probe.pt."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        return {n: ProbeWeights(p["weight"].float(), p["bias"].float()) for n, p in payload["probes"].items()}
+    except (OSError, RuntimeError, KeyError, TypeError, AttributeError, pickle.UnpicklingError):
+        return {}
 
 
 def load_probe(run_dir: Path, name: str = "auto") -> tuple[str, ProbeWeights, list[str]] | None:

@@ -264,12 +264,7 @@ def train_standard_probe(backbone: nn.Module, images: torch.Tensor, labels: torc
 
     losses = []
     try:
-        order = torch.arange(n, device=device)
-        first_pass = torch.cat([features_of_views(order[i:i + batch]) for i in range(0, n, batch)])  # N x D
-        white = Whitening.fit(first_pass)
-        reference_on_views = (None if reference is None else
-                              (reference.logits(first_pass).argmax(1) == labels).float().mean().item())
-        del first_pass
+        white, reference_on_views = whitening_pass(features_of_views, labels, batch, reference)
         head = nn.Linear(len(white.mean), num_classes).to(device)
         nn.init.zeros_(head.weight)
         nn.init.zeros_(head.bias)
@@ -311,6 +306,16 @@ def train_standard_probe(backbone: nn.Module, images: torch.Tensor, labels: torc
                "reference_accuracy_on_views": reference_on_views,
                "seconds": time.perf_counter() - start}
     return ProbeResult(probe, details)
+
+
+def whitening_pass(features_of_views: Callable[[torch.Tensor], torch.Tensor], labels: torch.Tensor, batch: int,
+                   reference: ProbeWeights | None) -> tuple[Whitening, float | None]:
+    """The standard probe's `Whitening`, measured on one pass of augmented views of every image, and the
+    `reference` probe's accuracy on those views (None without one)."""
+    order = torch.arange(len(labels), device=labels.device)
+    views = torch.cat([features_of_views(order[i:i + batch]) for i in range(0, len(order), batch)])  # N x D
+    on_views = None if reference is None else (reference.logits(views).argmax(1) == labels).float().mean().item()
+    return Whitening.fit(views), on_views
 
 
 # ---- scoring -------------------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from sslab.augment.strong import StrongAugmenter
 from sslab.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
 from sslab.data.base import ImageData
 from sslab.errors import ConfigError, RunFolderError
+from sslab.eval.baselines import below_baseline_sentence, kmeans_record
 from sslab.eval.clustering import cached_kmeans, clustering_scores
 from sslab.eval.features import autocast_for, extract_features
 from sslab.pretrained import TrainedRun, load_trained
@@ -259,7 +260,10 @@ def mine_stage(ctx: ScanContext) -> dict[str, Any]:
         s = kmeans["scores"]
         ctx.log(f"k-means baseline ({ctx.num_clusters} clusters, n_init {cfg.kmeans_init}): test ACC "
                 f"{100 * s['acc']:.1f}% NMI {s['nmi']:.3f} ARI {s['ari']:.3f} ({kmeans_seconds:.1f} s)")
-    result = {"neighbor_accuracy": acc, "kmeans": kmeans["scores"],
+    from sslab.eval.baselines import kmeans_baselines
+
+    baselines = kmeans_baselines(ctx.run, data, ctx.num_clusters, cfg.seed, cfg.kmeans_init)
+    result = {"neighbor_accuracy": acc, "kmeans": kmeans["scores"], "baselines": baselines,
               "seconds": {"mine": mine_seconds, "kmeans": kmeans_seconds}}
     save_checkpoint({"settings": ctx.settings("mine"), "done": True, "indices": indices.cpu(),
                      "similarities": sims.cpu(), "kmeans_train": kmeans["train"], "kmeans_test": kmeans["test"],
@@ -647,9 +651,12 @@ def summary_line(report: dict[str, Any]) -> str:
     def fmt(name: str, s: Optional[dict[str, Any]]) -> str:
         return f"{name} {100 * s['acc']:.1f}/{100 * s['nmi']:.1f}/{100 * s['ari']:.1f}" if s else f"{name} -"
 
+    base = report.get("baselines") or {}
     parts = [fmt("k-means", report.get("kmeans")), fmt("SCAN", report.get("scan")),
-             fmt("+self-label", report.get("selflabel"))]
-    return "scan: test ACC/NMI/ARI (%): " + ", ".join(parts)
+             fmt("+self-label", report.get("selflabel")), fmt("baselines: k-means on pixels", base.get("pixels")),
+             fmt("on the untrained network", base.get("untrained"))]
+    below = report.get("below_baselines")
+    return "scan: test ACC/NMI/ARI (%): " + ", ".join(parts) + (f"\n{below}" if below else "")
 
 
 # ---- outputs ------------------------------------------------------------------------------------------
@@ -673,6 +680,11 @@ def write_outputs(ctx: ScanContext, results: dict[str, Any], mine: dict[str, Any
         "acc_note": ("ACC maps each cluster to its majority class (more clusters than classes)" if over else
                      "ACC under the best one-to-one matching of clusters to classes (Hungarian)"),
         "kmeans": results["mine"]["kmeans"], "neighbor_accuracy": results["mine"]["neighbor_accuracy"],
+        "baselines": results["mine"].get("baselines"),
+        "below_baselines": below_baseline_sentence(
+            [kmeans_record(n, results.get(s, {}).get("scores") if s != "mine" else results["mine"]["kmeans"],
+                           results["mine"].get("baselines")) for n, s in (("k-means", "mine"), ("SCAN", "cluster"),
+                                                                        ("SCAN + self-label", "selflabel"))]),
         "scan": {**cluster["scores"], "head": cluster["head"]} if cluster and cluster["scores"] else None,
         "scan_head_losses": None if cluster is None else cluster["head_losses"],
         "scan_heads_test_acc": None if cluster is None else cluster["heads_test_acc"],

@@ -144,19 +144,24 @@ def below_baseline_sentence(results: list[dict[str, Any]]) -> str | None:
             "protocol: the method has not learned what the protocol measures, or training was too short.")
 
 
-def kmeans_baselines(trained, data, k: int, seed: int = 0, n_init: int = 10) -> dict[str, Any]:
+def kmeans_baselines(trained, data, k: int, seed: int = 0, n_init: int = 10, features=None) -> dict[str, Any]:
     """The k-means protocol on the raw pixels (better of plain and centred) and on the untrained network's
-    features, scored on the labelled test images: {"pixels": scores, "untrained": scores, ...}."""
+    features, scored on the labelled test images: {"pixels": scores, "untrained": scores, ...}.
+    `features(backbone, images)`: how the caller extracts its learned features (default `extract_features` with
+    the run's normalisation), so the untrained network is measured the same way."""
     from sslab.eval.clustering import cached_kmeans, clustering_scores
     from sslab.eval.features import extract_features
 
     info = trained.data_info
+    if features is None:
+        def features(backbone, images):
+            return extract_features(backbone, images, info["mean"], info["std"])
+
     test_y = data.test_y.cpu().numpy()
     known = test_y >= 0
     pixels = pixel_kmeans(data.train_x, data.test_x, test_y, k, seed, n_init, trained.run_dir)
     model, source = untrained_method(trained.run_dir, trained.cfg, info["channels"], info["image_size"], trained.device)
-    train, test = (extract_features(model.backbone, x, info["mean"], info["std"]).float().cpu().numpy()
-                   for x in (data.train_x, data.test_x))
+    train, test = (features(model.backbone, x).float().cpu().numpy() for x in (data.train_x, data.test_x))
     km = cached_kmeans(trained.run_dir, "untrained", train, test, k, seed, n_init)
     untrained = clustering_scores(km["test"][known], test_y[known]) if known.any() else None
     return {"pixels": pixels["scores"], "pixels_centred": pixels["centred"], "pixels_input": pixel_description(data.train_x),

@@ -262,7 +262,7 @@ def mine_stage(ctx: ScanContext) -> dict[str, Any]:
                 f"{100 * s['acc']:.1f}% NMI {s['nmi']:.3f} ARI {s['ari']:.3f} ({kmeans_seconds:.1f} s)")
     from sslab.eval.baselines import kmeans_baselines
 
-    baselines = kmeans_baselines(ctx.run, data, ctx.num_clusters, cfg.seed, cfg.kmeans_init)
+    baselines = kmeans_baselines(ctx.run, data, ctx.num_clusters, cfg.seed, cfg.kmeans_init, ctx.features)
     result = {"neighbor_accuracy": acc, "kmeans": kmeans["scores"], "baselines": baselines,
               "seconds": {"mine": mine_seconds, "kmeans": kmeans_seconds}}
     save_checkpoint({"settings": ctx.settings("mine"), "done": True, "indices": indices.cpu(),

@@ -225,6 +225,29 @@ def test_center_resize_matches_resize_then_centre_crop():
     assert center_resize(torch.zeros(2, 1, 40, 60, dtype=torch.uint8), 32).shape == (2, 1, 32, 32)
 
 
+def test_bicubic_center_resize_is_a_sharper_resampling_kept_in_range():
+    # PhiNet's clean view: Resize(int(s * 8/7), BICUBIC) + CenterCrop(s)
+    x = torch.randint(0, 256, (2, 3, 256, 256), dtype=torch.uint8)
+    torch.testing.assert_close(center_resize(x, 224, mode="bicubic"), to_float(x)[:, :, 16:240, 16:240], atol=1e-5,
+                               rtol=0)  # integer sample positions: bicubic is exact too
+    edge = torch.zeros(1, 1, 32, 32, dtype=torch.uint8)
+    edge[..., 16:] = 255
+    bicubic, bilinear = center_resize(edge, 32, mode="bicubic"), center_resize(edge, 32)
+    assert 0 <= bicubic.min() and bicubic.max() <= 1  # the overshoot at the edge is clamped
+    row_c, row_l = bicubic[0, 0, 0], bilinear[0, 0, 0]
+    assert not torch.allclose(row_c, row_l)
+    ramp_c, ramp_l = (row_c > 0.5).nonzero()[0].item(), (row_l > 0.5).nonzero()[0].item()
+    assert abs(ramp_c - ramp_l) <= 1  # the edge stays in place
+    i = ramp_l  # the first column past the edge: bicubic's transition is steeper than bilinear's
+    assert row_c[i - 1] < row_l[i - 1] - 0.005 and row_c[i] > row_l[i] + 0.005
+
+
+def test_clean_view_is_bicubic():
+    aug = Augmenter(resolve_augment(AugmentConfig(), "phinet", 32), 32, (0.0,), (1.0,))
+    x = torch.randint(0, 256, (2, 1, 32, 32), dtype=torch.uint8)
+    torch.testing.assert_close(aug.clean(x), center_resize(x, 32, mode="bicubic"))
+
+
 # ---- flip -----------------------------------------------------------------------------------------
 def test_horizontal_flip_probability_and_per_sample():
     x = torch.rand(2000, 1, 4, 5)
@@ -515,13 +538,26 @@ def test_simsiam_preset_is_the_methods_md_cifar_recipe():
 def test_other_method_presets():
     simclr = resolve_augment(AugmentConfig(), "simclr", 32)
     assert (simclr.crop_scale, simclr.jitter, simclr.blur_p, simclr.solarize_p) == ((0.08, 1.0), (0.4, 0.4, 0.4, 0.1), 0, 0)
+    byol = resolve_augment(AugmentConfig(), "byol", 32)
+    assert (byol.crop_scale, byol.jitter, byol.jitter_p, byol.grayscale_p, byol.solarize_p, byol.blur_p) == \
+        ((0.08, 1.0), (0.4, 0.4, 0.2, 0.1), 0.8, 0.2, 0.1, 0.0)
+    # solo-learn's CIFAR MoCo v2+: saturation 0.4, no solarization, no blur
+    moco = resolve_augment(AugmentConfig(), "mocov2", 32)
+    assert (moco.crop_scale, moco.jitter, moco.jitter_p, moco.grayscale_p, moco.solarize_p, moco.blur_p) == \
+        ((0.08, 1.0), (0.4, 0.4, 0.4, 0.1), 0.8, 0.2, 0.0, 0.0)
     for method in ("byol", "mocov2"):
-        p = resolve_augment(AugmentConfig(), method, 32)
-        assert (p.crop_scale, p.jitter, p.jitter_p, p.grayscale_p, p.solarize_p, p.blur_p) == \
-            ((0.08, 1.0), (0.4, 0.4, 0.2, 0.1), 0.8, 0.2, 0.1, 0.0)
         assert resolve_augment(AugmentConfig(), method, 224).blur_p == 0.5
     assert resolve_augment(AugmentConfig(), "simclr", 64).preset == "simclr-small"
     assert resolve_augment(AugmentConfig(), "simclr", 65).preset == "simclr-large"
+
+
+def test_digit_datasets_get_no_flips_unless_asked():
+    for dataset in ("digits", "mnist"):
+        assert resolve_augment(AugmentConfig(), "simsiam", 28, dataset).flip_p == 0.0
+        assert resolve_augment(AugmentConfig(flip_p=0.5), "simsiam", 28, dataset).flip_p == 0.5
+        assert resolve_augment(AugmentConfig(preset="simclr-small"), "simsiam", 28, dataset).flip_p == 0.5
+    for dataset in ("fashion-mnist", "fashion-mnist-mini", "cifar10", None):  # a mirrored shirt is a shirt
+        assert resolve_augment(AugmentConfig(), "simsiam", 28, dataset).flip_p == 0.5
 
 
 def test_explicit_fields_and_preset_names_override():

@@ -389,7 +389,7 @@ def test_unknown_dataset_and_train_split_are_config_errors(tmp_path):
         load_dataset("cifar10", tmp_path, train_split="unlabeled")
 
 
-@pytest.mark.parametrize("name", [n for n in DATASETS.names() if n != "digits"])
+@pytest.mark.parametrize("name", [n for n in DATASETS.names() if n not in ("digits", "fashion-mnist-mini")])  # bundled
 def test_every_dataset_reports_missing_data_in_one_line(tmp_path, name):
     with pytest.raises(DataError) as e:
         load_dataset(name, tmp_path / "nothing")
@@ -695,3 +695,15 @@ def test_real_mnist_npz():
 def test_registry_lists_every_loader():
     expected = {"cifar10", "cifar100", "stl10", "mnist", "fashion-mnist", "digits", "folder", "npz"}
     assert expected <= set(DATASETS.names())
+
+
+def test_fashion_mnist_mini_ships_inside_the_package_with_its_licence():
+    from sslab.data.idx import FASHION_MNIST_MINI_DIR
+
+    data = load_dataset("fashion-mnist-mini", cache=False)
+    assert tuple(data.train_x.shape) == (4000, 1, 28, 28) and tuple(data.test_x.shape) == (1000, 1, 28, 28)
+    assert data.train_y.bincount().tolist() == [400] * 10 and data.test_y.bincount().tolist() == [100] * 10
+    assert data.classes[0] == "T-shirt/top" and data.classes[9] == "Ankle boot"
+    assert 0.25 < data.mean[0] < 0.32  # Fashion-MNIST's train mean is 0.2860
+    assert "Zalando SE" in (FASHION_MNIST_MINI_DIR / "LICENSE").read_text()
+    assert all(f.stat().st_size < 2 * 2**20 for f in FASHION_MNIST_MINI_DIR.iterdir())  # the repo's file limit

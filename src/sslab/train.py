@@ -40,6 +40,7 @@ from sslab.eval.features import extract_features
 from sslab.eval.knn import knn_accuracy
 from sslab.methods import METHODS, Method
 from sslab.methods.base import std_of_normalized
+from sslab.methods.short_run import SHORT_RUN_EPOCHS, short_run_recipe
 from sslab.models import BACKBONES, create_backbone
 from sslab.plots import plot_learning_curves
 from sslab.registry import DATASETS
@@ -70,18 +71,25 @@ class Interrupted(Exception):
 
 
 # ---- config resolution ------------------------------------------------------------------------------
-def resolve(cfg: Config, image_size: int, device: torch.device | None = None) -> Config:
-    """A copy of `cfg` with every None filled from the method's recipe and augmentation preset."""
+def resolve(cfg: Config, image_size: int, device: torch.device | None = None, n_train: int | None = None,
+            log: Callable[[str], None] | None = None) -> Config:
+    """A copy of `cfg` with every None filled from the method's recipe (the short-run recipe for a run of
+    few epochs, see methods/short_run.py; `log` gets one line per change) and augmentation preset."""
     if cfg.method.method is None:
         raise ConfigError(f"no method given; pass --method ({', '.join(METHODS.names())})")
     method_cls = METHODS.get(cfg.method.method)
     out = Config.from_dict(cfg.to_dict())
-    for section, values in method_cls.recipe(cfg.data.dataset, image_size).items():
+    user_set = frozenset(k for k, v in {**asdict(cfg.optim), **asdict(cfg.train)}.items() if v is not None)
+    recipe, changes = short_run_recipe(method_cls.recipe(cfg.data.dataset, image_size), cfg.train.epochs, n_train,
+                                       user_set)
+    if changes and log is not None:
+        log(f"short-run recipe ({cfg.train.epochs} < {SHORT_RUN_EPOCHS} epochs; docs/methods.md): " + "; ".join(changes))
+    for section, values in recipe.items():
         obj = getattr(out, section)
         for name, value in values.items():
             if getattr(obj, name) is None:
                 setattr(obj, name, value)
-    params = asdict(resolve_augment(out.augment, out.method.method, image_size))
+    params = asdict(resolve_augment(out.augment, out.method.method, image_size, out.data.dataset))
     for f in fields(out.augment):
         if f.name in params and getattr(out.augment, f.name) is None:
             value = params[f.name]
@@ -287,7 +295,7 @@ def fit(cfg: Config | None = None, resume: str | Path | None = None, data: Image
             data = ddp.rank0_first(lambda: load_from_config(data_cfg, seed))
             log(f"data: {data.name} {tuple(data.train_x.shape)} train, {tuple(data.test_x.shape)} test, "
                 f"{data.num_classes} classes, loaded in {time.perf_counter() - t0:.1f} s")
-        cfg = resolve(cfg, data.image_size, device)
+        cfg = resolve(cfg, data.image_size, device, n_train=len(data.train_x), log=log if state is None else None)
         cfg.validate()
         t = cfg.train
         n_train = len(data.train_x)

@@ -169,13 +169,14 @@ def horizontal_flip(x: Tensor, p: float = 0.5, generator: Optional[torch.Generat
     return torch.where(_sample_mask(flip), x.flip(-1), x)
 
 
-def center_resize(x: Tensor, size: int, resize_ratio: float = 8 / 7) -> Tensor:
+def center_resize(x: Tensor, size: int, resize_ratio: float = 8 / 7, mode: str = "bilinear") -> Tensor:
     """The clean view: resize the shorter side to int(size * resize_ratio), centre-crop `size` x `size`
     (torchvision's Resize(int(size * 8/7)) + CenterCrop(size), done as one bilinear resampling).
 
     At 32 px that resizes to 36 and keeps the central 32 (the central 8/9 of the image, enlarged);
     `resize_ratio=1` is a plain resize of the central square, the identity for a size x size input.
-    uint8 input is scaled to [0, 1]; the result is float32 (B, C, size, size).
+    uint8 input is scaled to [0, 1]; the result is float32 (B, C, size, size). `mode` "bicubic" (PhiNet's
+    clean view) is clamped back to the input's value range, which its overshoot at edges would leave.
     """
     B, _, H, W = x.shape
     short = int(size * resize_ratio)
@@ -185,7 +186,8 @@ def center_resize(x: Tensor, size: int, resize_ratio: float = 8 / 7) -> Tensor:
     xf = to_float(x) if x.dtype == torch.uint8 else x
     grid = _crop_grid(top * sy, left * sx, size * sy, size * sx, B, H, W, (size, size), None, x.device, xf.dtype,
                       clamp_to_box=False)
-    return F.grid_sample(xf, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    out = F.grid_sample(xf, grid, mode=mode, padding_mode="border", align_corners=False)
+    return out.clamp_(xf.min(), xf.max()) if mode == "bicubic" else out
 
 
 # ---- colour ---------------------------------------------------------------------------------------

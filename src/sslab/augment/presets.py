@@ -47,10 +47,12 @@ def _with_blur(p: AugmentParams, name: str) -> AugmentParams:
 _SIMSIAM = AugmentParams("simsiam-small", crop_scale=(0.2, 1.0), jitter=(0.4, 0.4, 0.4, 0.1))
 # SimCLR small images (solo-learn cifar/simclr): scale 0.08-1, jitter 0.4,0.4,0.4,0.1 p 0.8, gray 0.2, no blur.
 _SIMCLR = AugmentParams("simclr-small", crop_scale=(0.08, 1.0), jitter=(0.4, 0.4, 0.4, 0.1))
-# BYOL / MoCo v2 small images: scale 0.08-1, jitter 0.4,0.4,0.2,0.1 p 0.8, gray 0.2, solarize p 0.1
+# BYOL small images: scale 0.08-1, jitter 0.4,0.4,0.2,0.1 p 0.8, gray 0.2, solarize p 0.1
 # (one symmetric recipe for both views; BYOL's paper uses asymmetric blur/solarize probabilities).
 _BYOL = AugmentParams("byol-small", crop_scale=(0.08, 1.0), jitter=(0.4, 0.4, 0.2, 0.1), solarize_p=0.1)
-_MOCOV2 = dataclasses.replace(_BYOL, preset="mocov2-small")
+# MoCo v2+ small images (solo-learn scripts/pretrain/cifar/mocov2plus.yaml): scale 0.08-1, jitter
+# 0.4,0.4,0.4,0.1 p 0.8, gray 0.2, no blur, no solarization.
+_MOCOV2 = AugmentParams("mocov2-small", crop_scale=(0.08, 1.0), jitter=(0.4, 0.4, 0.4, 0.1))
 # Crop and flip only: the standard linear-probe protocol's augmentation.
 _CROP_FLIP = AugmentParams("crop-flip", crop_scale=(0.08, 1.0), jitter_p=0.0, grayscale_p=0.0)
 
@@ -61,6 +63,11 @@ PRESETS.update({name.replace("-small", "-large"): _with_blur(p, name.replace("-s
 # method name (lower case, without "-" and "_") -> recipe family; anything else gets SimSiam's
 METHOD_FAMILY = {"simsiam": "simsiam", "phinet": "simsiam", "xphinet": "simsiam", "simclr": "simclr",
                  "byol": "byol", "mocov2": "mocov2", "moco": "mocov2"}
+
+
+# Grey digit datasets: a mirrored 2, 5 or 7 is not a digit (a mirrored shirt is still a shirt, so
+# Fashion-MNIST keeps its flips). `preset: auto` gives these the method's recipe without flips.
+NO_FLIP_DATASETS = frozenset({"digits", "mnist"})
 
 
 def preset_names() -> list[str]:
@@ -74,14 +81,18 @@ def auto_preset(method: Optional[str], image_size: int) -> str:
     return f"{family}-{'small' if image_size <= SMALL_IMAGE_MAX else 'large'}"
 
 
-def resolve_augment(cfg: AugmentConfig, method: Optional[str], image_size: int) -> AugmentParams:
-    """Fill the None fields of `cfg` from its preset ("auto": by method and image size) and check them."""
+def resolve_augment(cfg: AugmentConfig, method: Optional[str], image_size: int,
+                    dataset: Optional[str] = None) -> AugmentParams:
+    """Fill the None fields of `cfg` from its preset ("auto": by method and image size, and no flips for
+    the digit datasets in NO_FLIP_DATASETS) and check them."""
     name = auto_preset(method, image_size) if cfg.preset == "auto" else cfg.preset
     if name not in PRESETS:
         raise ConfigError(f"unknown augmentation preset {cfg.preset!r}; --preset must be auto or one of: "
                           f"{', '.join(preset_names())}")
     explicit = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name != "preset"}
     explicit = {k: tuple(v) if isinstance(v, list) else v for k, v in explicit.items() if v is not None}
+    if cfg.preset == "auto" and dataset in NO_FLIP_DATASETS:
+        explicit.setdefault("flip_p", 0.0)
     params = dataclasses.replace(PRESETS[name], **explicit)
     check_params(params)
     return params
@@ -171,7 +182,8 @@ class Augmenter:
         return self._normalize_(v)
 
     def clean(self, x: torch.Tensor) -> torch.Tensor:
-        """The un-augmented view (PhiNet's x0, kNN bank): `ops.center_resize` then normalise."""
+        """The un-augmented view (PhiNet's x0): `ops.center_resize`, bicubic as in PhiNet's reference code
+        (Resize(int(s * 8/7), BICUBIC) + CenterCrop(s)), then normalise."""
         xf = x if x.dtype == torch.uint8 else x.to(torch.float32)
-        v = ops.center_resize(xf, self.out_size)
+        v = ops.center_resize(xf, self.out_size, mode="bicubic")
         return self._normalize_(v)

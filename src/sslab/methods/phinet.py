@@ -32,9 +32,11 @@ def phinet_mse(y1: torch.Tensor, y2: torch.Tensor, z0: torch.Tensor) -> torch.Te
 
 
 def phinet_recipe(dataset: str, image_size: int) -> dict[str, dict[str, Any]]:
-    """SimSiam's recipe (optimiser, heads, schedule) plus lam = 1.0 and x0 = the clean image (METHODS.md)."""
+    """SimSiam's recipe (optimiser, heads, schedule) plus lam = 1.0, x0 = the clean image, and the 10
+    warm-up epochs of PhiNet's reference code (riverstone496/PhiNets; docs/methods.md)."""
     recipe = simsiam_recipe(dataset, image_size)
     recipe["method"].update(lam=1.0, third_view="clean")
+    recipe["optim"].update(warmup_epochs=10)
     return recipe
 
 

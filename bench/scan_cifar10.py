@@ -4,7 +4,7 @@ Runs `sslab.scan.run_scan` (every stage from scratch unless --resume) on a run f
 `sslab train` on CIFAR-10 (e.g. SimCLR or SimSiam, ResNet-18, CIFAR stem), once per seed, and prints the
 configuration, the device, test ACC/NMI/ARI of the k-means baseline (same pretext features), of SCAN and of
 SCAN + self-labelling, the seconds of each stage, and mean +- std over the seeds. The defaults are the
-reference recipe (METHODS.md; configs/scan/scan_cifar10.yml, configs/selflabel/selflabel_cifar10.yml);
+reference recipe (docs/methods.md; configs/scan/scan_cifar10.yml, configs/selflabel/selflabel_cifar10.yml);
 every `sslab scan` flag is accepted. Published (SCAN paper, CIFAR-10, ACC/NMI/ARI): SCAN 81.6/71.5/66.5,
 + self-label 88.3/79.7/77.2.
 

@@ -1,7 +1,7 @@
 """One dataclass tree for a run. Every field is a command-line flag (`--batch-size 256`) and a YAML key
 (`train: {batch_size: 256}`); the resolved tree is saved as `config.yaml` in every run folder.
 
-A field left at `None` means "the method's recipe for this dataset decides" (METHODS.md); `resolve()`
+A field left at `None` means "the method's recipe for this dataset decides" (docs/methods.md); `resolve()`
 fills those in, so the saved config always shows the values that were really used.
 """
 from __future__ import annotations

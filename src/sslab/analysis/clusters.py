@@ -1,6 +1,6 @@
-"""k-means on the features (METHODS.md: l2-normalised, k = number of classes, n_init >= 10; fitted on the train
-split, test images assigned to the nearest centre: `sslab.eval.clustering.kmeans_fit`, the one protocol `analyze`
-and `scan` share), scored with ACC (Hungarian), NMI and ARI against the labels, and a tile image: one row per
+"""k-means on the features (docs/methods.md: l2-normalised, k = number of classes, n_init >= 10; fitted on the
+train split, test images assigned to the nearest centre: `sslab.eval.clustering.kmeans_fit`, the one protocol
+`analyze` and `scan` share), scored with ACC (Hungarian), NMI and ARI against the labels, and a tile image: one row per
 cluster, its members nearest the centre, left to right."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Augmentation recipes (METHODS.md) and the `Augmenter` that applies one to a batch of uint8 images.
+"""Augmentation recipes (docs/methods.md) and the `Augmenter` that applies one to a batch of uint8 images.
 
 `resolve_augment(cfg, method, image_size)` turns an `AugmentConfig` (fields at None mean "the preset
 decides") into concrete `AugmentParams`; `Augmenter(params, out_size, mean, std)` is the callable the
@@ -42,7 +42,7 @@ def _with_blur(p: AugmentParams, name: str) -> AugmentParams:
     return dataclasses.replace(p, preset=name, blur_p=0.5, blur_sigma=(0.1, 2.0))
 
 
-# SimSiam CIFAR-10 (METHODS.md): RandomResizedCrop(scale 0.2-1.0), hflip, ColorJitter(0.4,0.4,0.4,0.1)
+# SimSiam CIFAR-10 (docs/methods.md): RandomResizedCrop(scale 0.2-1.0), hflip, ColorJitter(0.4,0.4,0.4,0.1)
 # p=0.8, grayscale p=0.2, no blur at 32 px. PhiNet and X-PhiNet use SimSiam's augmentation.
 _SIMSIAM = AugmentParams("simsiam-small", crop_scale=(0.2, 1.0), jitter=(0.4, 0.4, 0.4, 0.1))
 # SimCLR small images (solo-learn cifar/simclr): scale 0.08-1, jitter 0.4,0.4,0.4,0.1 p 0.8, gray 0.2, no blur.

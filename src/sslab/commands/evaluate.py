@@ -30,9 +30,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="kNN, linear probes (fast/standard), SVM, semi-supervised and transfer "
                                     "evaluation; writes RUN/eval.json",
-                       description="Evaluate a trained backbone with the protocols of METHODS.md. Writes RUN/eval.json, "
-                                   "RUN/eval/*.png (confusion matrices, per-class accuracy) and RUN/probe.pt (the "
-                                   "trained probes, used by `sslab attention` for Grad-CAM).")
+                       description="Evaluate a trained backbone with the protocols of docs/methods.md; writes "
+                                   "RUN/eval.json, RUN/eval/*.png (confusion matrices, per-class accuracy) and "
+                                   "RUN/probe.pt (the trained probes, used by `sslab attention` for Grad-CAM).")
     add_run_arguments(p)
     p.add_argument("--protocol", choices=["fast", "standard", "both"], default="both",
                    help="linear probe protocol: fast (features cached once, L-BFGS/SVM, C chosen on a validation "

@@ -20,7 +20,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--until", choices=STAGES, default="selflabel", help="stop after this stage (default: selflabel)")
     p.add_argument("--restart", nargs="?", const="mine", choices=STAGES, default=None,
                    help="redo this stage and those after it (no value: everything, from the default settings)")
-    add_scan_flags(p.add_argument_group("SCAN settings (defaults from METHODS.md and ref. = the reference code's "
+    add_scan_flags(p.add_argument_group("SCAN settings (defaults from docs/methods.md and ref. = the reference code's "
                                         "CIFAR-10 configs, wvangansbeke/Unsupervised-Classification)"))
     p.set_defaults(handler=scan_command)
 

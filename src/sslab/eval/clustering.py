@@ -84,7 +84,7 @@ def l2_normalised(x: np.ndarray) -> np.ndarray:
 
 
 def kmeans_fit(train: np.ndarray, test: np.ndarray, k: int, seed: int = 0, n_init: int = 10) -> dict[str, np.ndarray]:
-    """The k-means protocol every command uses (METHODS.md): KMeans(k, n_init, seed) fitted on the l2-normalised
+    """The k-means protocol every command uses (docs/methods.md): KMeans(k, n_init, seed) fitted on the l2-normalised
     train features, each test feature assigned to its nearest centre. Returns train/test assignments and centres."""
     from sklearn.cluster import KMeans
 

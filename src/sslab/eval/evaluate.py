@@ -1,4 +1,4 @@
-"""`sslab eval`: every protocol of METHODS.md on a trained run, written to the run folder.
+"""`sslab eval`: every protocol of docs/methods.md on a trained run, written to the run folder.
 
     RUN/eval.json                    one record per protocol: name, protocol, classifier, accuracy,
                                      per-class accuracy, sizes, settings, the raw-pixel and untrained-network
@@ -63,7 +63,7 @@ class EvalOptions:
     probe_epochs: int = 100
     probe_batch_size: int = 256
     probe_lr: float = 0.3  # per batch 256
-    knn_k: Optional[int] = None  # None: the run's --knn-k (METHODS.md: 200)
+    knn_k: Optional[int] = None  # None: the run's --knn-k (docs/methods.md: 200)
     knn_t: Optional[float] = None
     semi: bool = False
     semi_fractions: tuple[float, ...] = (0.01, 0.1)

@@ -1,4 +1,4 @@
-"""Weighted kNN (the monitor protocol of METHODS.md, as in Wu et al. 2018 and every SSL codebase).
+"""Weighted kNN (the monitor protocol of docs/methods.md, as in Wu et al. 2018 and every SSL codebase).
 
 l2-normalised features, cosine similarity, k=200 neighbours, each voting with weight exp(sim / t), t=0.1;
 bank = train split without augmentation, queries = test split.

@@ -1,4 +1,4 @@
-"""Linear probes on a frozen backbone (METHODS.md, "Evaluation protocols"). Two protocols, always named:
+"""Linear probes on a frozen backbone (docs/methods.md, "Evaluation protocols"). Two protocols, always named:
 
 - fast: features extracted once (no augmentation); a multinomial logistic regression (full-batch L-BFGS in
   torch, on the device) or a linear SVM (scikit-learn's LinearSVC) on standardised, PCA-whitened features.

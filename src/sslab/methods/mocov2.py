@@ -33,7 +33,7 @@ def mocov2_recipe(dataset: str, image_size: int) -> dict[str, dict[str, Any]]:
     """solo-learn's CIFAR MoCo v2+ (scripts/pretrain/cifar/mocov2plus.yaml, ResNet-18, 92.94% linear at
     1000 ep): SGD momentum 0.9, lr 0.3 per 256, wd 1e-4, warm-up 10 epochs then cosine; projector 2048 -> 256;
     queue 32768 per view; temperature 0.2; key momentum 0.99 (solo-learn raises it to 0.999 by cosine; here
-    it is constant, METHODS.md's 0.99). Batch 512, 800 epochs as the other recipes here."""
+    it is constant, docs/methods.md's 0.99). Batch 512, 800 epochs as the other recipes here."""
     return {
         "method": {"proj_hidden": 2048, "proj_dim": 256, "temperature": 0.2, "ema": 0.99, "queue_size": 32768},
         "optim": {"optimizer": "sgd", "lr": 0.3, "momentum": 0.9, "weight_decay": 1e-4, "warmup_epochs": 10},

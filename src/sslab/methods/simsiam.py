@@ -20,7 +20,7 @@ def simsiam_loss(p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch
 
 
 def simsiam_recipe(dataset: str, image_size: int) -> dict[str, dict[str, Any]]:
-    """METHODS.md CIFAR-10 recipe: SGD 0.9, wd 5e-4, lr 0.03 * batch/256, cosine, batch 512, 800 epochs."""
+    """docs/methods.md CIFAR-10 recipe: SGD 0.9, wd 5e-4, lr 0.03 * batch/256, cosine, batch 512, 800 epochs."""
     small = image_size <= 64
     return {
         "method": {"proj_layers": 2 if small else 3, "proj_hidden": 2048, "proj_dim": 2048, "pred_hidden": 512,

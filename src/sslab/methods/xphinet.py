@@ -22,7 +22,7 @@ from sslab.registry import METHODS
 
 
 def xphinet_recipe(dataset: str, image_size: int) -> dict[str, dict[str, Any]]:
-    """PhiNet's recipe plus the slow encoder's beta = 0.99 (METHODS.md)."""
+    """PhiNet's recipe plus the slow encoder's beta = 0.99 (docs/methods.md)."""
     recipe = phinet_recipe(dataset, image_size)
     recipe["method"].update(ema=0.99)
     return recipe

@@ -1,7 +1,7 @@
 """ResNet-18/34/50 (He et al. 2016) without torchvision.
 
 Stem: at <= 64 px the CIFAR variant (3x3 conv, stride 1, no max-pool) that every CIFAR number uses; above
-64 px the ImageNet stem (7x7 stride 2 + max-pool). METHODS.md: the ImageNet stem on 32 px costs ~10 points.
+64 px the ImageNet stem (7x7 stride 2 + max-pool). docs/methods.md: the ImageNet stem on 32 px costs ~10 points.
 """
 from __future__ import annotations
 

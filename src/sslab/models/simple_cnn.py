@@ -1,4 +1,4 @@
-"""The teaching model of METHODS.md: 3 x (conv3x3 64 -> ReLU -> maxpool2), flatten (64 * H/8 * W/8)."""
+"""The teaching model of docs/methods.md: 3 x (conv3x3 64 -> ReLU -> maxpool2), flatten (64 * H/8 * W/8)."""
 from __future__ import annotations
 
 import torch

@@ -3,7 +3,7 @@
     from sslab.scan import ScanConfig, run_scan
     report = run_scan("runs/simclr-cifar10-...", ScanConfig(cluster_epochs=50))   # == RUN/scan/scan.json
 
-Stages (METHODS.md "SCAN"): mine neighbours in the pretext feature space -> train clustering heads with the
+Stages (docs/methods.md "SCAN"): mine neighbours in the pretext feature space -> train clustering heads with the
 SCAN loss -> self-label with confident pseudo-labels. `pipeline.py` runs them; the losses are in `loss.py`.
 """
 import importlib

@@ -1,6 +1,6 @@
 """SCAN's settings in one dataclass: every field is a `sslab scan` flag and a key of RUN/scan/config.yaml.
 
-Defaults and where each comes from (METHODS.md "SCAN", and the reference implementation's CIFAR-10
+Defaults and where each comes from (docs/methods.md "SCAN", and the reference implementation's CIFAR-10
 configs, wvangansbeke/Unsupervised-Classification `configs/scan/scan_cifar10.yml` and
 `configs/selflabel/selflabel_cifar10.yml`, called "ref." below).
 """
@@ -28,24 +28,24 @@ def setting(default: Any, help: str) -> Any:
 
 @dataclass
 class ScanConfig:
-    # mining (METHODS.md step 2)
-    neighbors: int = setting(20, "K nearest neighbours mined per image, cosine on pretext features (METHODS.md: 20)")
-    kmeans_init: int = setting(10, "k-means baseline restarts (METHODS.md evaluation protocol: n_init >= 10)")
-    # clustering (METHODS.md step 3)
+    # mining (docs/methods.md step 2)
+    neighbors: int = setting(20, "K nearest neighbours mined per image, cosine on pretext features (docs: 20)")
+    kmeans_init: int = setting(10, "k-means baseline restarts (docs/methods.md evaluation protocol: n_init >= 10)")
+    # clustering (docs/methods.md step 3)
     num_clusters: Optional[int] = setting(None, "clusters C; none: the number of classes; more: over-clustering "
                                           "(ACC by majority mapping)")
-    heads: int = setting(10, "clustering heads trained at once, the lowest-loss one kept (METHODS.md: several; "
+    heads: int = setting(10, "clustering heads trained at once, the lowest-loss one kept (docs/methods.md: several; "
                          "ref. scan_cifar10.yml trains 1)")
-    entropy_weight: float = setting(5.0, "w, weight of the entropy of the mean prediction (METHODS.md, ref.: 5.0)")
-    cluster_epochs: int = setting(50, "clustering epochs (ref. 50; METHODS.md ~50-100)")
+    entropy_weight: float = setting(5.0, "w, weight of the entropy of the mean prediction (docs/methods.md, ref.: 5.0)")
+    cluster_epochs: int = setting(50, "clustering epochs (ref. 50; docs/methods.md ~50-100)")
     batch_size: int = setting(128, "anchors per clustering step, one sampled neighbour each (ref. 128)")
     lr: float = setting(1e-4, "Adam learning rate of the clustering step, constant (ref. 1e-4)")
     weight_decay: float = setting(1e-4, "Adam weight decay of the clustering step (ref. 1e-4)")
-    freeze_backbone: bool = setting(False, "train the heads only, in both steps (METHODS.md/ref.: backbone trainable)")
+    freeze_backbone: bool = setting(False, "train the heads only, in both steps (docs, ref.: backbone trainable)")
     cluster_augment: str = setting("strong", "views of anchors and neighbours: strong (RandAugment + Cutout, ref. "
                                    "'ours'), weak (crop + flip, ref. 'standard') or none")
     include_self: bool = setting(True, "the anchor is one of its own K+1 candidate neighbours (ref. NeighborsDataset)")
-    # self-labelling (METHODS.md step 4)
+    # self-labelling (docs/methods.md step 4)
     selflabel_epochs: int = setting(200, "self-labelling epochs (ref. 200)")
     selflabel_batch_size: int = setting(1000, "self-labelling batch (ref. 1000)")
     selflabel_lr: float = setting(1e-4, "Adam learning rate of self-labelling, constant (ref. 1e-4)")

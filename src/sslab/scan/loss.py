@@ -1,13 +1,13 @@
 """SCAN's two losses, as pure functions of logits.
 
-Clustering (METHODS.md step 3):
+Clustering (docs/methods.md step 3):
     L = -(1/N) sum_i sum_{j in NN(i)} log <p_i, p_j>  -  w * H(mean_i p_i),    p = softmax(head(f(aug(x))))
 estimated per step, as the reference does, from a batch of anchors and ONE neighbour sampled per anchor:
 consistency = mean_i -log <p_i, p_n(i)> (the reference's BCE of the dot product against 1), entropy = the
 entropy of the batch's mean anchor prediction. Minimising L therefore *raises* that entropy (spreads the
 samples over the clusters); w = 5.
 
-Self-labelling (METHODS.md step 4): cross-entropy on the strong view against argmax of the weak view, only
+Self-labelling (docs/methods.md step 4): cross-entropy on the strong view against argmax of the weak view, only
 where the weak view's max probability exceeds the threshold, each class weighted by the inverse of its
 frequency among those confident samples (reference `ConfidenceBasedCE` with class balancing; a class with no
 confident sample keeps weight 1). Written with masks instead of boolean indexing, so there is no

@@ -1,4 +1,5 @@
-"""The demo's SCAN step: cluster the bundled digits with the demo run's backbone, against k-means.
+"""The demo's SCAN step: cluster the demo's images (Fashion-MNIST mini) with the demo run's backbone,
+against k-means.
 
 To stay within ~40 s on two CPU cores it trains the heads only, on the frozen backbone's cached features of
 the un-augmented images, with a larger learning rate (few steps), then self-labels for a few epochs on
@@ -30,7 +31,7 @@ def demo_step(run_dir: Path, log: Callable[[str], None]) -> None:
     report = run_scan(run_dir, demo_config(), log=lambda s: None)
     km, sc, sl = report["kmeans"], report["scan"], report["selflabel"]
     best = max(sc["acc"], sl["acc"])
-    log(f"demo: SCAN clustering of the digits (test ACC, Hungarian): k-means {100 * km['acc']:.1f}% -> SCAN "
+    log(f"demo: SCAN clustering of the test images (ACC, Hungarian): k-means {100 * km['acc']:.1f}% -> SCAN "
         f"{100 * sc['acc']:.1f}% -> + self-label {100 * sl['acc']:.1f}% "
         f"({'beats' if best > km['acc'] else 'does not beat'} k-means on the same features; neighbour accuracy "
         f"{100 * report['neighbor_accuracy']:.1f}%); {time.perf_counter() - t0:.1f} s; {run_dir / 'scan'}")

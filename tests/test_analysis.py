@@ -190,6 +190,14 @@ def test_analyze_command_writes_figures_json_and_clusters(tiny_run, capsys):  # 
         from sslab.eval.clustering import clustering_scores
 
         assert clustering_scores(z["clusters"], z["labels"], 10, 10)["ari"] == pytest.approx(an["kmeans"]["ari"])
+    # one k-means result per feature set: scan's k-means baseline is the same clustering, and both have baselines
+    from sslab.scan import ScanConfig, run_scan
+
+    report = run_scan(tiny_run, ScanConfig(device="cpu", progress=False), until="mine", log=lambda m: None)
+    assert report["kmeans"]["acc"] == an["kmeans"]["acc"] and report["kmeans"]["ari"] == an["kmeans"]["ari"]
+    for where in (an["kmeans"]["baselines"], report["baselines"]):
+        assert 0 < where["pixels"]["acc"] <= 1 and 0 < where["untrained"]["acc"] <= 1
+    assert report["baselines"]["pixels"] == an["kmeans"]["baselines"]["pixels"]
 
 
 def test_attention_without_and_with_a_probe(tiny_run, capsys):  # noqa: F811

@@ -277,7 +277,7 @@ def test_eval_command_writes_json_figures_and_probe(tiny_run, capsys):  # noqa: 
     d = load_dataset("digits")
     assert by_name["knn"]["baselines"]["pixels"] == pytest.approx(
         pixel_knn_accuracy(d.train_x, d.train_y, d.test_x, d.test_y, 10, 20, 0.1))
-    for n in ("knn", "linear-fast"):
+    for n in ("knn", "linear-fast", "linear-standard"):
         assert 0 < by_name[n]["baselines"]["untrained"] <= 1 and 0 < by_name[n]["baselines"]["pixels"] <= 1
     assert "rebuilt from the config's seed" in ev["baselines"]["untrained_source"] or "init.pt" in ev["baselines"]["untrained_source"]
     assert ev["complete"] is True and "pixels" in out and "untrained" in out

@@ -46,6 +46,21 @@ def pixel_features(images: torch.Tensor, center: torch.Tensor | None = None) -> 
     return x - center if center is not None else x
 
 
+class PixelVectors(torch.nn.Module):
+    """Normalised images (B, C, H, W) -> their pixel vectors (B, D), randomly projected like `pixel_features`:
+    the raw-pixel "backbone" for protocols that take a module (the standard probe)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        proj = pixel_projection(dim)
+        self.register_buffer("proj", proj if proj is not None else torch.zeros(0))
+        self.device_anchor = torch.nn.Parameter(torch.zeros(1), requires_grad=False)  # protocols find the device here
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1).float()
+        return x @ self.proj if self.proj.numel() else x
+
+
 def pixel_description(images: torch.Tensor) -> str:
     dim = int(np.prod(images.shape[1:]))
     what = f"raw pixel vectors ({dim} values in [0, 1])"

@@ -266,6 +266,27 @@ def baseline_protocols(trained: TrainedRun, data: ImageData, opts: EvalOptions, 
     return out
 
 
+def standard_baselines(trained: TrainedRun, data: ImageData, opts: EvalOptions, crop_scale, flip_p,
+                       log: Log) -> dict[str, float | None]:
+    """The standard probe, same settings and views, on the raw pixels and on the untrained network."""
+    from sslab.eval.baselines import PixelVectors, untrained_method
+
+    info = trained.data_info
+    test_x, test_y = _labelled(data.test_x, data.test_y)
+    untrained, _ = untrained_method(trained.run_dir, trained.cfg, info["channels"], info["image_size"], trained.device)
+    nets = {"pixels": PixelVectors(int(np.prod(data.train_x.shape[1:]))).to(trained.device),
+            "untrained": untrained.backbone}
+    out: dict[str, float | None] = {}
+    for name, net in nets.items():
+        result = train_standard_probe(net, data.train_x, data.train_y, data.num_classes, data.mean, data.std,
+                                      opts.probe_epochs, opts.probe_batch_size, opts.probe_lr, crop_scale=crop_scale,
+                                      flip_p=flip_p, seed=opts.seed)
+        pred = predict(result.probe, extract_features(net, test_x, data.mean, data.std))
+        out[name] = float((pred == test_y.cpu().numpy()).mean()) if len(test_y) else None
+    log(f"baselines: linear-standard pixels {_pct(out['pixels'])}, untrained {_pct(out['untrained'])}")
+    return out
+
+
 def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.2f}%"
 
@@ -371,6 +392,7 @@ def evaluate_run(trained: TrainedRun, opts: EvalOptions, log: Log = print) -> di
     if opts.protocol in ("standard", "both") and not state.done("linear-standard"):
         rec, probe = standard_protocol(backbone, data, test_f, opts, crop_scale, flip_p, data.name, log=log,
                                        fast=state.record("linear-fast"), fast_probe=state.probes.get("linear-fast"))
+        state.baselines["linear-standard"] = standard_baselines(trained, data, opts, crop_scale, flip_p, log)
         state.add([rec], {"linear-standard": probe}, classes, trained)
     if opts.semi:
         semi_protocol(backbone, data, opts, crop_scale, flip_p, data.name, log=log, state=state, trained=trained)

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from sslab.run import RunDir
 
 DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "stl10": "STL-10", "fashion-mnist": "Fashion-MNIST",
+                 "fashion-mnist-mini": "Fashion-MNIST mini",
                  "mnist": "MNIST", "digits": "digits (8x8)", "folder": "image folder", "npz": "npz arrays"}
 METHOD_NAMES = {"simsiam": "SimSiam", "phinet": "PhiNet", "xphinet": "X-PhiNet", "simclr": "SimCLR", "byol": "BYOL",
                 "mocov2": "MoCo v2"}

@@ -10,6 +10,7 @@ from sslab.errors import UserError
 # what each registered dataset is read from; a dataset registered without a line here fails tests/test_export.py
 FORMATS = {
     "digits": "scikit-learn's bundled 8x8 digits (no files, no download)",
+    "fashion-mnist-mini": "4,000 + 1,000 Fashion-MNIST images shipped inside sslab, MIT licence (no download)",
     "cifar10": "the official python version: cifar-10-batches-py/",
     "cifar100": "the official python version: cifar-100-python/",
     "stl10": "the official binaries: stl10_binary/",
@@ -38,7 +39,7 @@ def dataset_rows() -> list[dict[str, str]]:
     rows = []
     for name in DATASETS.names():
         root = default_root(name)
-        places: list[Path] = [] if name == "digits" else [root]
+        places: list[Path] = [] if name in ("digits", "fashion-mnist-mini") else [root]  # bundled
         if name == "fashion-mnist":
             places.append(idx.DEBIAN_FASHION_MNIST)
         try:

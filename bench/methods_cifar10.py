@@ -76,6 +76,7 @@ def print_table(out: Path) -> None:
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for run in sorted(p for p in out.iterdir() if (p / "metrics.jsonl").exists()):
         records = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if l.strip()]
+        records = [r for r in records if r["epoch"] >= 1]  # not the epoch-0 record (before training)
         summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else {}
         knn = [r["knn_top1"] for r in records if r.get("knn_top1") is not None]
         minutes = sum(r["epoch_seconds"] + r.get("knn_seconds", 0) for r in records) / 60

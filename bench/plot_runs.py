@@ -27,6 +27,7 @@ def main() -> None:
     fig, (ax_knn, ax_z) = plt.subplots(1, 2, figsize=(12, 4.2), dpi=110)
     for run in map(Path, args.runs):
         records = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if l.strip()]
+        records = [r for r in records if r["epoch"] >= 1]  # not the epoch-0 record (before training)
         cfg = yaml.safe_load((run / "config.yaml").read_text())
         d = cfg["method"]["proj_dim"]
         knn = [(r["epoch"], 100 * r["knn_top1"]) for r in records if r.get("knn_top1") is not None]

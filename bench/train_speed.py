@@ -53,6 +53,7 @@ def main() -> None:
     summary = fit(cfg, log=lambda s: print(s, flush=True))
     wall = time.perf_counter() - t0
     records = [json.loads(l) for l in (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    records = [r for r in records if r["epoch"] >= 1]  # not the epoch-0 record (before training)
     epoch_s = [r["epoch_seconds"] for r in records]
     steady = sorted(epoch_s[1:] if len(epoch_s) > 1 else epoch_s)
     ours = {"pipeline": f"sslab {args.method}", "device": summary["device"], "torch": torch.__version__,

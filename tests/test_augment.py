@@ -527,9 +527,11 @@ def test_simsiam_preset_is_the_methods_md_cifar_recipe():
     assert (p.crop_scale, p.flip_p, p.jitter, p.jitter_p, p.grayscale_p, p.blur_p, p.solarize_p) == \
         ((0.2, 1.0), 0.5, (0.4, 0.4, 0.4, 0.1), 0.8, 0.2, 0.0, 0.0)
     assert p.crop_ratio == pytest.approx(RATIO)
-    for method in ("phinet", "xphinet", "x-phinet", "PhiNet", "something-new", None):
+    for method in ("phinet", "xphinet", None):  # PhiNet and X-PhiNet declare SimSiam's augmentation
         assert dataclasses.replace(resolve_augment(AugmentConfig(), method, 32), preset="") == \
             dataclasses.replace(p, preset="")
+    with pytest.raises(ConfigError, match="unknown method 'something-new'"):  # no silent fallback
+        resolve_augment(AugmentConfig(), "something-new", 32)
     large = resolve_augment(AugmentConfig(), "simsiam", 96)
     assert (large.blur_p, large.blur_sigma) == (0.5, (0.1, 2.0))
     assert dataclasses.replace(large, preset="", blur_p=0.0) == dataclasses.replace(p, preset="")

@@ -42,6 +42,7 @@ def isolated_home(tmp_path_factory, monkeypatch) -> Path:
     monkeypatch.delenv("SSLAB_DATA", raising=False)
     monkeypatch.delenv("SSLAB_CACHE_DIR", raising=False)
     monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.delenv("SSLAB_DOWNLOAD_MIRROR", raising=False)
     return home
 
 
@@ -49,7 +50,6 @@ def isolated_home(tmp_path_factory, monkeypatch) -> Path:
 def home_cache(isolated_home) -> Path:
     """The default cache folder in these tests."""
     return isolated_home / ".cache" / "sslab" / "cache"
-    monkeypatch.delenv("SSLAB_DOWNLOAD_MIRROR", raising=False)
 
 
 def one_line_data_error(excinfo: pytest.ExceptionInfo) -> str:

@@ -23,7 +23,8 @@ from sslab.config import FIELD_TYPES, SECTIONS, Config, add_config_flags, config
 from sslab.data import load_dataset
 from sslab.errors import ConfigError, DataError
 from sslab.methods import METHODS
-from sslab.train import check_names, pick_device, resolve
+from sslab.device import pick_device
+from sslab.methods.build import check_names, resolve
 
 FUZZ = settings(deadline=None, max_examples=40, database=None, suppress_health_check=[HealthCheck.too_slow])
 

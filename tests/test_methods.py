@@ -18,7 +18,9 @@ from sslab.methods.simclr import nt_xent
 from sslab.methods.simsiam import simsiam_loss
 from sslab.models import create_backbone
 from sslab.optim import LARS
-from sslab.train import build_method, build_optimizer, resolve, set_lr
+from sslab.methods.build import build_method, resolve
+from sslab.optim import set_lr
+from sslab.train import build_optimizer
 
 IMAGE = 16  # simple-cnn on 16 px: 64 * 2 * 2 = 256-d features
 SMALL = {"proj_hidden": 32, "proj_dim": 16, "pred_hidden": 8, "queue_size": 40}

@@ -120,8 +120,10 @@ def assert_same_run(run: Path, ref: Path) -> None:
     summary, ref_summary = (json.loads((r / "summary.json").read_text()) for r in (run, ref))
     for key in ("final_loss", "knn_top1_init", "knn_top1", "knn_top1_best"):
         assert summary[key] == ref_summary[key]
-    assert [s for s, _ in tensorboard_scalars(run, "loss")] == [1, 2, 3]  # no duplicate epochs after resuming
-    assert [v for _, v in tensorboard_scalars(run, "loss")] == pytest.approx([r["loss"] for r in metrics(ref)])
+    # no duplicate epochs after resuming (epoch scalars are logged at the global step of the epoch's end)
+    assert [s for s, _ in tensorboard_scalars(run, "train/loss")] == [STEPS, 2 * STEPS, 3 * STEPS]
+    assert [v for _, v in tensorboard_scalars(run, "train/loss")] == pytest.approx(
+        [r["loss"] for r in metrics(ref) if r["epoch"] >= 1])
     assert not list(run.rglob("*.tmp"))
 
 
@@ -258,7 +260,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, tes
     assert last["loop"]["epoch"] == 1
     assert all(torch.equal(last["model"][k], epoch1["model"][k]) and torch.isfinite(last["model"][k].float()).all()
                for k in last["model"])
-    assert [r["epoch"] for r in run.read_metrics()] == [1]
+    assert [r["epoch"] for r in run.read_metrics()] == [0, 1]
 
 
 def test_absurd_lr_gives_one_line_and_exit_2(tmp_path, capsys):
@@ -459,7 +461,7 @@ def test_disk_full_while_writing_metrics_is_one_line(tmp_path, capsys, monkeypat
     def full_disk(*a, **k):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("sslab.run.open", full_disk, raising=False)  # metrics.jsonl is appended with open()
+    monkeypatch.setattr("sslab.jsonl.open", full_disk, raising=False)  # metrics.jsonl is appended with open()
     run = tmp_path / "runs" / "full"
     assert_one_line(*run_cli(quick(DIGITS, tmp_path / "runs", "--knn-every", "0", "--name", "full"), capsys),
                     f"could not write {run / 'metrics.jsonl'} (No space left on device); free disk space and "
@@ -652,8 +654,8 @@ def test_flags_given_with_resume_are_applied_and_announced_or_refused(finished_r
     assert "resuming with --epochs 2 (was 1); the learning-rate schedule is stretched" in out
     assert "resuming with --knn-every 1 (was 0)" in out
     assert RunDir(finished_run).config().train.epochs == 2  # holds for the next resume too
-    assert [r["epoch"] for r in metrics(finished_run)] == [1, 2]
-    assert metrics(finished_run)[0]["knn_top1"] is None and metrics(finished_run)[1]["knn_top1"] > 0.3
+    assert [r["epoch"] for r in metrics(finished_run)] == [0, 1, 2]  # 0: the baselines before training
+    assert metrics(finished_run)[1]["knn_top1"] is None and metrics(finished_run)[2]["knn_top1"] > 0.3
     assert_one_line(*run_cli(["train", "--resume", str(finished_run), "--epochs", "1"], capsys),
                     "--epochs 1 but the run has finished 2 epochs; pass --epochs 2 or more")
 
@@ -683,20 +685,21 @@ def test_bad_metrics_lines_are_skipped_with_a_warning_and_repaired_on_resume(fin
     path = finished_run / "metrics.jsonl"
     good = path.read_text()
     path.write_text(good + '[1, 2]\n{"epoch": 1}\n"text"\n{"epoch": 2, "step": 44, "lo')  # torn last line
-    assert [r["epoch"] for r in RunDir(finished_run).read_metrics()] == [1]
+    assert [r["epoch"] for r in RunDir(finished_run).read_metrics()] == [0, 1]
     warnings = caplog.text
-    assert "line 2 is a JSON list, not a record; skipped" in warnings
-    assert "line 3 lacks step, loss, lr; skipped" in warnings
-    assert "line 5 is not valid JSON (a write cut short?); skipped" in warnings
+    assert "line 3 is a JSON list, not a record; skipped" in warnings  # line 1: the epoch-0 record
+    assert "line 4 lacks step, loss, lr; skipped" in warnings
+    assert "line 6 is not valid JSON (a write cut short?); skipped" in warnings
     code, err = run_cli(["train", "--resume", str(finished_run), "--epochs", "2"], capsys)
     assert code == 0, err
-    assert [r["epoch"] for r in metrics(finished_run)] == [1, 2]  # the file is whole again: later resumes are fine
-    path.write_text(path.read_text().splitlines(keepends=True)[1])  # epoch 1's record lost
+    assert [r["epoch"] for r in metrics(finished_run)] == [0, 1, 2]  # the file is whole again: later resumes are fine
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text(lines[0] + lines[2])  # epoch 1's record lost
     caplog.clear()
     code, err = run_cli(["train", "--resume", str(finished_run), "--epochs", "3"], capsys)
     assert code == 0, err
     assert "has no record of epoch(s) 1 (lost or unreadable); the curves skip them" in caplog.text
-    assert [r["epoch"] for r in metrics(finished_run)] == [2, 3]
+    assert [r["epoch"] for r in metrics(finished_run)] == [0, 2, 3]
 
 
 def test_an_epochs_metrics_are_on_disk_before_the_checkpoint_that_covers_them(tmp_path, monkeypatch):
@@ -711,7 +714,8 @@ def test_an_epochs_metrics_are_on_disk_before_the_checkpoint_that_covers_them(tm
     fit(tiny_config("simsiam", tmp_path, epochs=2), log=lambda s: None)
     kinds = ["metrics" if n == "metrics.jsonl" else "checkpoint" for n in synced
              if n == "metrics.jsonl" or n.startswith(".last.pt.")]
-    assert kinds == ["checkpoint", "metrics", "checkpoint", "metrics", "checkpoint"]
+    # the initial checkpoint, then the epoch-0 record (baselines before training), then epoch by epoch
+    assert kinds == ["checkpoint", "metrics", "metrics", "checkpoint", "metrics", "checkpoint"]
 
 
 def test_a_run_stopped_before_its_first_checkpoint_resumes_from_the_start(finished_run, capsys):
@@ -720,7 +724,7 @@ def test_a_run_stopped_before_its_first_checkpoint_resumes_from_the_start(finish
     code = cli.main(["train", "--resume", str(finished_run)])
     assert code == 0
     assert "yet (it stopped before the first one); starting it from the beginning" in capsys.readouterr().out
-    assert [r["epoch"] for r in metrics(finished_run)] == [1] and load_checkpoint(finished_run)["loop"]["epoch"] == 1
+    assert [r["epoch"] for r in metrics(finished_run)] == [0, 1] and load_checkpoint(finished_run)["loop"]["epoch"] == 1
 
 
 def test_a_stray_temp_folder_in_checkpoints_does_not_stop_a_resume(finished_run, capsys):

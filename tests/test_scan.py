@@ -20,6 +20,7 @@ from sslab.checkpoint import save_checkpoint
 from sslab.config import Config
 from sslab.errors import CheckpointError, ConfigError, UserError
 from sslab.eval.clustering import cluster_accuracy, cluster_to_class, clustering_scores
+from sslab.kit import EpochLog
 from sslab.scan import ScanConfig, mine_neighbors, neighbor_accuracy, run_scan, scan_loss, selflabel_loss
 from sslab.scan import pipeline
 from sslab.scan.loss import entropy_of_mean
@@ -317,7 +318,8 @@ def blob_images(n_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def make_run(tmp_path, backbone: str = "simple-cnn"):
     """A run folder as `sslab train` leaves it (config + checkpoint), for an untrained backbone on blob images."""
     from sslab.data import load_from_config
-    from sslab.train import build_method, data_info, resolve
+    from sslab.methods.build import build_method, resolve
+    from sslab.train import data_info
 
     xtr, ytr = blob_images(60, 0)
     xte, yte = blob_images(20, 1)
@@ -378,22 +380,22 @@ def test_scan_recovers_separated_classes_and_resumes_stage_by_stage(tmp_path, mo
 def test_an_interrupted_stage_continues_from_its_last_epoch(tmp_path, monkeypatch):
     run = make_run(tmp_path)
     cfg = ScanConfig(**{**FAST, "cluster_epochs": 4, "heads": 2})
-    real_log = pipeline.StageLog.append
+    real_log = EpochLog.append
     calls = []
 
-    def stop_after_two(self, record):
-        real_log(self, record)
+    def stop_after_two(self, record, step):
+        real_log(self, record, step)
         calls.append(record["epoch"])
         if len(calls) == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline.StageLog, "append", stop_after_two)
+    monkeypatch.setattr(EpochLog, "append", stop_after_two)
     with pytest.raises(KeyboardInterrupt):
         run_scan(run, cfg, until="cluster", log=lambda s: None)
-    monkeypatch.setattr(pipeline.StageLog, "append", real_log)
+    monkeypatch.setattr(EpochLog, "append", real_log)
     logs: list[str] = []
     report = run_scan(run, cfg, until="cluster", log=logs.append)
-    assert any("resuming at epoch 2/4" in line for line in logs)  # epoch 2 was logged, not checkpointed
+    assert "cluster: resuming at end of epoch 1" in logs  # epoch 2 was logged, not checkpointed
     epochs = [json.loads(l)["epoch"] for l in (run / "scan" / "cluster_metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2, 3, 4] and report["scan"] is not None
     # --restart redoes the stage from scratch

@@ -78,10 +78,17 @@ def test_run_folder_holds_the_contract(runs):
         assert (run / name).is_file() and (run / name).stat().st_size > 0, name
     assert any((run / "tensorboard").iterdir())
     records = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records] == [1, 2, 3, 4]
+    assert [r["epoch"] for r in records] == [0, 1, 2, 3, 4]
+    before = records[0]  # the epoch-0 record: the baselines before any training step, no loss or lr
+    assert set(before) == {"epoch", "step", "knn_top1", "knn_top1_init", "knn_top1_pixels"}
+    assert before["knn_top1"] == before["knn_top1_init"] and 0 < before["knn_top1_pixels"] <= 1
+    init = torch.load(run / "checkpoints" / "init.pt", weights_only=False)["model"]
+    last = torch.load(run / "checkpoints" / "last.pt", weights_only=False)["model"]
+    assert init.keys() == last.keys() and not all(torch.equal(init[k], last[k]) for k in init)
     for key in ["epoch", "loss", "lr", "knn_top1", "z_std", "epoch_seconds", "images_per_second"]:
         assert key in records[-1], key
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["knn_top1"] == records[-1]["knn_top1"] and summary["knn_top1_init"] is not None
+    assert summary["knn_top1"] == records[-1]["knn_top1"] and summary["knn_top1_init"] == before["knn_top1_init"]
+    assert summary["knn_top1_pixels"] == before["knn_top1_pixels"]
     saved = Config.load(run / "config.yaml")
     assert saved.optim.momentum == 0.9 and saved.augment.crop_scale == (0.2, 1.0)  # recipe values written out

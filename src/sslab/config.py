@@ -21,15 +21,15 @@ from sslab.errors import ConfigError
 
 @dataclass
 class DataConfig:
-    dataset: str = "digits"
+    dataset: str = "digits"  # the images to learn from
     data_dir: Optional[str] = None  # where the dataset lives; None: ~/.cache/sslab/data/<dataset>
     download: bool = False  # fetch from the official source (with checksum) when missing
-    train_split: str = "train"  # stl10: train, unlabeled, train+unlabeled
+    train_split: str = "train"  # which STL-10 images to train on
     image_size: Optional[int] = None  # resize every image to this size; None: native (folders: most common)
     test_fraction: float = 0.2  # sets without a test split: share held out, stratified and seeded
     strict: bool = False  # refuse a folder with corrupt images instead of skipping and listing them
     limit_train: Optional[int] = None  # keep N training images, stratified (quick runs and tests)
-    limit_test: Optional[int] = None
+    limit_test: Optional[int] = None  # keep N test images, stratified
     # where decoded datasets are cached; None: $SSLAB_CACHE_DIR, else $XDG_CACHE_HOME/sslab/cache, else
     # ~/.cache/sslab/cache (never the data folder unless given here); the run's config.yaml records the one used
     cache_dir: Optional[str] = None
@@ -38,67 +38,69 @@ class DataConfig:
 @dataclass
 class AugmentConfig:
     preset: str = "auto"  # auto: the method's preset for this image size; or a preset name
-    crop_scale: Optional[tuple[float, float]] = None
-    crop_ratio: Optional[tuple[float, float]] = None
-    flip_p: Optional[float] = None
+    crop_scale: Optional[tuple[float, float]] = None  # random resized crop: min,max share of the image area
+    crop_ratio: Optional[tuple[float, float]] = None  # random resized crop: min,max aspect ratio
+    flip_p: Optional[float] = None  # probability of a horizontal flip
     jitter: Optional[tuple[float, float, float, float]] = None  # brightness, contrast, saturation, hue
-    jitter_p: Optional[float] = None
-    grayscale_p: Optional[float] = None
-    blur_p: Optional[float] = None
-    blur_sigma: Optional[tuple[float, float]] = None
-    solarize_p: Optional[float] = None
-    solarize_threshold: Optional[float] = None
+    jitter_p: Optional[float] = None  # probability of the colour jitter
+    grayscale_p: Optional[float] = None  # probability of turning a view grey
+    blur_p: Optional[float] = None  # probability of a Gaussian blur
+    blur_sigma: Optional[tuple[float, float]] = None  # blur sigma range min,max in pixels
+    solarize_p: Optional[float] = None  # probability of solarizing a view
+    solarize_threshold: Optional[float] = None  # solarize pixels above this (0-1)
 
 
 @dataclass
 class ModelConfig:
-    backbone: str = "resnet18"
-    stem: str = "auto"  # auto: cifar stem (3x3, no max-pool) at <= 64 px, imagenet stem above
+    backbone: str = "resnet18"  # the encoder whose features are learned
+    stem: str = "auto"  # first layers; auto: cifar stem (3x3, no max-pool) at <= 64 px, imagenet stem above
 
 
 @dataclass
 class MethodConfig:
-    method: Optional[str] = None  # simsiam, phinet, ... (`sslab methods` lists them)
-    proj_layers: Optional[int] = None
-    proj_hidden: Optional[int] = None
-    proj_dim: Optional[int] = None
-    pred_hidden: Optional[int] = None
+    method: Optional[str] = None  # the self-supervised method (`sslab methods` shows their recipes)
+    proj_layers: Optional[int] = None  # layers of the projector MLP
+    proj_hidden: Optional[int] = None  # hidden width of the projector
+    proj_dim: Optional[int] = None  # output width of the projector (the embedding z)
+    pred_hidden: Optional[int] = None  # hidden width of the predictor (SimSiam, PhiNet, BYOL)
     fixed_predictor_lr: Optional[bool] = None  # SimSiam/PhiNet: predictor h keeps the base lr
     temperature: Optional[float] = None  # contrastive methods
     ema: Optional[float] = None  # EMA momentum of target/slow/key encoders
     lam: Optional[float] = None  # PhiNet/X-PhiNet weight of the MSE term
-    third_view: Optional[str] = None  # PhiNet x0: "clean" image or a third "strong" view
+    third_view: Optional[str] = None  # PhiNet's x0: the clean image or a third strong view
     queue_size: Optional[int] = None  # MoCo v2
 
 
 @dataclass
 class OptimConfig:
-    optimizer: Optional[str] = None  # sgd, adamw, lars
+    optimizer: Optional[str] = None  # the optimiser
     lr: Optional[float] = None  # base lr for batch 256; the run uses lr * batch_size / 256
-    momentum: Optional[float] = None
-    weight_decay: Optional[float] = None
-    warmup_epochs: Optional[int] = None
+    momentum: Optional[float] = None  # SGD/LARS momentum
+    weight_decay: Optional[float] = None  # L2 weight decay
+    warmup_epochs: Optional[int] = None  # linear lr warm-up before the cosine decay
     min_lr: float = 0.0  # cosine schedule floor, as a fraction of the peak lr
     fused: Optional[bool] = None  # fused SGD/AdamW kernel (one launch for all parameters); None: on GPU only; LARS: none
 
 
 @dataclass
 class TrainConfig:
-    epochs: Optional[int] = None
-    batch_size: Optional[int] = None
-    seed: int = 0
-    device: str = "auto"  # auto, cpu, cuda, cuda:N
-    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU), bf16, fp32
-    channels_last: Optional[bool] = None  # None: on GPU only
-    compile: bool = False  # torch.compile the model
+    epochs: Optional[int] = None  # passes over the training images
+    batch_size: Optional[int] = None  # images per step, over all processes (the last partial batch is dropped)
+    seed: int = 0  # seed of the model init, the sample order and the augmentations
+    device: str = "auto"  # where to train (auto: a GPU when there is one; cuda:N under torchrun is per rank)
+    precision: str = "auto"  # auto: bf16 autocast on a GPU, fp32 on the CPU; bf16 also on the CPU
+    channels_last: Optional[bool] = None  # channels-last memory format; None: on a GPU only
+    compile: str = "off"  # torch.compile the model's step; reduce-overhead adds CUDA graphs (GPU)
     knn_every: int = 1  # kNN monitor every N epochs (0: off)
-    knn_k: int = 200
-    knn_t: float = 0.1
+    knn_k: int = 200  # neighbours of the kNN monitor
+    knn_t: float = 0.1  # temperature of the kNN monitor's weighted vote
+    step_loss_every: int = 50  # TensorBoard train/step_loss every N steps (0: off; each reads the loss from the device)
     checkpoint_every: int = 0  # keep checkpoints/epoch_NNNN.pt every N epochs (last.pt is always written)
     collapse_threshold: float = 0.25  # warn when z_std * sqrt(d) falls below this (1.0 when healthy)
     out: str = "runs"  # where run folders are created
     name: Optional[str] = None  # run folder name; None: <method>-<dataset>-<backbone>-<timestamp>
-    progress: bool = True  # progress bar
+    progress: bool = True  # progress bar on a terminal; elsewhere a plain line every progress_every seconds
+    progress_every: float = 30.0  # seconds between plain progress lines when stderr is not a terminal
     time_limit: Optional[float] = None  # stop with a checkpoint after this many seconds of training; --resume continues
 
 
@@ -139,6 +141,8 @@ class Config:
             for key, value in values.items():
                 if key not in known:
                     raise ConfigError(f"{where}: unknown field {section}.{key}; known: {', '.join(known)}")
+                if (section, key) == ("train", "compile") and isinstance(value, bool):
+                    value = "default" if value else "off"  # the YAML of older runs: compile: true/false
                 setattr(obj, key, coerce(value, FIELD_TYPES[section][key], f"{section}.{key}"))
 
     def save(self, path: Path) -> None:
@@ -164,16 +168,25 @@ class Config:
             (0 <= self.data.test_fraction < 1, "--test-fraction must be in [0, 1)"),
             (self.data.limit_train is None or self.data.limit_train >= 2, "--limit-train must be >= 2"),
             (self.data.image_size is None or self.data.image_size >= 8, "--image-size must be >= 8"),
-            (t.knn_every >= 0 and t.checkpoint_every >= 0, "--knn-every and --checkpoint-every must be >= 0"),
+            (t.knn_every >= 0 and t.checkpoint_every >= 0 and t.step_loss_every >= 0,
+             "--knn-every, --checkpoint-every and --step-loss-every must be >= 0"),
             (t.knn_k >= 1 and t.knn_t > 0, "--knn-k must be >= 1 and --knn-t > 0"),
             (t.time_limit is None or t.time_limit > 0, "--time-limit must be > 0 seconds"),
+            (t.progress_every > 0, "--progress-every must be > 0 seconds"),
             (t.precision in ("auto", "bf16", "fp32"), "--precision must be auto, bf16 or fp32"),
-            (self.model.stem in ("auto", "cifar", "imagenet"), "--stem must be auto, cifar or imagenet"),
+            (t.compile in COMPILE_MODES, f"--compile must be one of {', '.join(COMPILE_MODES)}"),
+            (self.model.stem in STEMS, f"--stem must be {one_of(STEMS)}"),
             (t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"), "--device must be auto, cpu or cuda[:N]"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+
+
+def one_of(choices: typing.Sequence[str]) -> str:
+    """"a, b or c": the choices of an option, for messages and help texts."""
+    choices = list(choices)
+    return choices[0] if len(choices) == 1 else ", ".join(choices[:-1]) + " or " + choices[-1]
 
 
 def read_yaml_file(path: str | Path) -> Any:
@@ -195,6 +208,13 @@ def read_yaml_file(path: str | Path) -> Any:
         raise ConfigError(f"config file {path} is nested too deeply to be a config; fix the file") from None
 
 
+COMPILE_MODES = ("off", "default", "max-autotune", "reduce-overhead")  # reduce-overhead: CUDA graphs
+STEMS = ("auto", "cifar", "imagenet")
+# the fields a method's recipe fills in when left at None (METHODS.md)
+RECIPE_FIELDS = {*(f.name for f in fields(AugmentConfig) if f.name != "preset"),
+                 *(f.name for f in fields(MethodConfig) if f.name != "method"),
+                 *(f.name for f in fields(OptimConfig) if f.name != "min_lr"), "epochs", "batch_size"}
+THIRD_VIEWS = ("clean", "strong")
 SECTIONS = [f.name for f in fields(Config)]
 _SECTION_TYPES = {f.name: f.default_factory for f in fields(Config)}  # type: ignore[misc]
 FIELD_TYPES: dict[str, dict[str, Any]] = {
@@ -247,7 +267,9 @@ def coerce(value: Any, tp: Any, name: str) -> Any:
             if not isinstance(items, (list, tuple)):
                 raise ValueError
             args = typing.get_args(base)
-            if len(items) != len(args):
+            if len(args) == 2 and args[1] is Ellipsis:  # tuple[float, ...]: any length, at least one
+                args = (args[0],) * len(items) if items else ()
+            if len(items) != len(args) or not items:
                 raise ValueError
             return tuple(coerce(v, a, name) for v, a in zip(items, args))
     except (ValueError, TypeError, OverflowError):
@@ -260,27 +282,92 @@ def coerce(value: Any, tp: Any, name: str) -> Any:
 def _type_name(tp: Any) -> str:
     base, optional = _unwrap_optional(tp)
     if typing.get_origin(base) is tuple:
-        name = "comma-separated list of " + ", ".join(a.__name__ for a in typing.get_args(base))
+        name = "comma-separated list of " + ", ".join(a.__name__ for a in typing.get_args(base) if a is not Ellipsis)
     else:
         name = base.__name__
     return name + (" (or none)" if optional else "")
 
 
+def field_help(cls: type) -> dict[str, str]:
+    """What each field of a dataclass does: its `metadata["help"]`, else the comment after it in the class
+    body (so each setting is described once, beside its default)."""
+    import inspect
+    import re
+
+    comments, above = {}, []  # a field's trailing comment, else the comment lines just above it
+    for line in inspect.getsource(cls).splitlines():
+        if line.strip().startswith("#"):
+            above.append(line.strip().lstrip("#").strip())
+            continue
+        m = re.match(r"\s+(\w+): [^#]*?(?:#\s*(.+))?$", line)
+        if m:
+            comments[m.group(1)] = (m.group(2) or " ".join(above)).strip()
+        above = []
+    return {f.name: f.metadata.get("help") or comments.get(f.name, "") for f in fields(cls)}
+
+
+def add_dataclass_flags(group: Any, cls: type, choices: dict[str, typing.Sequence[str]] | None = None,
+                        from_recipe: typing.Collection[str] = (), skip: typing.Collection[str] = ()) -> None:
+    """One flag per field of the dataclass `cls` (`--batch-size`, `--download`/`--no-download`), with the
+    field's help, its choices and its default (for the fields in `from_recipe`: "from the method recipe")."""
+    choices = choices or {}
+    helps, types_ = field_help(cls), typing.get_type_hints(cls)
+    instance = cls()
+    for f in fields(cls):
+        if f.name in skip:
+            continue
+        tp, flag = types_[f.name], "--" + f.name.replace("_", "-")
+        base, _ = _unwrap_optional(tp)
+        default = getattr(instance, f.name)
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        parts = [helps[f.name]] if helps[f.name] else []
+        if f.name in choices:
+            parts.append(f"choices: {', '.join(choices[f.name])}")
+        parts.append(f"default: {'from the method recipe' if f.name in from_recipe else shown}")
+        text = "; ".join(parts).replace("%", "%%")
+        if base is bool:
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                               help=text)
+        else:
+            metavar = f.name.upper() if f.name not in choices else "{" + ",".join(choices[f.name]) + "}"
+            group.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, help=text,
+                               metavar=metavar if len(metavar) <= 48 else f.name.upper())
+
+
+def dataclass_from_args(cls: type, args: argparse.Namespace, base: Any = None) -> Any:
+    """An instance of `cls` (or `base`) with the fields whose flags were given, converted to the field types."""
+    obj = base if base is not None else cls()
+    types_ = typing.get_type_hints(cls)
+    for f in fields(cls):
+        if f.name in vars(args):
+            setattr(obj, f.name, coerce(getattr(args, f.name), types_[f.name], "--" + f.name.replace("_", "-")))
+    return obj
+
+
+def config_choices() -> dict[str, typing.Sequence[str]]:
+    """The choices of the fields that have them (registries read when a parser is built)."""
+    import sslab.data  # noqa: F401  (registration)
+    import sslab.methods  # noqa: F401
+    import sslab.models  # noqa: F401
+    from sslab.augment import preset_names
+    from sslab.data.stl10 import TRAIN_SPLITS
+    from sslab.device import PRECISIONS
+    from sslab.optim import OPTIMIZERS
+    from sslab.registry import BACKBONES, DATASETS, METHODS
+
+    return {"dataset": DATASETS.names(), "method": METHODS.names(), "backbone": BACKBONES.names(),
+            "optimizer": OPTIMIZERS, "precision": PRECISIONS, "compile": COMPILE_MODES, "stem": STEMS,
+            "preset": ["auto", *preset_names()], "third_view": THIRD_VIEWS, "train_split": TRAIN_SPLITS,
+            "device": ("auto", "cpu", "cuda", "cuda:N")}
+
+
 def add_config_flags(parser: argparse.ArgumentParser, sections: typing.Sequence[str] = tuple(SECTIONS)) -> None:
     """One flag per config field of `sections` (default: all): `--batch-size`, `--download`/`--no-download`."""
     parser.add_argument("--config", help="YAML file with config sections; flags override it")
+    choices = config_choices()
     for section in sections:
-        group = parser.add_argument_group(f"{section} config")
-        for name, tp in FIELD_TYPES[section].items():
-            flag = "--" + name.replace("_", "-")
-            base, _ = _unwrap_optional(tp)
-            default = getattr(_SECTION_TYPES[section](), name)
-            if base is bool:
-                group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                                   help=f"(default: {default})")
-            else:
-                group.add_argument(flag, dest=name, default=argparse.SUPPRESS, metavar=_type_name(tp).split(" ")[0].upper(),
-                                   help=f"{_type_name(tp)} (default: {'from the method recipe' if default is None else default})")
+        add_dataclass_flags(parser.add_argument_group(f"{section} config"), _SECTION_TYPES[section], choices,
+                            RECIPE_FIELDS)
 
 
 def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Config:

@@ -43,15 +43,24 @@ class TrainedRun:
         return load_from_config(data_cfg, self.cfg.train.seed)
 
 
+def run_folder(path: str | Path) -> Path:
+    """The run folder of a run folder, or of a checkpoint file inside one (RUN/checkpoints/last.pt -> RUN)."""
+    path = Path(path)
+    if path.is_dir() or not path.exists():
+        return path
+    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
+
+
 def load_trained(path: str | Path, device: str | torch.device = "auto") -> TrainedRun:
     """A run folder (or a checkpoint file inside one) -> its trained model. CheckpointError if there is none."""
-    from sslab.train import build_method, pick_device
+    from sslab.device import pick_device
+    from sslab.methods.build import build_method
 
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path} does not exist; pass a run folder made by `sslab train` or `sslab demo`")
     state = load_checkpoint(path)
-    run_dir = path if path.is_dir() else (path.parent.parent if path.parent.name == "checkpoints" else path.parent)
+    run_dir = run_folder(path)
     try:
         cfg = Config.from_dict(state["config"])
         info = state["data"]

@@ -13,7 +13,6 @@ import contextlib
 import fcntl
 import json
 import logging
-import math
 import os
 import shutil
 import time
@@ -26,6 +25,7 @@ import yaml
 from sslab.checkpoint import atomic_write_bytes
 from sslab.config import Config
 from sslab.errors import CheckpointError, ConfigError, DataError, RunFolderError
+from sslab.jsonl import append_jsonl, finite
 
 log = logging.getLogger("sslab.run")
 
@@ -112,14 +112,7 @@ class RunDir:
     # ---- metrics ----------------------------------------------------------------------------------
     def append_metrics(self, record: dict[str, Any]) -> None:
         """One line, fsynced: the checkpoint written next covers it, so a power cut cannot lose it."""
-        try:
-            with open(self.metrics_path, "a") as f:
-                f.write(json.dumps(_finite(record)) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-        except OSError as e:
-            raise RunFolderError(f"could not write {self.metrics_path} ({e.strerror or e}); free disk space "
-                                 f"and continue with --resume {self.path}") from None
+        append_jsonl(self.metrics_path, record, resume_hint=f"--resume {self.path}")
 
     def read_metrics(self) -> list[dict[str, Any]]:
         """The valid records of metrics.jsonl; a line that is torn, not a JSON object or missing fields is
@@ -139,6 +132,10 @@ class RunDir:
                 log.warning("%s line %d %s; skipped", self.metrics_path, number, problem)
         return records
 
+    def epoch_metrics(self) -> list[dict[str, Any]]:
+        """The records of trained epochs (epoch >= 1), without the epoch-0 baseline record."""
+        return [r for r in self.read_metrics() if r["epoch"] >= 1]
+
     def truncate_metrics(self, last_epoch: int) -> None:
         """Keep the records up to `last_epoch` (on resume: drop what the checkpoint does not cover, and the lines
         `read_metrics` skips, so they do not trouble later resumes); warn about epochs with no record."""
@@ -150,11 +147,11 @@ class RunDir:
         atomic_write_bytes(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept).encode())
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        atomic_write_bytes(self.summary_path, (json.dumps(_finite(summary), indent=2) + "\n").encode())
+        atomic_write_bytes(self.summary_path, (json.dumps(finite(summary), indent=2) + "\n").encode())
 
     def write_json(self, name: str, data: dict[str, Any]) -> Path:
         path = self.path / name
-        atomic_write_bytes(path, (json.dumps(_finite(data), indent=2) + "\n").encode())
+        atomic_write_bytes(path, (json.dumps(finite(data), indent=2) + "\n").encode())
         return path
 
     def config(self) -> Config:
@@ -362,14 +359,3 @@ def _check_free(path: Path, need_bytes: int) -> None:
                 "to spare)" if need_bytes else "")
         raise RunFolderError(f"only {free / 2**20:.0f} MiB free on the disk of {path}{need}; free some space or "
                              "choose another --out")
-
-
-def _finite(obj: Any) -> Any:
-    """JSON has no NaN/inf: write them as null."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj

@@ -1,6 +1,6 @@
 """`sslab preview-augment`: what a method's views look like on a dataset, before training on it.
 
-The config is resolved exactly as `sslab train` resolves it (`sslab.train.resolve`: the method's recipe
+The config is resolved exactly as `sslab train` resolves it (`sslab.methods.build.resolve`: the method's recipe
 for this dataset and image size, then the augmentation preset, then any flag given), and the views are made
 by the same `Augmenter` on a batch, so the picture shows what training will see.
 """
@@ -22,7 +22,7 @@ def preview_views(cfg: Config, data: ImageData, num_images: int = 8, seed: int =
     from sslab.analysis.attention import pick_images
     from sslab.analysis.figures import to_display
     from sslab.augment import Augmenter, resolve_augment
-    from sslab.train import build_method, resolve
+    from sslab.methods.build import build_method, resolve
 
     resolved = resolve(cfg, data.image_size)
     method = build_method(resolved, data.channels, data.image_size)

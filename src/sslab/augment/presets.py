@@ -60,11 +60,6 @@ PRESETS: dict[str, AugmentParams] = {p.preset: p for p in (_SIMSIAM, _SIMCLR, _B
 PRESETS.update({name.replace("-small", "-large"): _with_blur(p, name.replace("-small", "-large"))
                 for name, p in list(PRESETS.items()) if name.endswith("-small")})
 
-# method name (lower case, without "-" and "_") -> recipe family; anything else gets SimSiam's
-METHOD_FAMILY = {"simsiam": "simsiam", "phinet": "simsiam", "xphinet": "simsiam", "simclr": "simclr",
-                 "byol": "byol", "mocov2": "mocov2", "moco": "mocov2"}
-
-
 # Grey digit datasets: a mirrored 2, 5 or 7 is not a digit (a mirrored shirt is still a shirt, so
 # Fashion-MNIST keeps its flips). `preset: auto` gives these the method's recipe without flips.
 NO_FLIP_DATASETS = frozenset({"digits", "mnist"})
@@ -75,9 +70,15 @@ def preset_names() -> list[str]:
 
 
 def auto_preset(method: Optional[str], image_size: int) -> str:
-    """The preset `preset: auto` picks: the method's family, "-small" up to 64 px, "-large" above."""
-    key = (method or "simsiam").lower().replace("-", "").replace("_", "")
-    family = METHOD_FAMILY.get(key, "simsiam")
+    """The preset `preset: auto` picks: the registered method's `augment_family` (SimSiam's without a
+    method), "-small" up to 64 px, "-large" above. An unregistered method, or one without a family, is an error."""
+    import sslab.methods  # noqa: F401  (registration)
+    from sslab.registry import METHODS
+
+    family = METHODS.get(method).augment_family if method is not None else "simsiam"
+    if not family:
+        raise ConfigError(f"method {method!r} declares no augmentation (augment_family); pass --preset "
+                          f"({', '.join(preset_names())})")
     return f"{family}-{'small' if image_size <= SMALL_IMAGE_MAX else 'large'}"
 
 

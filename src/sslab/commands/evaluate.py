@@ -11,16 +11,6 @@ from sslab.errors import ConfigError
 from sslab.run import check_output_folder
 
 
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
-    if not values:
-        raise argparse.ArgumentTypeError("give at least one number")
-    return values
-
-
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", metavar="RUN", help="a run folder (or a checkpoint file inside one)")
     p.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu, cuda, cuda:N (default: auto)")
@@ -34,28 +24,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                                    "RUN/eval.json, RUN/eval/*.png (confusion matrices, per-class accuracy) and "
                                    "RUN/probe.pt (the trained probes, used by `sslab attention` for Grad-CAM).")
     add_run_arguments(p)
-    p.add_argument("--protocol", choices=["fast", "standard", "both"], default="both",
-                   help="linear probe protocol: fast (features cached once, L-BFGS/SVM, C chosen on a validation "
-                        "split of train), standard (SGD with crop + flip on the device), or both (default)")
-    p.add_argument("--classifier", choices=["logistic", "svm"], default="logistic",
-                   help="the fast probe's classifier: logistic regression or a linear SVM (LinearSVC) (default: logistic)")
-    p.add_argument("--c-grid", type=_floats, default=None, metavar="C1,C2,...",
-                   help="values of C tried on the validation split (default: 0.01..100 logistic, 0.001..0.1 svm)")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="share of TRAIN held out to choose C (default: 0.1)")
-    p.add_argument("--probe-epochs", type=int, default=100, help="epochs of the standard probe (default: 100)")
-    p.add_argument("--probe-batch-size", type=int, default=256, help="batch of the standard probe (default: 256)")
-    p.add_argument("--probe-lr", type=float, default=0.3, help="standard probe lr per 256 images (default: 0.3)")
-    p.add_argument("--knn-k", type=int, default=None, help="kNN neighbours (default: the run's --knn-k)")
-    p.add_argument("--knn-t", type=float, default=None, help="kNN temperature (default: the run's --knn-t)")
-    p.add_argument("--semi", action="store_true", help="also fine-tune backbone + linear head on 1%% and 10%% of the labels")
-    p.add_argument("--semi-fractions", type=_floats, default=(0.01, 0.1), metavar="F1,F2",
-                   help="label fractions for --semi (default: 0.01,0.1)")
-    p.add_argument("--semi-epochs", type=int, default=30, help="fine-tuning epochs for --semi (default: 30)")
-    p.add_argument("--semi-lr", type=float, default=0.05, help="fine-tuning lr for --semi (default: 0.05)")
-    p.add_argument("--semi-batch-size", type=int, default=64, help="fine-tuning batch for --semi (default: 64)")
-    p.add_argument("--transfer-dataset", metavar="NAME", help="also evaluate the backbone on this dataset (kNN + probes)")
-    p.add_argument("--transfer-data-dir", metavar="DIR", help="where the transfer dataset lives")
-    p.add_argument("--transfer-download", action="store_true", help="download the transfer dataset if missing")
+    from sslab.config import add_dataclass_flags, config_choices
+    from sslab.eval.evaluate import CLASSIFIERS, PROTOCOLS, EvalOptions
+
+    choices = {"protocol": PROTOCOLS, "classifier": CLASSIFIERS, "transfer_dataset": config_choices()["dataset"]}
+    add_dataclass_flags(p.add_argument_group("evaluation options"), EvalOptions, choices, skip={"seed"})
     p.set_defaults(handler=eval_command)
 
     p = sub.add_parser("embed", help="backbone features to RUN/embeddings.npz and TensorBoard's embedding projector",
@@ -70,15 +43,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def eval_options(args: argparse.Namespace):
+    from sslab.config import dataclass_from_args
     from sslab.eval.evaluate import EvalOptions
 
-    return EvalOptions(protocol=args.protocol, classifier=args.classifier, c_grid=args.c_grid,
-                       val_fraction=args.val_fraction, probe_epochs=args.probe_epochs,
-                       probe_batch_size=args.probe_batch_size, probe_lr=args.probe_lr, knn_k=args.knn_k, knn_t=args.knn_t,
-                       semi=args.semi, semi_fractions=tuple(args.semi_fractions), semi_epochs=args.semi_epochs,
-                       semi_lr=args.semi_lr, semi_batch_size=args.semi_batch_size,
-                       transfer_dataset=args.transfer_dataset, transfer_data_dir=args.transfer_data_dir,
-                       transfer_download=args.transfer_download, seed=args.seed)
+    return dataclass_from_args(EvalOptions, args)
 
 
 def format_results(result: dict) -> str:
@@ -118,7 +86,9 @@ def sigterm_as_interrupt():
 
 
 def eval_command(args: argparse.Namespace, log: Callable[[str], None] = print) -> int:
+    from sslab.cli import print_error
     from sslab.eval.evaluate import evaluate_run
+    from sslab.kit import Interrupted
     from sslab.pretrained import load_trained
 
     opts = eval_options(args)
@@ -128,8 +98,12 @@ def eval_command(args: argparse.Namespace, log: Callable[[str], None] = print) -
     if trained.device.type == "cpu" and opts.protocol in ("standard", "both") and opts.probe_epochs >= 50:
         log(f"note: the standard probe runs {opts.probe_epochs} epochs on the CPU; --protocol fast or "
             "--probe-epochs N is quicker")
-    with sigterm_as_interrupt():  # results already in eval.json are kept; a rerun continues
-        result = evaluate_run(trained, opts, log)
+    try:
+        with sigterm_as_interrupt():  # results already in eval.json are kept; a rerun continues
+            result = evaluate_run(trained, opts, log)
+    except Interrupted as e:  # a probe stopped by a signal or --time-limit, with a checkpoint
+        print_error(f"sslab: {e}")
+        return e.exit_code
     log(format_results(result))
     log(f"wrote {Path(result['run_dir']) / 'eval.json'}, {len(result['figures'])} figures in "
         f"{Path(result['run_dir']) / 'eval'}, probes in {Path(result['run_dir']) / 'probe.pt'}")

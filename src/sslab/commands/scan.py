@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from sslab.config import _type_name, _unwrap_optional
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -27,28 +26,21 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 def add_scan_flags(group) -> None:
     """One flag per ScanConfig field (`--entropy-weight 5`, `--freeze-backbone/--no-freeze-backbone`)."""
-    import dataclasses
+    from sslab.config import add_dataclass_flags
+    from sslab.device import PRECISIONS
+    from sslab.scan.config import AUGMENTS, ScanConfig
 
-    from sslab.scan.config import FIELD_TYPES, ScanConfig
-
-    for f in dataclasses.fields(ScanConfig):
-        tp, flag = FIELD_TYPES[f.name], "--" + f.name.replace("_", "-")
-        base, _ = _unwrap_optional(tp)
-        default = ",".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
-        text = f"{f.metadata.get('help', '')} (default: {default})"
-        if base is bool:
-            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                               help=text)
-        else:
-            group.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, help=text,
-                               metavar=_type_name(tp).split(" ")[0].upper().replace("COMMA-SEPARATED", "A,B"))
+    add_dataclass_flags(group, ScanConfig, {"cluster_augment": AUGMENTS, "selflabel_augment": AUGMENTS,
+                                            "selflabel_target_view": AUGMENTS, "precision": PRECISIONS,
+                                            "device": ("auto", "cpu", "cuda", "cuda:N")})
 
 
 def scan_config_from_args(args: argparse.Namespace):
     """--config FILE, else RUN/scan/config.yaml of an earlier call (unless a full --restart), else the defaults;
     then the flags given."""
     from sslab.scan.config import FIELD_TYPES, ScanConfig
-    from sslab.scan.pipeline import run_folder, saved_config
+    from sslab.pretrained import run_folder
+    from sslab.scan.pipeline import saved_config
 
     if getattr(args, "config", None):
         cfg = ScanConfig.load(args.config)
@@ -60,9 +52,15 @@ def scan_config_from_args(args: argparse.Namespace):
 
 
 def scan_command(args: argparse.Namespace) -> int:
+    from sslab.cli import print_error
+    from sslab.kit import Interrupted
     from sslab.scan.pipeline import run_scan
 
-    report = run_scan(args.run, scan_config_from_args(args), until=args.until, restart=args.restart)
+    try:
+        report = run_scan(args.run, scan_config_from_args(args), until=args.until, restart=args.restart)
+    except Interrupted as e:
+        print_error(f"sslab: {e}")
+        return e.exit_code
     keys = ("kmeans", "scan", "selflabel", "neighbor_accuracy", "seconds")
     print(json.dumps({k: report.get(k) for k in keys}))
     return 0

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import signal
 import sys
 
 from sslab.config import Config, add_config_flags, config_from_args
@@ -59,9 +57,9 @@ def train_command(args: argparse.Namespace) -> int:
         summary = fit(cfg, resume=args.resume)
     except Interrupted as e:
         print_error(f"sslab: {e}")
-        return 0 if e.signum == signal.SIGALRM else 128 + e.signum  # the time limit is a planned stop
+        return e.exit_code
     if os.environ.get("RANK", "0") == "0":  # once under torchrun
-        print(json.dumps({k: summary[k] for k in ("run_dir", "knn_top1_init", "knn_top1", "epoch_seconds_median")}))
+        print(summary_table(summary))
     return 0
 
 
@@ -77,6 +75,23 @@ def resume_flags(args: argparse.Namespace) -> Config:
     given = config_from_args(args, base=base)
     resume_config(saved, given)  # refused here, before anything loads; fit() announces what applies
     return given
+
+
+def summary_table(summary: dict) -> str:
+    """The end of `sslab train`: the learned kNN beside its two baselines, and how long it took."""
+    def pct(value) -> str:
+        return "-" if value is None else f"{100 * value:.1f}%"
+
+    rows = [("kNN top-1, learned", pct(summary.get("knn_top1"))),
+            ("kNN top-1, untrained network", pct(summary.get("knn_top1_init"))),
+            ("kNN top-1, raw pixels", pct(summary.get("knn_top1_pixels"))),
+            ("epochs", str(summary.get("epochs"))),
+            ("median epoch", "-" if summary.get("epoch_seconds_median") is None
+             else f"{summary['epoch_seconds_median']:.1f} s"),
+            ("time this session", f"{summary.get('wall_seconds_this_session', 0):.0f} s"),
+            ("run folder", str(summary.get("run_dir")))]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
 
 def methods_command(args: argparse.Namespace) -> int:

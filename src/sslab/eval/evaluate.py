@@ -39,6 +39,7 @@ from sslab.eval.linear import (
     predict,
     train_standard_probe,
 )
+from sslab.kit import LoopSettings, StopFlag
 from sslab.plots import DATASET_NAMES, run_title
 from sslab.pretrained import TrainedRun
 from sslab.run import RunDir
@@ -56,24 +57,25 @@ Log = Callable[[str], None]
 
 @dataclass
 class EvalOptions:
-    protocol: str = "both"  # fast, standard or both
-    classifier: str = "logistic"  # the fast probe's: logistic or svm
-    c_grid: Optional[tuple[float, ...]] = None  # None: the classifier's default grid
-    val_fraction: float = 0.1  # of TRAIN, to choose C
-    probe_epochs: int = 100
-    probe_batch_size: int = 256
-    probe_lr: float = 0.3  # per batch 256
-    knn_k: Optional[int] = None  # None: the run's --knn-k (docs/methods.md: 200)
-    knn_t: Optional[float] = None
-    semi: bool = False
-    semi_fractions: tuple[float, ...] = (0.01, 0.1)
-    semi_epochs: int = 30
-    semi_lr: float = 0.05
-    semi_batch_size: int = 64
-    transfer_dataset: Optional[str] = None
-    transfer_data_dir: Optional[str] = None
-    transfer_download: bool = False
-    seed: int = 0
+    protocol: str = "both"  # linear probe: fast (L-BFGS/SVM on cached features), standard (SGD, crop + flip)
+    classifier: str = "logistic"  # the fast probe's classifier: logistic regression or a linear SVM
+    c_grid: Optional[tuple[float, ...]] = None  # values of C tried on the validation split; none: the classifier's grid
+    val_fraction: float = 0.1  # share of TRAIN held out to choose C
+    probe_epochs: int = 100  # epochs of the standard probe
+    probe_batch_size: int = 256  # batch of the standard probe
+    probe_lr: float = 0.3  # standard probe lr per 256 images
+    knn_k: Optional[int] = None  # kNN neighbours; none: the run's --knn-k (docs/methods.md: 200)
+    knn_t: Optional[float] = None  # kNN temperature; none: the run's --knn-t
+    semi: bool = False  # also fine-tune backbone + linear head on a share of the labels
+    semi_fractions: tuple[float, ...] = (0.01, 0.1)  # label fractions for --semi
+    semi_epochs: int = 30  # fine-tuning epochs for --semi
+    semi_lr: float = 0.05  # fine-tuning lr for --semi
+    semi_batch_size: int = 64  # fine-tuning batch for --semi
+    transfer_dataset: Optional[str] = None  # also evaluate the backbone on this dataset (kNN + probes)
+    transfer_data_dir: Optional[str] = None  # where the transfer dataset lives
+    transfer_download: bool = False  # download the transfer dataset if missing
+    seed: int = 0  # seed of every random choice
+    time_limit: Optional[float] = None  # stop trained protocols with a checkpoint after N seconds; rerun continues
 
     def check(self) -> None:
         checks = [
@@ -88,6 +90,7 @@ class EvalOptions:
              "--c-grid must be positive numbers"),
             (all(0 < f <= 1 for f in self.semi_fractions), "--semi-fractions must be in (0, 1]"),
             (self.semi_epochs >= 1, "--semi-epochs must be >= 1"),
+            (self.time_limit is None or self.time_limit > 0, "--time-limit must be > 0 seconds"),
             (self.knn_k is None or self.knn_k >= 1, "--knn-k must be >= 1"),
             (self.transfer_data_dir is None or self.transfer_dataset is not None,
              "--transfer-data-dir needs --transfer-dataset NAME"),
@@ -166,15 +169,16 @@ def feature_protocols(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torc
 
 def standard_protocol(backbone: torch.nn.Module, data: ImageData, test_f: torch.Tensor, opts: EvalOptions,
                       crop_scale: tuple[float, float] | None, flip_p: float | None, dataset: str, prefix: str = "",
-                      log: Log = print, fast: dict[str, Any] | None = None,
-                      fast_probe: ProbeWeights | None = None) -> tuple[dict[str, Any], ProbeWeights]:
-    """The standard probe; `fast` (the fast probe's record) and its probe explain a gap to it in rec["note"]."""
+                      log: Log = print, fast: dict[str, Any] | None = None, fast_probe: ProbeWeights | None = None,
+                      loop: LoopSettings | None = None) -> tuple[dict[str, Any], ProbeWeights]:
+    """The standard probe; `fast` (the fast probe's record) and its probe explain a gap to it in rec["note"];
+    `loop`: where it checkpoints (resumable) and what stops it."""
     n = int((data.train_y >= 0).sum())
     log(f"{prefix}linear-standard: {opts.probe_epochs} epochs of SGD on {n} train images (crop + flip) "
         f"on {next(backbone.parameters()).device}")
     result = train_standard_probe(backbone, data.train_x, data.train_y, data.num_classes, data.mean, data.std,
                                   opts.probe_epochs, opts.probe_batch_size, opts.probe_lr, crop_scale=crop_scale,
-                                  flip_p=flip_p, seed=opts.seed, log=log, reference=fast_probe)
+                                  flip_p=flip_p, seed=opts.seed, log=log, reference=fast_probe, loop=loop)
     query, query_y = _labelled(test_f, data.test_y.to(test_f.device))
     pred = predict(result.probe, query)
     rec = _record(prefix + "linear-standard", f"linear probe, standard ({opts.probe_epochs} epochs SGD, crop + flip)",
@@ -205,7 +209,8 @@ def standard_probe_note(acc: float | None, fast_acc: float | None, details: dict
 
 
 def semi_protocol(backbone: torch.nn.Module, data: ImageData, opts: EvalOptions, crop_scale, flip_p, dataset: str,
-                  log: Log, state: EvalState, trained: TrainedRun) -> None:
+                  log: Log, state: EvalState, trained: TrainedRun,
+                  loops: Callable[[str], LoopSettings] | None = None) -> None:
     """Fine-tune on each label fraction not done yet; each result goes to eval.json as soon as it is known."""
     from sslab.eval.semi import finetune, labelled_subset, predict_finetuned
 
@@ -219,7 +224,8 @@ def semi_protocol(backbone: torch.nn.Module, data: ImageData, opts: EvalOptions,
             f"{opts.semi_epochs} epochs")
         net, head, details = finetune(backbone, data.train_x[idx], data.train_y[idx], data.num_classes, data.mean,
                                       data.std, opts.semi_epochs, opts.semi_batch_size, opts.semi_lr,
-                                      crop_scale=crop_scale, flip_p=flip_p, seed=opts.seed, log=log)
+                                      crop_scale=crop_scale, flip_p=flip_p, seed=opts.seed, log=log,
+                                      loop=loops(f"semi-{100 * fraction:g}pct") if loops else None)
         pred = predict_finetuned(net, head, test_x, data.mean, data.std)
         details.update({"labels_fraction": fraction, "subset": "stratified, seeded", "seed": opts.seed})
         rec = _record(name, f"semi-supervised fine-tuning (backbone + linear head) on {100 * fraction:g}% "
@@ -378,7 +384,7 @@ def evaluate_run(trained: TrainedRun, opts: EvalOptions, log: Log = print) -> di
               "device": str(device), "feature_dim": int(train_f.shape[1]), "classes": classes,
               "sizes": {"train": len(data.train_x), "test": len(data.test_x)},
               "normalisation": {"mean": list(mean), "std": list(std)}, "options": _jsonable(asdict(opts)),
-              "resume_key": {"options": _jsonable(asdict(opts)), "checkpoint": dict(trained.state.get("loop") or {})
+              "resume_key": {"options": _jsonable({k: v for k, v in asdict(opts).items() if k != "time_limit"}), "checkpoint": dict(trained.state.get("loop") or {})
                              .get("step", trained.state.get("loop", {}).get("epoch"))}}
     state = EvalState(run, header, log)
     if not state.done("knn"):
@@ -389,13 +395,21 @@ def evaluate_run(trained: TrainedRun, opts: EvalOptions, log: Log = print) -> di
         state.baselines = baseline_protocols(trained, data, opts, knn_k, knn_t, log)
         attach_baselines(state.records, state.baselines)
         state.write(complete=False)
-    if opts.protocol in ("standard", "both") and not state.done("linear-standard"):
-        rec, probe = standard_protocol(backbone, data, test_f, opts, crop_scale, flip_p, data.name, log=log,
-                                       fast=state.record("linear-fast"), fast_probe=state.probes.get("linear-fast"))
-        state.baselines["linear-standard"] = standard_baselines(trained, data, opts, crop_scale, flip_p, log)
-        state.add([rec], {"linear-standard": probe}, classes, trained)
-    if opts.semi:
-        semi_protocol(backbone, data, opts, crop_scale, flip_p, data.name, log=log, state=state, trained=trained)
+    with StopFlag() as stop:  # the trained protocols resume after a signal or --time-limit: rerun the command
+        stop.arm(opts.time_limit)
+
+        def loops(name: str) -> LoopSettings:
+            return LoopSettings(run.path / EVAL_DIR / f"{name}.pt", stop, f"sslab eval {run.path} (same options)")
+
+        if opts.protocol in ("standard", "both") and not state.done("linear-standard"):
+            rec, probe = standard_protocol(backbone, data, test_f, opts, crop_scale, flip_p, data.name, log=log,
+                                           fast=state.record("linear-fast"), fast_probe=state.probes.get("linear-fast"),
+                                           loop=loops("linear-standard"))
+            state.baselines["linear-standard"] = standard_baselines(trained, data, opts, crop_scale, flip_p, log)
+            state.add([rec], {"linear-standard": probe}, classes, trained)
+        if opts.semi:
+            semi_protocol(backbone, data, opts, crop_scale, flip_p, data.name, log=log, state=state, trained=trained,
+                          loops=loops)
     transfer_info = transfer_protocols(trained, opts, knn_k, knn_t, crop_scale, flip_p, state, log)
     per_class = run.path / EVAL_DIR / "per-class.png"
     own = {r["name"]: r["per_class_accuracy"] for r in state.records if not r["name"].startswith("transfer-")}

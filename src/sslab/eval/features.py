@@ -1,26 +1,24 @@
 """Features of a frozen backbone over uint8 images, in one batched pass on the model's device."""
 from __future__ import annotations
 
-import contextlib
 from typing import Sequence
 
 import torch
 import torch.nn as nn
 
+from sslab.augment import ops
+from sslab.device import autocast, is_gpu
+
 
 def normalize_images(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """uint8 (B, C, H, W) -> float normalised per channel."""
-    m = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
-    return (x.float() / 255.0 - m) / s
+    """uint8 (B, C, H, W) -> float normalised per channel, exactly as the training views are (`augment.ops`)."""
+    return ops.normalize(ops.to_float(x), mean, std)
 
 
 def autocast_for(device: torch.device, bf16: bool | None = None):
     """bf16 autocast on `device`. None (auto): on a GPU only; True: on the CPU too (the tests run the GPU
     configuration there); False: never."""
-    if bf16 is None:
-        bf16 = device.type == "cuda"
-    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    return autocast(device, is_gpu(device) if bf16 is None else bf16)
 
 
 @torch.no_grad()

@@ -16,10 +16,10 @@ for Grad-CAM.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from sslab.augment import PRESETS, Augmenter
 from sslab.data.prepare import stratified_split
 from sslab.eval.features import autocast_for
+from sslab.kit import BatchSource, EpochLoop, LoopCheckpoint, LoopPosition, LoopSettings, matching_checkpoint
+from sslab.optim import cosine_lr, set_lr
 
 # C (inverse regularisation) tried on the validation split; LinearSVC is slow to converge at large C
 DEFAULT_C_GRIDS = {"logistic": (0.01, 0.1, 1.0, 10.0, 100.0), "svm": (0.001, 0.01, 0.1)}
@@ -227,14 +229,15 @@ def train_standard_probe(backbone: nn.Module, images: torch.Tensor, labels: torc
                          lr: float = 0.3, momentum: float = 0.9, weight_decay: float = 0.0,
                          crop_scale: tuple[float, float] | None = None, flip_p: float | None = None, seed: int = 0,
                          bf16: bool | None = None, log: Callable[[str], None] | None = None,
-                         reference: ProbeWeights | None = None) -> ProbeResult:
+                         reference: ProbeWeights | None = None, loop: LoopSettings | None = None) -> ProbeResult:
     """SGD on a linear layer over the frozen backbone (eval mode) fed crop + flip views made on its device.
 
     `images` uint8 (N, C, H, W), `labels` (N,); unlabelled images (-1) are left out. The layer reads the
     features through a fixed `Whitening` measured on one pass of augmented train views before training
     (SGD on raw or BatchNorm-ed features of a self-supervised backbone crawls: they are strongly
     correlated); the whitening is folded into the layer afterwards. lr is `lr * batch_size / 256`,
-    cosine-annealed to 0 per step, no warm-up.
+    cosine-annealed to 0 per step, no warm-up. Runs on the kit's epoch loop: with `loop.checkpoint` it
+    resumes exactly after a signal or `--time-limit`, and a NaN loss stops it.
 
     `details` says how far the probe got: its accuracy on the views of the last epoch and, given a
     `reference` probe (the fast probe, fitted on clean features), that probe's accuracy on one pass of views:
@@ -243,16 +246,17 @@ def train_standard_probe(backbone: nn.Module, images: torch.Tensor, labels: torc
     views of its own train images at 33%).
     """
     start = time.perf_counter()
+    loop = loop or LoopSettings()
+    say = log or (lambda message: None)
     device = next(backbone.parameters()).device
     keep = labels >= 0
     images, labels = images[keep].to(device), labels[keep].to(device)
     n = len(images)
-    batch = min(batch_size, n)
-    steps_per_epoch = max(1, n // batch)  # drop the last partial batch, as the training loop does
-    total = epochs * steps_per_epoch
     augment = crop_flip_augmenter(images.shape[-1], mean, std, crop_scale, flip_p)
-    gen = torch.Generator(device=device)
+    gen = torch.Generator(device=device)  # sample order and views
     gen.manual_seed(seed)
+    source = BatchSource(n, min(batch_size, n), seed, device, flag="--probe-batch-size", generator=gen)
+    batch, total = source.batch_size, epochs * source.steps_per_epoch
     torch.manual_seed(seed)
     was_training = backbone.training
     backbone.eval()
@@ -262,35 +266,32 @@ def train_standard_probe(backbone: nn.Module, images: torch.Tensor, labels: torc
         with torch.no_grad(), autocast_for(device, bf16):
             return backbone(views).float()  # B x D
 
-    losses = []
+    settings = {"protocol": "linear-standard", "n": n, "epochs": epochs, "batch_size": batch, "lr": lr,
+                "momentum": momentum, "weight_decay": weight_decay, "seed": seed, "augment": repr(augment.params)}
+    state = matching_checkpoint(loop.checkpoint, settings, say)
     try:
         white, reference_on_views = whitening_pass(features_of_views, labels, batch, reference)
+        if state:  # resuming: the whitening measured before training, not this pass's
+            white = Whitening(state["whitening"]["mean"].to(device), state["whitening"]["proj"].to(device))
         head = nn.Linear(len(white.mean), num_classes).to(device)
         nn.init.zeros_(head.weight)
         nn.init.zeros_(head.bias)
         peak = lr * batch / 256
         opt = torch.optim.SGD(head.parameters(), lr=peak, momentum=momentum, weight_decay=weight_decay)
-        step = 0
-        for epoch in range(epochs):
-            perm = torch.randperm(n, device=device, generator=gen)
-            epoch_loss = torch.zeros((), device=device)
-            correct = torch.zeros((), device=device)
-            for i in range(steps_per_epoch):
-                idx = perm[i * batch:(i + 1) * batch]
-                feats = white(features_of_views(idx))
-                for g in opt.param_groups:
-                    g["lr"] = peak * 0.5 * (1 + math.cos(math.pi * step / total))
-                logits = head(feats)
-                loss = F.cross_entropy(logits, labels[idx])
-                correct += (logits.detach().argmax(1) == labels[idx]).sum()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                epoch_loss += loss.detach()
-                step += 1
-            losses.append((epoch_loss / steps_per_epoch).item())
-            if log is not None and (epoch + 1 == epochs or (epoch + 1) % max(1, epochs // 5) == 0):
-                log(f"  standard probe epoch {epoch + 1}/{epochs}: loss {losses[-1]:.4f}")
+
+        def step(idx: torch.Tensor, global_step: int) -> dict[str, torch.Tensor]:
+            feats = white(features_of_views(idx))
+            set_lr(opt, cosine_lr(global_step, total, peak))
+            logits = head(feats)
+            loss = F.cross_entropy(logits, labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            return {"loss": loss.detach(), "accuracy": (logits.detach().argmax(1) == labels[idx]).float().mean()}
+
+        losses, last = run_probe_loop("linear-standard", epochs, source, head, opt, gen, settings, state, loop, step,
+                                {"whitening": {"mean": white.mean.cpu(), "proj": white.proj.cpu()}}, say,
+                                every=max(1, epochs // 5))
     finally:
         backbone.train(was_training)
     with torch.no_grad():
@@ -302,8 +303,7 @@ def train_standard_probe(backbone: nn.Module, images: torch.Tensor, labels: torc
                "head": "Linear on features " + white.describe().replace("train statistics", "statistics of one pass of "
                                                                         "augmented train views") + ", folded afterwards",
                "selection": "fixed hyper-parameters, nothing tuned", "train_loss_by_epoch": losses,
-               "train_accuracy_last_epoch": (correct / (steps_per_epoch * batch)).item() if epochs else None,
-               "reference_accuracy_on_views": reference_on_views,
+               "train_accuracy_last_epoch": last.get("accuracy"), "reference_accuracy_on_views": reference_on_views,
                "seconds": time.perf_counter() - start}
     return ProbeResult(probe, details)
 
@@ -316,6 +316,37 @@ def whitening_pass(features_of_views: Callable[[torch.Tensor], torch.Tensor], la
     views = torch.cat([features_of_views(order[i:i + batch]) for i in range(0, len(order), batch)])  # N x D
     on_views = None if reference is None else (reference.logits(views).argmax(1) == labels).float().mean().item()
     return Whitening.fit(views), on_views
+
+
+def run_probe_loop(name: str, epochs: int, source: BatchSource, model: nn.Module, opt: torch.optim.Optimizer,
+                   gen: torch.Generator, settings: dict[str, Any], state: dict[str, Any] | None, loop: LoopSettings,
+                   step: Callable[[torch.Tensor, int], dict[str, torch.Tensor]], fixed: dict[str, Any],
+                   log: Callable[[str], None], every: int) -> tuple[list[float], dict[str, Any]]:
+    """The epochs of a probe or fine-tune on the kit's loop: its train loss by epoch and the last epoch's
+    means (every metric `step` returns). `model` holds every
+    trained weight; `fixed` goes into the checkpoint unchanged (statistics measured before training). The
+    checkpoint is removed once the loop is done (the result is the caller's to save)."""
+    ckpt = LoopCheckpoint(loop.checkpoint or Path(f"{name}.pt"), settings, source, gen,
+                          state=lambda: {"model": model.state_dict(), "optimizer": opt.state_dict(), **fixed},
+                          load=lambda st: (model.load_state_dict(st["model"]), opt.load_state_dict(st["optimizer"])))
+    ckpt.extra = {"losses": [], "last": {}}
+    pos = ckpt.resume(state, log, name)
+
+    def save(p: LoopPosition) -> None:
+        if loop.checkpoint is not None:
+            ckpt.save(p)
+
+    def end_epoch(epoch: int, means: dict[str, Any], seconds: float) -> None:
+        ckpt.extra["losses"].append(means["loss"])
+        ckpt.extra["last"] = means
+        if epoch == epochs or epoch % every == 0:
+            log(f"  {name} epoch {epoch}/{epochs}: loss {means['loss']:.4f}")
+
+    EpochLoop(name, epochs, source, model, loop.stop, ckpt.path, loop.resume, "lower the probe's learning rate",
+              loop.progress, loop.progress_every).run(pos, step, save, end_epoch)
+    if loop.checkpoint is not None:
+        loop.checkpoint.unlink(missing_ok=True)
+    return list(ckpt.extra["losses"]), dict(ckpt.extra["last"])
 
 
 # ---- scoring -------------------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ fine-tuned; the run's model is left as it was. Hyper-parameters are fixed, not t
 from __future__ import annotations
 
 import copy
-import math
 import time
 from typing import Callable, Sequence
 
@@ -19,7 +18,9 @@ import torch.nn.functional as F
 
 from sslab.data.prepare import stratified_subset
 from sslab.eval.features import autocast_for, extract_features, normalize_images
-from sslab.eval.linear import crop_flip_augmenter
+from sslab.eval.linear import crop_flip_augmenter, run_probe_loop
+from sslab.kit import BatchSource, LoopSettings, matching_checkpoint
+from sslab.optim import cosine_lr, set_lr
 
 
 def labelled_subset(labels: torch.Tensor, fraction: float, seed: int, num_classes: int) -> torch.Tensor:
@@ -33,24 +34,24 @@ def labelled_subset(labels: torch.Tensor, fraction: float, seed: int, num_classe
 def finetune(backbone: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
              mean: Sequence[float], std: Sequence[float], epochs: int = 30, batch_size: int = 64, lr: float = 0.05,
              weight_decay: float = 5e-4, crop_scale: tuple[float, float] | None = None, flip_p: float | None = None,
-             seed: int = 0, bf16: bool | None = None,
-             log: Callable[[str], None] | None = None) -> tuple[nn.Module, nn.Module, dict]:
+             seed: int = 0, bf16: bool | None = None, log: Callable[[str], None] | None = None,
+             loop: LoopSettings | None = None) -> tuple[nn.Module, nn.Module, dict]:
     """Fine-tune a copy of `backbone` and a linear head on (images, labels); returns (backbone, head, details).
 
     The head is a linear layer behind a BatchNorm without affine parameters (folded at test time into its
     running statistics); backbone BatchNorms train as in pre-training. One lr for backbone and head
-    (not scaled with the batch: the subsets are small), cosine to 0 per step.
+    (not scaled with the batch: the subsets are small), cosine to 0 per step. Runs on the kit's epoch loop:
+    with `loop.checkpoint` it resumes exactly after a signal or `--time-limit`, and a NaN loss stops it.
     """
     start = time.perf_counter()
     device = next(backbone.parameters()).device
     images, labels = images.to(device), labels.to(device)
     n = len(images)
-    batch = min(batch_size, n)
-    steps_per_epoch = max(1, n // batch)
-    total = epochs * steps_per_epoch
     torch.manual_seed(seed)
-    gen = torch.Generator(device=device)
+    gen = torch.Generator(device=device)  # sample order and views
     gen.manual_seed(seed)
+    source = BatchSource(n, min(batch_size, n), seed, device, flag="--semi-batch-size", generator=gen)
+    total = epochs * source.steps_per_epoch
     net = copy.deepcopy(backbone).eval()
     for p in net.parameters():
         p.requires_grad_(True)
@@ -61,33 +62,32 @@ def finetune(backbone: nn.Module, images: torch.Tensor, labels: torch.Tensor, nu
     opt = torch.optim.SGD([*net.parameters(), *head.parameters()], lr=peak, momentum=0.9, nesterov=True,
                           weight_decay=weight_decay)
     augment = crop_flip_augmenter(images.shape[-1], mean, std, crop_scale, flip_p)
-    losses = []
-    step = 0
-    for epoch in range(epochs):
-        perm = torch.randperm(n, device=device, generator=gen)
-        epoch_loss = torch.zeros((), device=device)
-        for i in range(steps_per_epoch):
-            idx = perm[i * batch:(i + 1) * batch]
-            views = augment(images[idx], gen)
-            for g in opt.param_groups:
-                g["lr"] = peak * 0.5 * (1 + math.cos(math.pi * step / total))
-            with autocast_for(device, bf16):
-                logits = head(net(views).float())
-            loss = F.cross_entropy(logits.float(), labels[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            epoch_loss += loss.detach()
-            step += 1
-        losses.append((epoch_loss / steps_per_epoch).item())
-        if log is not None and (epoch + 1 == epochs or (epoch + 1) % max(1, epochs // 3) == 0):
-            log(f"    fine-tune epoch {epoch + 1}/{epochs}: loss {losses[-1]:.4f}")
-    recalibrate_batchnorm(nn.Sequential(net, head), images, mean, std, batch)
+
+    def step(idx: torch.Tensor, global_step: int) -> dict[str, torch.Tensor]:
+        views = augment(images[idx], gen)
+        set_lr(opt, cosine_lr(global_step, total, peak))
+        with autocast_for(device, bf16):
+            logits = head(net(views).float())
+        loss = F.cross_entropy(logits.float(), labels[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return {"loss": loss.detach()}
+
+    loop = loop or LoopSettings()
+    say = log or (lambda message: None)
+    settings = {"protocol": "semi", "n": n, "labels_sum": int(labels.sum()), "epochs": epochs,
+                "batch_size": source.batch_size, "lr": lr, "weight_decay": weight_decay, "seed": seed,
+                "augment": repr(augment.params)}
+    state = matching_checkpoint(loop.checkpoint, settings, say)
+    losses, _ = run_probe_loop("fine-tune", epochs, source, nn.ModuleDict({"net": net, "head": head}), opt, gen, settings,
+                               state, loop, step, {}, say, every=max(1, epochs // 3))
+    recalibrate_batchnorm(nn.Sequential(net, head), images, mean, std, source.batch_size)
     net.eval()
     head.eval()
-    details = {"epochs": epochs, "batch_size": batch, "steps": total, "optimizer": "sgd nesterov momentum 0.9",
-               "lr": peak, "base_lr": lr, "weight_decay": weight_decay, "schedule": "cosine per step",
-               "head": "BatchNorm1d(affine=False) + Linear",
+    details = {"epochs": epochs, "batch_size": source.batch_size, "steps": total,
+               "optimizer": "sgd nesterov momentum 0.9", "lr": peak, "base_lr": lr, "weight_decay": weight_decay,
+               "schedule": "cosine per step", "head": "BatchNorm1d(affine=False) + Linear",
                "augmentation": {"crop_scale": list(augment.params.crop_scale), "flip_p": augment.params.flip_p},
                "train_loss_by_epoch": losses, "seconds": time.perf_counter() - start}
     return net, head, details

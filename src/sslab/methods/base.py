@@ -7,7 +7,9 @@ A method is an `nn.Module` registered with `@METHODS.register(name)`:
   view's embeddings before normalisation) for the collapse monitor;
 - `param_groups()`: parameter groups; a group with `fixed_lr=True` keeps the peak lr (SimSiam's predictor);
 - `after_step(progress)`: called after every optimiser step with progress in [0, 1] (EMA updates);
-- `recipe(dataset, image_size)`: the method's defaults for that data, as {section: {field: value}}.
+- `recipe(dataset, image_size)`: the method's defaults for that data, as {section: {field: value}};
+- `augment_family`: the augmentation presets it trains with (`preset: auto` picks <family>-small up to 64 px,
+  <family>-large above); a method without one must be given `--preset`.
 """
 from __future__ import annotations
 
@@ -53,6 +55,7 @@ def frozen_copy(module: nn.Module) -> nn.Module:
 class Method(nn.Module):
     num_views: int = 2
     needs_clean: bool = False
+    augment_family: str = ""  # its augmentation preset family ("simsiam" -> simsiam-small / simsiam-large)
 
     def __init__(self, backbone: nn.Module, cfg: MethodConfig):
         super().__init__()

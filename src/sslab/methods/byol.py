@@ -44,6 +44,7 @@ def byol_recipe(dataset: str, image_size: int) -> dict[str, dict[str, Any]]:
 
 @METHODS.register("byol")
 class BYOL(Method):
+    augment_family = "byol"  # its augmentation: the byol-small/-large preset
     recipe = staticmethod(byol_recipe)
 
     def __init__(self, backbone, cfg):

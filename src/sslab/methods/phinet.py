@@ -42,6 +42,7 @@ def phinet_recipe(dataset: str, image_size: int) -> dict[str, dict[str, Any]]:
 
 @METHODS.register("phinet")
 class PhiNet(Method):
+    augment_family = "simsiam"  # its augmentation: the simsiam-small/-large preset
     recipe = staticmethod(phinet_recipe)
 
     def __init__(self, backbone, cfg):

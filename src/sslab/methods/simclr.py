@@ -44,6 +44,7 @@ def simclr_recipe(dataset: str, image_size: int) -> dict[str, dict[str, Any]]:
 
 @METHODS.register("simclr")
 class SimCLR(Method):
+    augment_family = "simclr"  # its augmentation: the simclr-small/-large preset
     recipe = staticmethod(simclr_recipe)
 
     def __init__(self, backbone, cfg):

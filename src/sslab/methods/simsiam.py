@@ -43,6 +43,7 @@ def predictor(cfg) -> torch.nn.Module:
 
 @METHODS.register("simsiam")
 class SimSiam(Method):
+    augment_family = "simsiam"  # its augmentation: the simsiam-small/-large preset
     recipe = staticmethod(simsiam_recipe)
 
     def __init__(self, backbone, cfg):

@@ -70,7 +70,9 @@ class ScanConfig:
     eval_every: int = setting(1, "test metrics of the best head every N epochs, for monitoring only (0: off)")
     checkpoint_every: int = setting(1, "write the stage checkpoint every N epochs (and always at the end)")
     show_per_cluster: int = setting(10, "images per cluster in confident_images.png")
-    progress: bool = setting(True, "progress bar on a terminal")
+    time_limit: Optional[float] = setting(None, "stop with a checkpoint after this many seconds; rerunning continues")
+    progress: bool = setting(True, "progress bar on a terminal; elsewhere a plain line every progress_every s")
+    progress_every: float = setting(30.0, "seconds between plain progress lines when stderr is not a terminal")
 
     # ---- dict / YAML ------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -130,6 +132,8 @@ class ScanConfig:
              "--device must be auto, cpu or cuda[:N]"),
             (self.eval_every >= 0 and self.show_per_cluster >= 1, "--eval-every must be >= 0, --show-per-cluster >= 1"),
             (self.checkpoint_every >= 1, "--checkpoint-every must be >= 1"),
+            (self.time_limit is None or self.time_limit > 0, "--time-limit must be > 0 seconds"),
+            (self.progress_every > 0, "--progress-every must be > 0 seconds"),
         ]
         for ok, message in checks:
             if not ok:

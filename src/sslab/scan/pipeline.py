@@ -20,7 +20,6 @@ from __future__ import annotations
 import copy
 import math
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,16 +28,17 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from sslab.augment import ops
-from sslab.augment.presets import AugmentParams, Augmenter
+from sslab import device as device_lib
+from sslab.augment.presets import Augmenter, AugmentParams
 from sslab.augment.strong import StrongAugmenter
 from sslab.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
 from sslab.data.base import ImageData
 from sslab.errors import ConfigError, RunFolderError
 from sslab.eval.baselines import below_baseline_sentence, kmeans_record
 from sslab.eval.clustering import cached_kmeans, clustering_scores
-from sslab.eval.features import autocast_for, extract_features
-from sslab.pretrained import TrainedRun, load_trained
+from sslab.eval.features import extract_features, normalize_images
+from sslab.kit import BatchSource, EpochLog, EpochLoop, LoopCheckpoint, LoopPosition, StopFlag
+from sslab.pretrained import TrainedRun, load_trained, run_folder
 from sslab.run import RunDir
 from sslab.scan.config import STAGES, ScanConfig, stage_settings
 from sslab.scan.loss import scan_loss, selflabel_loss
@@ -66,6 +66,7 @@ class ScanContext:
     bf16: bool
     channels_last: bool
     pretext_epoch: int
+    stop: StopFlag = field(default_factory=StopFlag)  # SIGINT/SIGTERM/--time-limit, checked between steps
     _features: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
     @property
@@ -73,7 +74,7 @@ class ScanContext:
         return self.run.device
 
     def autocast(self):
-        return autocast_for(self.device, self.bf16)
+        return device_lib.autocast(self.device, self.bf16)
 
     def images(self, split: str) -> torch.Tensor:
         return self.data.train_x if split == "train" else self.data.test_x
@@ -111,7 +112,7 @@ class ScanContext:
             params = AugmentParams("scan-weak", crop_scale=tuple(cfg.weak_crop_scale), flip_p=self.flip_p(),
                                    jitter_p=0.0, grayscale_p=0.0)
             return Augmenter(params, d.image_size, d.mean, d.std)
-        return lambda x, generator=None: ops.normalize(ops.to_float(x), d.mean, d.std)
+        return lambda x, generator=None: normalize_images(x, d.mean, d.std)
 
     def to_input(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
@@ -126,12 +127,10 @@ class ScanContext:
 
     def fused(self) -> dict[str, bool]:
         """Adam's fused kernel (one launch for all parameters): on a GPU unless --no-fused, on the CPU with --fused."""
-        fused = self.device.type == "cuda" if self.cfg.fused is None else self.cfg.fused
-        return {"fused": True} if fused else {}
+        return device_lib.fused_options(self.device, self.cfg.fused)
 
     def sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        device_lib.sync(self.device)
 
 
 def scores(clusters: np.ndarray, labels: np.ndarray, num_clusters: int, num_classes: int) -> Optional[dict[str, Any]]:
@@ -143,49 +142,10 @@ def scores(clusters: np.ndarray, labels: np.ndarray, num_clusters: int, num_clas
 
 
 # ---- stage bookkeeping -----------------------------------------------------------------------------
-class StageLog:
-    """A stage's metrics jsonl and TensorBoard writer, cut back to the checkpoint's epoch on resume."""
-
-    def __init__(self, ctx: ScanContext, stage: str, start_epoch: int):
-        self.path = ctx.dir / f"{stage}_metrics.jsonl"
-        kept = [r for r in _read_jsonl(self.path) if r.get("epoch", 0) <= start_epoch]
-        atomic_write_bytes(self.path, "".join(_json_line(r) for r in kept).encode())
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.writer = SummaryWriter(str(ctx.dir / "tensorboard" / stage), purge_step=start_epoch + 1)
-
-    def append(self, record: dict[str, Any]) -> None:
-        with open(self.path, "a") as f:
-            f.write(_json_line(record))
-        for k, v in record.items():
-            if isinstance(v, (int, float)) and v is not None and k != "epoch" and math.isfinite(v):
-                self.writer.add_scalar(k, v, record["epoch"])
-        self.writer.flush()
-
-    def close(self) -> None:
-        self.writer.close()
-
-
-def _json_line(record: dict[str, Any]) -> str:
-    import json
-
-    from sslab.run import _finite
-
-    return json.dumps(_finite(record)) + "\n"
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    import json
-
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-    return out
+def stage_log(ctx: ScanContext, stage: str, resumed_at: int) -> EpochLog:
+    """`<stage>_metrics.jsonl` and TensorBoard scalars `scan/<stage>/...` under tensorboard/<stage>."""
+    return EpochLog(ctx.dir / f"{stage}_metrics.jsonl", ctx.dir / "tensorboard" / stage, f"scan/{stage}",
+                    resumed_at=resumed_at)
 
 
 def load_stage(ctx: ScanContext, stage: str) -> Optional[dict[str, Any]]:
@@ -202,13 +162,6 @@ def load_stage(ctx: ScanContext, stage: str) -> Optional[dict[str, Any]]:
     return state
 
 
-def make_bar(ctx: ScanContext, total: int, initial: int, desc: str):
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True,
-                disable=not (ctx.cfg.progress and sys.stderr.isatty()))
-
-
 def model_state(model: ClusterModel, frozen: bool) -> dict[str, Any]:
     """The weights a checkpoint needs: the heads, and the backbone unless it is the frozen pretext one."""
     return {"heads": model.heads.state_dict(), "backbone": None if frozen else model.backbone.state_dict()}
@@ -219,22 +172,6 @@ def load_model_state(model: ClusterModel, state: dict[str, Any]) -> ClusterModel
     if state["backbone"] is not None:
         model.backbone.load_state_dict(state["backbone"])
     return model
-
-
-def restore_stage(state: dict | None, model: torch.nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,
-                  log, stage: str, epochs: int) -> tuple[int, float]:
-    """Reload an interrupted stage's model, optimiser and generator; (first epoch to run, seconds so far)."""
-    if state is None:
-        return 0, 0.0
-    load_model_state(model, state["model"])
-    opt.load_state_dict(state["optimizer"])
-    gen.set_state(state["rng"]["gen"])
-    log(f"{stage}: resuming at epoch {state['epoch'] + 1}/{epochs}")
-    return state["epoch"], state["seconds"]
-
-
-def rng_state(gen: torch.Generator) -> dict[str, Any]:
-    return {"gen": gen.get_state(), "torch": torch.get_rng_state()}
 
 
 # ---- stage 1: mine -----------------------------------------------------------------------------------
@@ -342,91 +279,111 @@ def monitor(ctx: ScanContext, model: ClusterModel, head: int) -> Optional[dict[s
 
 # ---- stage 2: cluster ------------------------------------------------------------------------------
 def cluster_stage(ctx: ScanContext, neighbors: torch.Tensor, state: Optional[dict[str, Any]]) -> dict[str, Any]:
+    """H heads (+ the backbone) trained with the SCAN loss on (anchor, sampled neighbour) pairs; then the head
+    with the lowest SCAN loss over all train pairs is kept."""
     cfg, data, dev = ctx.cfg, ctx.data, ctx.device
-    n, B = len(data.train_x), cfg.batch_size
-    if B > n:
-        raise ConfigError(f"--batch-size {B} is larger than the {n} training images; lower it")
-    steps = n // B  # the last partial batch is dropped (reference drop_last=True)
+    gen = ctx.generator("cluster")  # sample order, neighbour picks and views
+    source = BatchSource(len(data.train_x), cfg.batch_size, cfg.seed, dev, generator=gen)  # drop_last (ref.)
     feat_dim = ctx.train_features().shape[1]
     model = ClusterModel(copy.deepcopy(ctx.run.backbone), feat_dim, ctx.num_clusters, cfg.heads).to(dev)
     if cfg.freeze_backbone:
         model.freeze_backbone()
     if ctx.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **ctx.fused())
-    gen = ctx.generator("cluster")
-    start, seconds = restore_stage(state, model, opt, gen, ctx.log, "cluster", cfg.cluster_epochs)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay,
+                           **ctx.fused())
     # frozen backbone and un-augmented views: the features never change, so look them up
     cached = ctx.train_features() if cfg.freeze_backbone and cfg.cluster_augment == "none" else None
     view = ctx.view(cfg.cluster_augment)
     pool = neighbor_pool(neighbors.to(dev), cfg.include_self)  # N x (K+1)
-    logger = StageLog(ctx, "cluster", start)
+    B = cfg.batch_size
 
-    def checkpoint(epoch: int, done: bool, result: Optional[dict[str, Any]] = None) -> None:
-        save_checkpoint({"settings": ctx.settings("cluster"), "done": done, "epoch": epoch, "seconds": seconds,
-                         "model": model_state(model, cfg.freeze_backbone), "optimizer": opt.state_dict(),
-                         "rng": rng_state(gen), "result": result}, ctx.dir / "cluster.pt")
+    def step(anchors: torch.Tensor, global_step: int) -> dict[str, torch.Tensor]:
+        pick = torch.randint(pool.shape[1], (B,), device=dev, generator=gen)
+        both = torch.cat((anchors, pool[anchors, pick]))  # 2B: anchors, then one neighbour each
+        if cached is not None:
+            logits = model.head_logits(cached[both])  # H x 2B x C
+        else:
+            with ctx.autocast():
+                logits = model(ctx.to_input(view(data.train_x[both], gen)))
+        total, consistency, entropy = scan_loss(logits[:, :B], logits[:, B:], cfg.entropy_weight)  # H each
+        opt.zero_grad(set_to_none=True)
+        total.sum().backward()  # every head at once (reference: the sum of the heads' losses)
+        opt.step()
+        return {"loss": total.detach().mean(), "head_losses": total.detach(), "consistency": consistency.detach(),
+                "entropy": entropy.detach()}
 
-    best = 0
-    for epoch in range(start + 1, cfg.cluster_epochs + 1):
-        tick = time.perf_counter()
-        model.train()  # a frozen backbone stays in eval mode (ClusterModel.train)
-        perm = torch.randperm(n, device=dev, generator=gen)
-        sums = torch.zeros(3, cfg.heads, device=dev)
-        bar = make_bar(ctx, steps, 0, f"cluster {epoch}/{cfg.cluster_epochs}")
-        for i in range(steps):
-            anchors = perm[i * B:(i + 1) * B]
-            pick = torch.randint(pool.shape[1], (B,), device=dev, generator=gen)
-            both = torch.cat((anchors, pool[anchors, pick]))  # 2B: anchors, then one neighbour each
-            if cached is not None:
-                logits = model.head_logits(cached[both])  # H x 2B x C
-            else:
-                x = ctx.to_input(view(data.train_x[both], gen))
-                with ctx.autocast():
-                    logits = model(x)
-            total, consistency, entropy = scan_loss(logits[:, :B], logits[:, B:], cfg.entropy_weight)  # H each
-            opt.zero_grad(set_to_none=True)
-            total.sum().backward()  # every head at once (reference: the sum of the heads' losses)
-            opt.step()
-            sums += torch.stack((total, consistency, entropy)).detach()
-            bar.update(1)
-        bar.close()
-        ctx.sync()
-        train_seconds = time.perf_counter() - tick
-        means = (sums / max(steps, 1)).cpu()  # one host sync per epoch
-        if not torch.isfinite(means).all():
-            raise ConfigError(f"the SCAN loss became {means[0].tolist()} in epoch {epoch}; lower --lr")
-        best = int(means[0].argmin())
-        record = {"epoch": epoch, "loss": float(means[0].mean()), "consistency": float(means[1].mean()),
-                  "entropy": float(means[2].mean()), "best_head": best, "best_head_loss": float(means[0, best]),
-                  "head_losses": [float(v) for v in means[0]], "epoch_seconds": train_seconds}
+    def end_epoch(epoch: int, means: dict[str, Any], seconds: float) -> dict[str, Any]:
+        best = int(np.argmin(means["head_losses"]))
+        record = {"epoch": epoch, "loss": means["loss"], "consistency": float(np.mean(means["consistency"])),
+                  "entropy": float(np.mean(means["entropy"])), "best_head": best,
+                  "best_head_loss": means["head_losses"][best], "head_losses": means["head_losses"],
+                  "epoch_seconds": seconds}
         test = monitor(ctx, model, best) if due(cfg.eval_every, epoch, cfg.cluster_epochs) else None
-        if test is not None:
-            record.update({f"test_{k}": v for k, v in test.items() if k != "acc_mapping"})
-        logger.append(record)
+        record.update({f"test_{k}": v for k, v in (test or {}).items() if k != "acc_mapping"})
         ctx.log(f"cluster epoch {epoch}/{cfg.cluster_epochs} loss {record['loss']:.4f} (consistency "
                 f"{record['consistency']:.4f}, entropy {record['entropy']:.4f}) best head {best}"
-                + (f" test ACC {100 * test['acc']:.1f}%" if test else "") + f" {record['epoch_seconds']:.1f} s")
-        seconds += time.perf_counter() - tick  # the stage's wall time: training, monitor, checkpoint
-        if epoch % cfg.checkpoint_every == 0:
-            checkpoint(epoch, done=False)
-    logger.close()
+                + (f" test ACC {100 * test['acc']:.1f}%" if test else "") + f" {seconds:.1f} s")
+        return record
+
+    ckpt, pos = run_stage(ctx, "cluster", cfg.cluster_epochs, source, model, opt, gen, state, step, end_epoch,
+                          "lower --lr")
 
     tick = time.perf_counter()
     best, losses, selection = choose_head(ctx, model, neighbors.to(dev))
     test_lp = predict(ctx, model, "test")
     per_head = [ctx.test_scores(test_lp[h].argmax(-1).cpu().numpy()) for h in range(cfg.heads)]
-    seconds += time.perf_counter() - tick
-    result = {"head": best, "head_losses": [float(v) for v in losses], "head_selection": selection,
-              "scores": per_head[best], "heads_test_acc": [s["acc"] if s else None for s in per_head],
-              "seconds": seconds}
-    checkpoint(cfg.cluster_epochs, done=True, result=result)
+    seconds = ckpt.extra["seconds"] + time.perf_counter() - tick
+    outcome = {"head": best, "head_losses": [float(v) for v in losses], "head_selection": selection,
+               "scores": per_head[best], "heads_test_acc": [s["acc"] if s else None for s in per_head],
+               "seconds": seconds}
+    finish_stage(ckpt, pos, outcome)
     s = per_head[best]
     ctx.log(f"cluster: kept head {best} ({selection['split']} consistency - entropy {losses[best]:.4f})"
             + (f"; test ACC {100 * s['acc']:.1f}% NMI {s['nmi']:.3f} ARI {s['ari']:.3f}" if s else "")
             + f" ({seconds:.1f} s)")
-    return result
+    return outcome
+
+
+def run_stage(ctx: ScanContext, stage: str, epochs: int, source: BatchSource, model: ClusterModel,
+              opt: torch.optim.Optimizer, gen: torch.Generator, state: Optional[dict[str, Any]], step, end_epoch,
+              nan_hint: str) -> tuple[LoopCheckpoint, LoopPosition]:
+    """A training stage's epochs on the kit: resumed from `state`, checkpointed to <stage>.pt every
+    --checkpoint-every epochs and on a signal, each epoch's record (`end_epoch` -> dict) appended to
+    <stage>_metrics.jsonl. Returns the checkpoint (`extra["seconds"]`: the stage's wall time so far) and
+    the final position."""
+    cfg = ctx.cfg
+    ckpt = LoopCheckpoint(ctx.dir / STAGE_FILES[stage][0], ctx.settings(stage), source, gen,
+                          state=lambda: {"model": model_state(model, cfg.freeze_backbone), "optimizer": opt.state_dict()},
+                          load=lambda st: (load_model_state(model, st["model"]), opt.load_state_dict(st["optimizer"])))
+    ckpt.extra = {"seconds": 0.0, "result": None}
+    pos = ckpt.resume(state, ctx.log, stage)
+    before, started = ckpt.extra["seconds"], time.perf_counter()
+    log = stage_log(ctx, stage, pos.epoch)
+
+    def save(p: LoopPosition) -> None:
+        if p.step_in_epoch or p.epoch % cfg.checkpoint_every == 0 or p.epoch == epochs:
+            ckpt.extra["seconds"] = before + time.perf_counter() - started
+            ckpt.save(p)
+
+    def log_epoch(epoch: int, means: dict[str, Any], seconds: float) -> None:
+        log.append(end_epoch(epoch, means, seconds), epoch * source.steps_per_epoch)
+
+    loop = EpochLoop(f"scan/{stage}", epochs, source, model, ctx.stop, ckpt.path, f"sslab scan {ctx.run.run_dir}",
+                     nan_hint, cfg.progress, cfg.progress_every)
+    try:
+        model.train()  # a frozen backbone stays in eval mode (ClusterModel.train)
+        loop.run(pos, step, save, log_epoch)
+    finally:
+        log.close()
+    ckpt.extra["seconds"] = before + time.perf_counter() - started
+    return ckpt, pos
+
+
+def finish_stage(ckpt: LoopCheckpoint, pos: LoopPosition, result: dict[str, Any]) -> None:
+    """Mark a stage done, with its result, in its checkpoint."""
+    ckpt.extra.update(seconds=result["seconds"], result=result)
+    ckpt.save(pos, done=True)
 
 
 def model_from(ctx: ScanContext, state: dict[str, Any], heads: int) -> ClusterModel:
@@ -443,11 +400,11 @@ def cluster_model_from(ctx: ScanContext, state: dict[str, Any]) -> ClusterModel:
 
 # ---- stage 3: self-label ----------------------------------------------------------------------------
 def selflabel_stage(ctx: ScanContext, cluster_state: dict[str, Any], state: Optional[dict[str, Any]]) -> dict[str, Any]:
+    """The kept head fine-tuned on its own confident predictions (class-balanced cross-entropy, strong views)."""
     cfg, data, dev = ctx.cfg, ctx.data, ctx.device
-    n, B = len(data.train_x), cfg.selflabel_batch_size
-    if B > n:
-        raise ConfigError(f"--selflabel-batch-size {B} is larger than the {n} training images; lower it")
-    steps = n // B
+    gen = ctx.generator("selflabel")  # sample order and views
+    source = BatchSource(len(data.train_x), cfg.selflabel_batch_size, cfg.seed, dev, flag="--selflabel-batch-size",
+                         generator=gen)
     model = cluster_model_from(ctx, cluster_state).single_head(cluster_state["result"]["head"])
     if cfg.freeze_backbone:
         model.freeze_backbone()
@@ -455,71 +412,46 @@ def selflabel_stage(ctx: ScanContext, cluster_state: dict[str, Any], state: Opti
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.selflabel_lr,
                            weight_decay=cfg.selflabel_weight_decay, **ctx.fused())
-    gen = ctx.generator("selflabel")
-    start, seconds = restore_stage(state, model, opt, gen, ctx.log, "selflabel", cfg.selflabel_epochs)
     cached = ctx.train_features() if cfg.freeze_backbone and cfg.selflabel_target_view == "none" else None
     target_view, train_view = ctx.view(cfg.selflabel_target_view), ctx.view(cfg.selflabel_augment)
-    logger = StageLog(ctx, "selflabel", start)
+    confident = [float("nan")]
 
-    def checkpoint(epoch: int, done: bool, result: Optional[dict[str, Any]] = None) -> None:
-        save_checkpoint({"settings": ctx.settings("selflabel"), "done": done, "epoch": epoch, "seconds": seconds,
-                         "model": model_state(model, cfg.freeze_backbone), "optimizer": opt.state_dict(),
-                         "rng": rng_state(gen), "result": result}, ctx.dir / "selflabel.pt")
+    def step(idx: torch.Tensor, global_step: int) -> dict[str, torch.Tensor]:
+        x = data.train_x[idx]
+        with torch.no_grad(), ctx.autocast():  # targets: no gradient (reference: train mode, no_grad)
+            weak = model.head_logits(cached[idx]) if cached is not None else model(ctx.to_input(target_view(x, gen)))
+        strong_x = ctx.to_input(train_view(x, gen))
+        with ctx.autocast():
+            strong = model(strong_x)
+        loss, frac = selflabel_loss(weak[0], strong[0], cfg.confidence, cfg.class_balance)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return {"loss": loss.detach(), "confident_fraction": frac}
 
-    confident = float("nan")
-    for epoch in range(start + 1, cfg.selflabel_epochs + 1):
-        tick = time.perf_counter()
-        model.train()
-        perm = torch.randperm(n, device=dev, generator=gen)
-        sums = torch.zeros(2, device=dev)
-        bar = make_bar(ctx, steps, 0, f"selflabel {epoch}/{cfg.selflabel_epochs}")
-        for i in range(steps):
-            idx = perm[i * B:(i + 1) * B]
-            x = data.train_x[idx]
-            with torch.no_grad(), ctx.autocast():  # targets: no gradient (reference: train mode, no_grad)
-                if cached is not None:
-                    weak = model.head_logits(cached[idx])
-                else:
-                    weak = model(ctx.to_input(target_view(x, gen)))
-            strong_x = ctx.to_input(train_view(x, gen))
-            with ctx.autocast():
-                strong = model(strong_x)
-            loss, frac = selflabel_loss(weak[0], strong[0], cfg.confidence, cfg.class_balance)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sums += torch.stack((loss.detach(), frac))
-            bar.update(1)
-        bar.close()
-        ctx.sync()
-        train_seconds = time.perf_counter() - tick
-        loss_mean, confident = (sums / max(steps, 1)).tolist()  # one host sync per epoch
-        if not math.isfinite(loss_mean):
-            raise ConfigError(f"the self-labelling loss became {loss_mean} in epoch {epoch}; lower --selflabel-lr")
-        record = {"epoch": epoch, "loss": loss_mean, "confident_fraction": confident, "epoch_seconds": train_seconds}
+    def end_epoch(epoch: int, means: dict[str, Any], seconds: float) -> dict[str, Any]:
+        confident[0] = means["confident_fraction"]
+        record = {"epoch": epoch, "loss": means["loss"], "confident_fraction": confident[0], "epoch_seconds": seconds}
         test = monitor(ctx, model, 0) if due(cfg.eval_every, epoch, cfg.selflabel_epochs) else None
-        if test is not None:
-            record.update({f"test_{k}": v for k, v in test.items() if k != "acc_mapping"})
-        logger.append(record)
-        ctx.log(f"selflabel epoch {epoch}/{cfg.selflabel_epochs} loss {loss_mean:.4f} confident "
-                f"{100 * confident:.1f}%" + (f" test ACC {100 * test['acc']:.1f}%" if test else "")
-                + f" {record['epoch_seconds']:.1f} s")
-        seconds += time.perf_counter() - tick
-        if epoch % cfg.checkpoint_every == 0:
-            checkpoint(epoch, done=False)
-    logger.close()
+        record.update({f"test_{k}": v for k, v in (test or {}).items() if k != "acc_mapping"})
+        ctx.log(f"selflabel epoch {epoch}/{cfg.selflabel_epochs} loss {means['loss']:.4f} confident "
+                f"{100 * confident[0]:.1f}%" + (f" test ACC {100 * test['acc']:.1f}%" if test else "") + f" {seconds:.1f} s")
+        return record
+
+    ckpt, pos = run_stage(ctx, "selflabel", cfg.selflabel_epochs, source, model, opt, gen, state, step, end_epoch,
+                          "lower --selflabel-lr")
     tick = time.perf_counter()
     after = predict(ctx, model, "test")[0].argmax(-1)
     before = predict(ctx, cluster_model_from(ctx, cluster_state).single_head(cluster_state["result"]["head"]),
                      "test")[0].argmax(-1)
     s = ctx.test_scores(after.cpu().numpy())
-    seconds += time.perf_counter() - tick
-    result = {"scores": s, "confident_fraction": None if math.isnan(confident) else confident, "seconds": seconds,
-              **selflabel_effect(before, after, ctx.num_clusters, cfg.selflabel_epochs * steps)}
-    checkpoint(cfg.selflabel_epochs, done=True, result=result)
+    seconds = ckpt.extra["seconds"] + time.perf_counter() - tick
+    outcome = {"scores": s, "confident_fraction": None if math.isnan(confident[0]) else confident[0], "seconds": seconds,
+               **selflabel_effect(before, after, ctx.num_clusters, cfg.selflabel_epochs * source.steps_per_epoch)}
+    finish_stage(ckpt, pos, outcome)
     ctx.log("selflabel: done" + (f"; test ACC {100 * s['acc']:.1f}% NMI {s['nmi']:.3f} ARI {s['ari']:.3f}" if s else "")
             + f" ({seconds:.1f} s)")
-    return result
+    return outcome
 
 
 def selflabel_effect(before: torch.Tensor, after: torch.Tensor, num_clusters: int, steps: int) -> dict[str, Any]:
@@ -564,14 +496,6 @@ def clear_stages(directory: Path, first: str) -> None:
         (directory / name).unlink(missing_ok=True)
 
 
-def run_folder(path: str | Path) -> Path:
-    """The run folder of a run folder or of a checkpoint file inside one (as `load_trained` reads it)."""
-    path = Path(path)
-    if path.is_dir() or not path.exists():
-        return path
-    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
-
-
 def run_scan(run_dir: str | Path, cfg: Optional[ScanConfig] = None, *, until: str = "selflabel",
              restart: Optional[str] = None, log: Log = print) -> dict[str, Any]:
     """SCAN on a trained run: mine -> cluster -> selflabel (stopping after `until`). Returns scan.json's content.
@@ -592,10 +516,10 @@ def run_scan(run_dir: str | Path, cfg: Optional[ScanConfig] = None, *, until: st
     if restart is not None:
         clear_stages(out, restart)
     data = trained.load_data().to(trained.device)
-    cuda = trained.device.type == "cuda"
     ctx = ScanContext(trained, cfg, data, out, log, cfg.num_clusters or data.num_classes,
-                      bf16=cfg.precision == "bf16" or (cuda and cfg.precision == "auto"),
-                      channels_last=cuda if cfg.channels_last is None else cfg.channels_last,
+                      bf16=device_lib.uses_bf16(cfg.precision, trained.device),
+                      channels_last=(device_lib.is_gpu(trained.device) if cfg.channels_last is None
+                                     else cfg.channels_last),
                       pretext_epoch=int(trained.state.get("loop", {}).get("epoch", 0)))
     log(f"scan: {data.name} {len(data.train_x)} train / {len(data.test_x)} test images, {ctx.num_clusters} clusters, "
         f"pretext {trained.cfg.method.method}/{trained.cfg.model.backbone} (epoch {ctx.pretext_epoch}), "
@@ -604,7 +528,19 @@ def run_scan(run_dir: str | Path, cfg: Optional[ScanConfig] = None, *, until: st
 
     # load (and check against the settings) every existing stage before computing anything
     states = {s: load_stage(ctx, s) for s in STAGES}
-    cfg.save(out / "config.yaml")
+    cfg.replace(time_limit=None).save(out / "config.yaml")  # a time limit applies to the call that set it
+    with StopFlag() as ctx.stop:
+        ctx.stop.arm(cfg.time_limit)  # from here on a signal (or the time limit) is answered with a checkpoint
+        results, mine, model, final_stage = run_stages(ctx, states, until)
+    report = write_outputs(ctx, results, mine, model, final_stage)
+    log(summary_line(report) + f" ({time.perf_counter() - started:.1f} s this call)")
+    return report
+
+
+def run_stages(ctx: ScanContext, states: dict[str, Optional[dict[str, Any]]], until: str):
+    """Each stage up to `until`: loaded when done before, else run (or continued). (results, neighbours
+    checkpoint, the final model or None, its stage name)."""
+    out, log = ctx.dir, ctx.log
     results: dict[str, Any] = {}
     mine = states["mine"]
     if mine is None or not mine.get("done"):
@@ -632,9 +568,7 @@ def run_scan(run_dir: str | Path, cfg: Optional[ScanConfig] = None, *, until: st
                 results["selflabel"] = selflabel["result"]
                 log("selflabel: done before, loaded selflabel.pt")
             model, final_stage = selflabel_model_from(ctx, selflabel), "selflabel"
-    report = write_outputs(ctx, results, mine, model, final_stage)
-    log(summary_line(report) + f" ({time.perf_counter() - started:.1f} s this call)")
-    return report
+    return results, mine, model, final_stage
 
 
 def _check_writable(path: Path) -> None:
@@ -664,7 +598,6 @@ def write_outputs(ctx: ScanContext, results: dict[str, Any], mine: dict[str, Any
                   final_stage: Optional[str]) -> dict[str, Any]:
     """scan.json always; with a trained model also clusters.npz, confident_images.png and confusion.png."""
     from sslab.scan import figures
-    from sslab.train import device_name
 
     data, cfg = ctx.data, ctx.cfg
     over = ctx.num_clusters > data.num_classes
@@ -693,7 +626,7 @@ def write_outputs(ctx: ScanContext, results: dict[str, Any], mine: dict[str, Any
         "selflabel_changed_fraction": None if selflabel is None else selflabel.get("changed_fraction"),
         "selflabel_note": None if selflabel is None else selflabel.get("note"),
         "head_selection": None if cluster is None else cluster.get("head_selection"),
-        "seconds": seconds, "device": device_name(ctx.device),
+        "seconds": seconds, "device": device_lib.device_name(ctx.device),
         "pretext": {"run_dir": str(ctx.run.run_dir), "method": ctx.run.cfg.method.method,
                     "backbone": ctx.run.cfg.model.backbone, "epochs": ctx.pretext_epoch},
         "stages_done": ["mine"] + [s for s in ("cluster", "selflabel") if results.get(s)],

@@ -46,7 +46,8 @@ from sslab.config import Config, TrainConfig  # noqa: E402
 from sslab.data import load_dataset  # noqa: E402
 from sslab.data.base import ImageData  # noqa: E402
 from sslab.run import RunDir  # noqa: E402
-from sslab.train import TEST_SIGNAL_ENV, Interrupted, fit  # noqa: E402
+from sslab.kit import TEST_SIGNAL_ENV, Interrupted  # noqa: E402
+from sslab.train import fit  # noqa: E402
 
 STAGES = ("speed", "methods", "stl96", "accuracy", "after", "resume")
 # seconds per stage on one H100/H200 (465; the data load takes the rest of 8 minutes). The accuracy stage gets

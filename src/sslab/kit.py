@@ -393,6 +393,7 @@ class EpochLoop:
     progress_every: float = 30.0
     rank: int = 0
     on_step: Callable[[int, dict[str, torch.Tensor]], None] | None = None  # after each step (per-step logging)
+    run_dir: Path | None = None  # the folder an Interrupted names (default: the checkpoint's)
 
     def run(self, pos: LoopPosition, step: Callable[[torch.Tensor, int], dict[str, torch.Tensor]],
             save: Callable[[LoopPosition], None], end_epoch: Callable[[int, dict[str, Any], float], None]) -> None:
@@ -447,7 +448,8 @@ class EpochLoop:
 
     def raise_if_asked(self) -> None:
         if self.stop.asked():
-            raise Interrupted(self.checkpoint_path.parent, self.stop.signum or signal.SIGTERM, self.resume)
+            raise Interrupted(self.run_dir or self.checkpoint_path.parent, self.stop.signum or signal.SIGTERM,
+                              self.resume)
 
 
 __all__ = ["BatchSource", "EpochLog", "EpochLoop", "LoopCheckpoint", "LoopSettings", "matching_checkpoint", "Interrupted", "LoopPosition", "NonFiniteLoss", "StopFlag", "accumulate",

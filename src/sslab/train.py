@@ -100,7 +100,7 @@ def fit(cfg: Config | None = None, resume: str | Path | None = None, data: Image
 
         loop = EpochLoop("train", t.epochs, source, model, stop, run.last_checkpoint, f"sslab train --resume {run.path}",
                          "start a new run with a lower --lr (or --precision fp32)", t.progress, t.progress_every, rank,
-                         on_step=step_loss_logger(epochs, t.step_loss_every))
+                         on_step=step_loss_logger(epochs, t.step_loss_every), run_dir=run.path)
         if state is None:  # step 0: the untrained network and the baselines every later figure is read against
             ddp.on_rank0(lambda: save_checkpoint(run_state(cfg, data, model), run.checkpoints_dir / "init.pt"))
             baselines = measure_baselines(monitor, data, t, log)

@@ -116,6 +116,13 @@ def test_signal_hook() -> tuple[int, int] | None:
         raise ConfigError(f"{TEST_SIGNAL_ENV}={value!r}: expected N or N:SIGINT|SIGTERM|SIGKILL") from None
 
 
+def seed_everything(seed: int) -> None:
+    """Python's, numpy's and torch's global generators (a model's initial weights come from torch's)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 # ---- data --------------------------------------------------------------------------------------------
 class BatchSource:
     """Global batches of `batch_size` over `n` samples, the last partial batch dropped (BatchNorm and the

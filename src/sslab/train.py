@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import random
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -43,6 +42,7 @@ from sslab.kit import (
     as_input,
     loop_state,
     restore_position,
+    seed_everything,
 )
 from sslab.methods import Method
 from sslab.methods.base import std_of_normalized
@@ -360,12 +360,6 @@ def due(every: int, pos: LoopPosition) -> bool:
 
 
 # ---- small helpers ------------------------------------------------------------------------------------
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def augment_seed(seed: int, rank: int, step: int = 0) -> int:
     """Seed of rank `rank`'s augmentation generator (`step` > 0: reseeded at that step, after a resume with
     another number of processes). Never `seed` itself, which seeds the sample order."""

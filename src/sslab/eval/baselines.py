@@ -111,7 +111,8 @@ def untrained_method(run_dir: Path, cfg, channels: int, image_size: int, device:
     RUN/checkpoints/init.pt (written by training at step 0), else rebuilt from the config's seed as training
     builds it (seed everything, then build; the global random state is restored afterwards)."""
     from sslab.checkpoint import load_checkpoint
-    from sslab.train import build_method, seed_everything
+    from sslab.kit import seed_everything
+    from sslab.methods.build import build_method
 
     path = Path(run_dir) / INIT_CHECKPOINT
     if path.is_file():

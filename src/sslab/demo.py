@@ -19,7 +19,7 @@ DEMO_SETTINGS: dict[str, dict[str, Any]] = {
     "model": {"backbone": "simple-cnn"},
     "method": {"method": "simclr"},
     "augment": {"crop_scale": (0.3, 1.0)},  # 28 px clothes: an 8% crop of a sneaker is a few grey pixels
-    "train": {"epochs": 8, "batch_size": 64, "device": "cpu", "knn_k": 20, "progress": False},
+    "train": {"epochs": 5, "batch_size": 128, "device": "cpu", "knn_k": 20, "progress": False},
 }
 
 Log = Callable[[str], None]

@@ -24,13 +24,14 @@ SCAN = ["--device", "cpu", "--heads", "2", "--cluster-epochs", "3", "--batch-siz
 EVAL = ["--device", "cpu", "--protocol", "standard", "--probe-epochs", "3", "--probe-batch-size", "64"]
 SEMI = ["--device", "cpu", "--protocol", "fast", "--semi", "--semi-fractions", "0.2", "--semi-epochs", "3",
         "--semi-batch-size", "32"]
-# loop -> (commands run before, the command interrupted, its signal, the step it is interrupted after)
+# loop -> (commands run before, the command interrupted, the step it is interrupted after)
 LOOPS = {
-    "scan-cluster": ([], ["scan", "{run}", *SCAN, "--until", "cluster"], "SIGINT", 10),
-    "scan-selflabel": ([["scan", "{run}", *SCAN, "--until", "cluster"]], ["scan", "{run}", *SCAN], "SIGTERM", 5),
-    "linear-standard": ([], ["eval", "{run}", *EVAL], "SIGINT", 20),
-    "semi": ([], ["eval", "{run}", *SEMI], "SIGTERM", 4),
+    "scan-cluster": ([], ["scan", "{run}", *SCAN, "--until", "cluster"], 10),
+    "scan-selflabel": ([["scan", "{run}", *SCAN, "--until", "cluster"]], ["scan", "{run}", *SCAN], 5),
+    "linear-standard": ([], ["eval", "{run}", *EVAL], 20),
+    "semi": ([], ["eval", "{run}", *SEMI], 4),
 }
+SIGNALS = {"SIGINT": 2, "SIGTERM": 15}
 
 
 def sslab(args: list[str], **env: str) -> subprocess.CompletedProcess:
@@ -83,23 +84,25 @@ def outputs(run: Path) -> dict:
 
 @pytest.mark.parametrize("loop", list(LOOPS))
 def test_interrupted_loop_resumes_to_the_uninterrupted_result(trained, loop):
-    before, command, sig, at_step = LOOPS[loop]
-    runs = {name: fresh_copy(trained, f"{loop}-{name}") for name in ("reference", "stopped")}
+    """Stopped by SIGINT and, separately, by SIGTERM mid-loop, then resumed: both end bitwise as the reference."""
+    before, command, at_step = LOOPS[loop]
+    runs = {name: fresh_copy(trained, f"{loop}-{name}") for name in ("reference", *SIGNALS)}
     for run in runs.values():
         for args in before:
             assert sslab([a.format(run=run) for a in args]).returncode == 0
     ref = sslab([a.format(run=runs["reference"]) for a in command])
     assert ref.returncode == 0, ref.stderr
-    args = [a.format(run=runs["stopped"]) for a in command]
-    stopped = sslab(args, SSLAB_TEST_SIGNAL_AT_STEP=f"{at_step}:{sig}")
-    assert stopped.returncode == 128 + {"SIGINT": 2, "SIGTERM": 15}[sig], stopped.stderr
-    last = stopped.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"sslab: interrupted by {sig}; checkpoint saved; continue with: sslab "), last
-    resumed = sslab(args)
-    assert resumed.returncode == 0, resumed.stderr
-    assert "resuming at epoch" in resumed.stdout
-    assert outputs(runs["stopped"]) == outputs(runs["reference"])  # bitwise on the CPU
-    assert not list(runs["stopped"].rglob("*.tmp"))
+    for sig, number in SIGNALS.items():
+        args = [a.format(run=runs[sig]) for a in command]
+        stopped = sslab(args, SSLAB_TEST_SIGNAL_AT_STEP=f"{at_step}:{sig}")
+        assert stopped.returncode == 128 + number, stopped.stderr
+        last = stopped.stderr.strip().splitlines()[-1]
+        assert last.startswith(f"sslab: interrupted by {sig}; checkpoint saved; continue with: sslab "), last
+        resumed = sslab(args)
+        assert resumed.returncode == 0, resumed.stderr
+        assert "resuming at epoch" in resumed.stdout
+        assert outputs(runs[sig]) == outputs(runs["reference"]), sig  # bitwise on the CPU
+        assert not list(runs[sig].rglob("*.tmp"))
 
 
 @pytest.mark.parametrize("args, flag", [

@@ -296,16 +296,21 @@ def train_standard_probe(backbone: nn.Module, images: torch.Tensor, labels: torc
         backbone.train(was_training)
     with torch.no_grad():
         probe = white.fold(torch.cat([head.weight.T, head.bias[None]]))
-    details = {"epochs": epochs, "batch_size": batch, "steps": total, "optimizer": "sgd", "lr": peak,
-               "base_lr": lr, "momentum": momentum, "weight_decay": weight_decay, "schedule": "cosine per step, no warm-up",
-               "augmentation": {"crop_scale": list(augment.params.crop_scale), "crop_ratio": list(augment.params.crop_ratio),
-                                "flip_p": augment.params.flip_p},
-               "head": "Linear on features " + white.describe().replace("train statistics", "statistics of one pass of "
-                                                                        "augmented train views") + ", folded afterwards",
-               "selection": "fixed hyper-parameters, nothing tuned", "train_loss_by_epoch": losses,
-               "train_accuracy_last_epoch": last.get("accuracy"), "reference_accuracy_on_views": reference_on_views,
-               "seconds": time.perf_counter() - start}
+    details = {"epochs": epochs, "batch_size": batch, "steps": total, "optimizer": "sgd", "lr": peak, "base_lr": lr,
+               "momentum": momentum, "weight_decay": weight_decay, **probe_details(augment, white),
+               "train_loss_by_epoch": losses, "train_accuracy_last_epoch": last.get("accuracy"),
+               "reference_accuracy_on_views": reference_on_views, "seconds": time.perf_counter() - start}
     return ProbeResult(probe, details)
+
+
+def probe_details(augment: Augmenter, white: Whitening) -> dict[str, Any]:
+    """The standard probe's fixed protocol, as eval.json records it."""
+    p = augment.params
+    return {"schedule": "cosine per step, no warm-up",
+            "augmentation": {"crop_scale": list(p.crop_scale), "crop_ratio": list(p.crop_ratio), "flip_p": p.flip_p},
+            "head": "Linear on features " + white.describe().replace(
+                "train statistics", "statistics of one pass of augmented train views") + ", folded afterwards",
+            "selection": "fixed hyper-parameters, nothing tuned"}
 
 
 def whitening_pass(features_of_views: Callable[[torch.Tensor], torch.Tensor], labels: torch.Tensor, batch: int,

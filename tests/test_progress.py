@@ -40,3 +40,26 @@ def test_disabled_or_resumed_progress():
     clock.now += 2.0
     resumed.update()
     assert out.getvalue() == "train step 7/10 5 img/s\n"  # images/s counts this session's steps only
+
+
+def test_train_redirected_to_a_file_writes_plain_progress_lines(tmp_path):
+    """`sslab train ... > log 2>&1` (no terminal): plain progress lines during the epoch, not only at its end."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[1] / "src"
+    log = tmp_path / "log"
+    with open(log, "w") as f:
+        p = subprocess.run([sys.executable, "-m", "sslab", "train", "--method", "simsiam", "--dataset", "digits",
+                            "--backbone", "simple-cnn", "--proj-hidden", "32", "--proj-dim", "32", "--pred-hidden", "8",
+                            "--batch-size", "64", "--epochs", "1", "--knn-every", "0", "--device", "cpu",
+                            "--progress-every", "0.001", "--out", str(tmp_path), "--name", "run"],
+                           stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=300,
+                           env={**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"})
+    text = log.read_text()
+    assert p.returncode == 0, text
+    steps = [line for line in text.splitlines() if line.startswith("train epoch 1/1 step ")]
+    assert len(steps) >= 10, text  # 1,437 train images / 64 = 22 steps, a line after (nearly) each
+    assert "\r" not in text and "it/s" not in text  # no terminal bar in a file

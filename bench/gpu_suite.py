@@ -45,6 +45,7 @@ from sslab.cli import main as sslab_main  # noqa: E402
 from sslab.config import Config, TrainConfig  # noqa: E402
 from sslab.data import load_dataset  # noqa: E402
 from sslab.data.base import ImageData  # noqa: E402
+from sslab.device import device_name, peak_memory_gib, pick_device, reset_peak_memory  # noqa: E402
 from sslab.run import RunDir  # noqa: E402
 from sslab.kit import TEST_SIGNAL_ENV, Interrupted  # noqa: E402
 from sslab.train import fit  # noqa: E402
@@ -89,27 +90,11 @@ SMOKE = Scale(backbone="simple-cnn", batch_size=32, speed_epochs=2, method_epoch
                           "--eval-every", "0", "--no-progress"))
 
 
-# ---- the device, without CUDA calls on a CPU -----------------------------------------------------------
-def device_of(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
+# ---- the device, without CUDA calls on a CPU (sslab.device holds the CUDA lines) ---------------------------
 def device_label(device: torch.device) -> str:
     if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
+        return device_name(device)
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-def reset_peak_memory(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def peak_memory_gib(device: torch.device) -> float | None:
-    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
 
 # ---- the suite ------------------------------------------------------------------------------------------
@@ -556,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
         args.budget = sum(SMOKE_BUDGETS.values()) if args.smoke else 480.0
     runs = Path(args.runs).resolve() if args.runs else out / "runs"
     runs.mkdir(parents=True, exist_ok=True)
-    suite = Suite(args, SMOKE if args.smoke else Scale(), device_of(args.device), out, runs, budgets)
+    suite = Suite(args, SMOKE if args.smoke else Scale(), pick_device(args.device), out, runs, budgets)
     suite.data_dir = write_smoke_data(runs / "smoke-data") if args.smoke and not args.data else Path(args.data).resolve()
     suite.results["header"] = header(suite)
     print("config:", json.dumps(suite.results["header"]), flush=True)

@@ -67,6 +67,13 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak-memory measurement (after the queued work); nothing on the CPU."""
+    if is_gpu(device):
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+
+
 def peak_memory_gib(device: torch.device) -> float | None:
     """Peak GPU memory allocated so far in GiB; None on the CPU."""
     return torch.cuda.max_memory_allocated(device) / 2**30 if is_gpu(device) else None

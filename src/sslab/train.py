@@ -305,7 +305,8 @@ def finish(run: RunDir, cfg: Config, data: ImageData, device: torch.device, worl
     knns = [r["knn_top1"] for r in records if r.get("knn_top1") is not None]
 
     def median(key: str) -> float | None:
-        return float(np.median([r[key] for r in records])) if records else None
+        values = [r[key] for r in records if r.get(key) is not None]  # timing is optional in a record
+        return float(np.median(values)) if values else None
 
     summary = {"run_dir": str(run.path), "method": cfg.method.method, "dataset": data.name,
                "backbone": cfg.model.backbone, "epochs": cfg.train.epochs, "batch_size": cfg.train.batch_size,

@@ -41,6 +41,15 @@ def test_simple_cnn_is_the_teaching_model():
     convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
     assert [c.out_channels for c in convs] == [64, 64, 64] and all(c.kernel_size == (3, 3) for c in convs)
     assert net.out_dim == 64 * 3 * 3
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())  # the reference has none
+
+
+def test_simple_cnn_bn_is_the_teaching_model_with_batchnorm_after_each_conv():
+    net = create_backbone("simple-cnn-bn", 1, 28)
+    kinds = [[type(m).__name__ for m in block] for block in net.features]
+    assert kinds == [["Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d"]] * 3
+    assert all(block[0].bias is None for block in net.features)  # BN's shift replaces the conv bias
+    assert net.out_dim == 64 * 3 * 3 and net(torch.randn(2, 1, 28, 28)).shape == (2, 576)
 
 
 def test_mlp_spec_builds_the_declared_layers():

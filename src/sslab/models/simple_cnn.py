@@ -1,4 +1,6 @@
-"""The teaching model of docs/methods.md: 3 x (conv3x3 64 -> ReLU -> maxpool2), flatten (64 * H/8 * W/8)."""
+"""The teaching model of docs/methods.md: 3 x (conv3x3 64 -> ReLU -> maxpool2), flatten (64 * H/8 * W/8);
+and `simple-cnn-bn`, the same with BatchNorm after each conv, which short CPU runs of the methods without
+negatives need (docs/methods.md, "Backbones")."""
 from __future__ import annotations
 
 import torch
@@ -8,12 +10,14 @@ from sslab.registry import BACKBONES
 
 
 class SimpleCNN(nn.Module):
-    def __init__(self, in_channels: int = 3, image_size: int = 32, width: int = 64):
+    def __init__(self, in_channels: int = 3, image_size: int = 32, width: int = 64, batchnorm: bool = False):
         super().__init__()
         blocks: list[nn.Module] = []
         c = in_channels
         for _ in range(3):
-            blocks.append(nn.Sequential(nn.Conv2d(c, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)))
+            norm = [nn.BatchNorm2d(width)] if batchnorm else []
+            blocks.append(nn.Sequential(nn.Conv2d(c, width, 3, padding=1, bias=not batchnorm), *norm, nn.ReLU(),
+                                        nn.MaxPool2d(2)))
             c = width
         self.features = nn.Sequential(*blocks)
         side = image_size // 8
@@ -29,3 +33,8 @@ class SimpleCNN(nn.Module):
 @BACKBONES.register("simple-cnn")
 def simple_cnn(in_channels: int = 3, image_size: int = 32, stem: str = "auto") -> SimpleCNN:
     return SimpleCNN(in_channels, image_size)
+
+
+@BACKBONES.register("simple-cnn-bn")
+def simple_cnn_bn(in_channels: int = 3, image_size: int = 32, stem: str = "auto") -> SimpleCNN:
+    return SimpleCNN(in_channels, image_size, batchnorm=True)

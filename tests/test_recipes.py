@@ -4,7 +4,7 @@ import pytest
 
 from sslab.config import Config
 from sslab.methods import METHODS
-from sslab.methods.short_run import SHORT_RUN_EPOCHS, short_run_recipe, smaller_batch
+from sslab.methods.short_run import SHORT_RUN_EPOCHS, short_run_recipe, smaller_batch, smaller_queue
 from sslab.train import resolve
 
 # the published CIFAR recipes (docs/methods.md): optimiser, base lr per 256, wd, warm-up, batch, epochs
@@ -65,3 +65,26 @@ def test_short_run_rules():
     assert recipe["optim"]["warmup_epochs"] == 10  # the method's recipe is not modified in place
     assert short_run_recipe(recipe, 5, None)[0]["train"]["batch_size"] == 512  # dataset size unknown: kept
     assert [smaller_batch(512, n) for n in (50_000, 16_384, 10_000, 4_000, 500)] == [512, 512, 256, 64, 64]
+
+
+def test_a_short_moco_run_keeps_one_warm_up_epoch_and_a_queue_it_can_fill():
+    # measured on the 10,000-image CIFAR-10 subset, 3 epochs (docs/benchmarks.md): warm-up 0 and the
+    # 32,768-key queue collapse (z_std 0.0008); warm-up 1 and queue 2,048 learn (39.7% -> 40.1%)
+    lines = []
+    cfg = resolved("mocov2", 3, n_train=10_000, log=lines.append)
+    assert cfg.optim.warmup_epochs == 1 and cfg.method.queue_size == 2048
+    assert "queue_size 32768 -> 2048" in lines[0] and "warmup_epochs 10 -> 1" in lines[0]
+    assert resolved("simclr", 3, n_train=10_000).optim.warmup_epochs == 0  # the floor is MoCo's alone
+    assert resolved("mocov2", 1, n_train=10_000).optim.warmup_epochs == 0  # a 1-epoch run cannot warm up
+    assert resolved("mocov2", 50, n_train=10_000).optim.warmup_epochs == 5
+    cfg = Config.from_dict({"data": {"dataset": "cifar10"}, "method": {"method": "mocov2", "queue_size": 8192},
+                            "optim": {"warmup_epochs": 0}, "train": {"epochs": 3}})
+    user = resolve(cfg, 32, n_train=10_000)
+    assert (user.method.queue_size, user.optim.warmup_epochs) == (8192, 0)
+    assert resolved("mocov2", None, n_train=10_000).method.queue_size == 32768  # long runs: the published queue
+
+
+def test_short_run_queue_rule():
+    assert [smaller_queue(32768, n) for n in (200_000, 50_000, 10_000, 4_000, 500)] == [32768, 8192, 2048, 512, 256]
+    recipe = {"method": {"queue_size": 32768}, "train": {"batch_size": 512}}
+    assert short_run_recipe(recipe, 5, None)[0]["method"]["queue_size"] == 32768  # dataset size unknown: kept

@@ -9,7 +9,8 @@ A method is an `nn.Module` registered with `@METHODS.register(name)`:
 - `after_step(progress)`: called after every optimiser step with progress in [0, 1] (EMA updates);
 - `recipe(dataset, image_size)`: the method's defaults for that data, as {section: {field: value}};
 - `augment_family`: the augmentation presets it trains with (`preset: auto` picks <family>-small up to 64 px,
-  <family>-large above); a method without one must be given `--preset`.
+  <family>-large above); a method without one must be given `--preset`;
+- `short_run_min_warmup`: warm-up epochs it keeps in a short run (methods/short_run.py), 0 unless it needs one.
 """
 from __future__ import annotations
 
@@ -56,6 +57,7 @@ class Method(nn.Module):
     num_views: int = 2
     needs_clean: bool = False
     augment_family: str = ""  # its augmentation preset family ("simsiam" -> simsiam-small / simsiam-large)
+    short_run_min_warmup: int = 0  # warm-up epochs a short run keeps at least (methods/short_run.py)
 
     def __init__(self, backbone: nn.Module, cfg: MethodConfig):
         super().__init__()

@@ -28,9 +28,10 @@ def resolve(cfg: Config, image_size: int, device: torch.device | None = None, n_
         raise ConfigError(f"no method given; pass --method ({', '.join(METHODS.names())})")
     method_cls = METHODS.get(cfg.method.method)
     out = Config.from_dict(cfg.to_dict())
-    user_set = frozenset(k for k, v in {**asdict(cfg.optim), **asdict(cfg.train)}.items() if v is not None)
+    user_set = frozenset(k for k, v in {**asdict(cfg.method), **asdict(cfg.optim), **asdict(cfg.train)}.items()
+                         if v is not None)
     recipe, changes = short_run_recipe(method_cls.recipe(cfg.data.dataset, image_size), cfg.train.epochs, n_train,
-                                       user_set)
+                                       user_set, method_cls.short_run_min_warmup)
     if changes and log is not None:
         log(f"short-run recipe ({cfg.train.epochs} < {SHORT_RUN_EPOCHS} epochs; docs/methods.md): " + "; ".join(changes))
     for section, values in recipe.items():

@@ -44,6 +44,7 @@ def mocov2_recipe(dataset: str, image_size: int) -> dict[str, dict[str, Any]]:
 @METHODS.register("mocov2")
 class MoCoV2(Method):
     augment_family = "mocov2"  # its augmentation: the mocov2-small/-large preset
+    short_run_min_warmup = 1  # without a warm-up a short run collapses in its first steps (docs/methods.md)
     recipe = staticmethod(mocov2_recipe)
 
     def __init__(self, backbone, cfg):

@@ -6,9 +6,13 @@ few thousand images: there the same warm-up fills the whole run (the lr is still
 and batch 512 gives a handful of steps per epoch. A run is SHORT when its epoch count is given and below
 SHORT_RUN_EPOCHS; only then, and only for the values the user did not set, `short_run_recipe` changes:
 
-- warm-up: at most a tenth of the run (10 epochs -> 1);
+- warm-up: at most a tenth of the run (10 epochs -> 1), but not below the method's `short_run_min_warmup`
+  (MoCo v2: 1 epoch; without it the queries and keys fall onto one point in the first steps);
 - batch size: at most the largest power of two that leaves MIN_STEPS_PER_EPOCH steps per epoch (the lr
-  follows, as every recipe's lr is per 256 images).
+  follows, as every recipe's lr is per 256 images);
+- a queue of negatives (MoCo v2): at most the largest power of two <= a quarter of the training images, so
+  that it holds real keys for most of the run and not the random ones it starts with (32,768 keys take
+  3.3 epochs of 10,000 images to replace).
 
 A run of SHORT_RUN_EPOCHS or more epochs, or one without `--epochs` (the recipe's 800), keeps the published
 recipe exactly. The changes are written to the run's config.yaml and printed when training starts.
@@ -21,6 +25,8 @@ from typing import Any, Optional
 SHORT_RUN_EPOCHS = 100  # runs with fewer epochs get the short-run recipe
 MIN_STEPS_PER_EPOCH = 32  # a short run on a small dataset lowers the batch to keep this many steps per epoch
 MIN_BATCH = 64  # ... but never below this (BatchNorm and the contrastive losses need a batch)
+QUEUE_SHARE = 4  # a short run's queue holds at most n_train / QUEUE_SHARE keys (rounded down to a power of two)
+MIN_QUEUE = 256
 
 Recipe = dict[str, dict[str, Any]]
 
@@ -30,19 +36,20 @@ def is_short_run(epochs: Optional[int]) -> bool:
 
 
 def short_run_recipe(recipe: Recipe, epochs: Optional[int], n_train: Optional[int],
-                     user_set: frozenset[str] = frozenset()) -> tuple[Recipe, list[str]]:
+                     user_set: frozenset[str] = frozenset(), min_warmup: int = 0) -> tuple[Recipe, list[str]]:
     """`recipe` adapted to a run of `epochs` epochs on `n_train` images, and one line per change (empty
-    when the run is not short). Fields named in `user_set` ("warmup_epochs", "batch_size") were set by the
-    user and are left alone."""
+    when the run is not short). Fields named in `user_set` ("warmup_epochs", "batch_size", "queue_size")
+    were set by the user and are left alone; `min_warmup` is the method's floor for the warm-up."""
     if not is_short_run(epochs):
         return recipe, []
     out = copy.deepcopy(recipe)
     changes: list[str] = []
     optim, train = out.setdefault("optim", {}), out.setdefault("train", {})
-    warmup = optim.get("warmup_epochs", 0)
-    if "warmup_epochs" not in user_set and warmup > epochs // 10:
-        optim["warmup_epochs"] = epochs // 10
-        changes.append(f"warmup_epochs {warmup} -> {epochs // 10} (at most a tenth of a {epochs}-epoch run)")
+    warmup, cap = optim.get("warmup_epochs", 0), max(epochs // 10, min(min_warmup, epochs - 1))
+    if "warmup_epochs" not in user_set and warmup > cap:
+        optim["warmup_epochs"] = cap
+        why = f"at most a tenth of a {epochs}-epoch run" if cap == epochs // 10 else "this method's short-run minimum"
+        changes.append(f"warmup_epochs {warmup} -> {cap} ({why})")
     batch = train.get("batch_size")
     if "batch_size" not in user_set and batch is not None and n_train is not None:
         small = smaller_batch(batch, n_train)
@@ -50,7 +57,22 @@ def short_run_recipe(recipe: Recipe, epochs: Optional[int], n_train: Optional[in
             train["batch_size"] = small
             changes.append(f"batch_size {batch} -> {small} ({n_train // small} steps per epoch on {n_train} "
                            "images; the lr is per 256 images)")
+    method = out.get("method", {})
+    queue = method.get("queue_size")
+    if "queue_size" not in user_set and queue is not None and n_train is not None:
+        small = smaller_queue(queue, n_train)
+        if small != queue:
+            method["queue_size"] = small
+            changes.append(f"queue_size {queue} -> {small} (at most a quarter of the {n_train} training images, "
+                           "so the queue holds real keys, not its random initial ones)")
     return out, changes
+
+
+def smaller_queue(queue: int, n_train: int) -> int:
+    """The largest power of two <= `queue` and <= n_train / QUEUE_SHARE, but >= MIN_QUEUE."""
+    while queue > MIN_QUEUE and queue > n_train // QUEUE_SHARE:
+        queue //= 2
+    return queue
 
 
 def smaller_batch(batch: int, n_train: int) -> int:

@@ -350,6 +350,24 @@ def test_commands_on_a_folder_without_checkpoint_fail_in_one_line(command, tmp_p
     assert err.startswith("sslab: error: ") and err.count("\n") == 1 and "Traceback" not in err
 
 
+@pytest.mark.parametrize("command", ["eval", "analyze", "embed"])
+def test_a_checkpoint_with_exploded_weights_fails_in_one_line(command, tiny_run, tmp_path, capsys):  # noqa: F811
+    # found by the checkpoint fuzz test: huge weights gave NaN features and L-BFGS raised a traceback
+    import shutil
+
+    from sslab.checkpoint import load_checkpoint, save_checkpoint
+
+    run = tmp_path / "exploded"
+    shutil.copytree(tiny_run, run)
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    name = next(k for k in state["model"] if k.startswith("backbone.") and k.endswith("weight"))
+    state["model"][name] = torch.full_like(state["model"][name], 3e38)
+    save_checkpoint(state, run / "checkpoints" / "last.pt")
+    assert main([command, str(run), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sslab: error: ") and err.count("\n") == 1 and "NaN or infinite features" in err, err
+
+
 def test_eval_rejects_bad_options_before_loading(tmp_path, capsys):
     assert main(["eval", str(tmp_path), "--probe-epochs", "0"]) == 2
     assert "--probe-epochs must be >= 1" in capsys.readouterr().err

@@ -114,9 +114,10 @@ def analyze_run(trained: TrainedRun, split: str = "test", max_points: int = 5000
 def kmeans_of_run(trained: TrainedRun, data, k: int, seed: int, n_init: int, info: dict[str, Any]) -> dict[str, Any]:
     """The run's one k-means result on its learned features (RUN/kmeans-cache.npz, shared with `sslab scan`)."""
     from sslab.eval.clustering import cached_kmeans
-    from sslab.eval.features import extract_features
+    from sslab.eval.features import extract_features, finite_features
 
-    train, test = (extract_features(trained.backbone, x, info["mean"], info["std"]).float().cpu().numpy()
+    train, test = (finite_features(extract_features(trained.backbone, x, info["mean"], info["std"]),
+                                   f"the checkpoint of {trained.run_dir}").float().cpu().numpy()
                    for x in (data.train_x, data.test_x))
     return cached_kmeans(trained.run_dir, "learned", train, test, k, seed, n_init)
 

@@ -15,7 +15,7 @@ import torch
 
 from sslab.data.base import ImageData
 from sslab.errors import ConfigError, DataError
-from sslab.eval.features import extract_features
+from sslab.eval.features import extract_features, finite_features
 
 EMBEDDINGS_FILE = "embeddings.npz"
 PROJECTOR_DIR = "projector"
@@ -59,7 +59,7 @@ def split_images(data: ImageData, split: str) -> tuple[torch.Tensor, torch.Tenso
 def compute_embeddings(backbone: torch.nn.Module, data: ImageData, split: str = "test",
                        mean=None, std=None) -> Embeddings:
     images, labels, indices, names = split_images(data, split)
-    feats = extract_features(backbone, images, mean or data.mean, std or data.std)
+    feats = finite_features(extract_features(backbone, images, mean or data.mean, std or data.std), "the backbone")
     return Embeddings(feats, labels.cpu().numpy().astype(np.int64), indices.astype(np.int64), names, images)
 
 

@@ -29,7 +29,7 @@ from sslab.augment import rgb_to_grayscale
 from sslab.checkpoint import atomic_write_bytes, load_safely
 from sslab.data.base import ImageData
 from sslab.errors import CheckpointError, ConfigError, DataError
-from sslab.eval.features import extract_features
+from sslab.eval.features import extract_features, finite_features
 from sslab.eval.knn import knn_predict
 from sslab.eval.linear import (
     ProbeWeights,
@@ -377,8 +377,8 @@ def evaluate_run(trained: TrainedRun, opts: EvalOptions, log: Log = print) -> di
     classes = list(data.classes)
     log(f"eval: {run_title(cfg)}; {len(data.train_x)} train, {len(data.test_x)} test images on {device}")
 
-    train_f = extract_features(backbone, data.train_x, mean, std)
-    test_f = extract_features(backbone, data.test_x, mean, std)
+    train_f = finite_features(extract_features(backbone, data.train_x, mean, std), f"the checkpoint of {run.path}")
+    test_f = finite_features(extract_features(backbone, data.test_x, mean, std), f"the checkpoint of {run.path}")
     header = {"run_dir": str(run.path), "title": run_title(cfg), "method": cfg.method.method, "dataset": data.name,
               "dataset_name": DATASET_NAMES.get(data.name, data.name), "backbone": cfg.model.backbone,
               "device": str(device), "feature_dim": int(train_f.shape[1]), "classes": classes,

@@ -42,3 +42,15 @@ def extract_features(backbone: nn.Module, images: torch.Tensor, mean: Sequence[f
         return torch.zeros(0, 0, device=device)
     return torch.cat(out)
 
+
+def finite_features(features: torch.Tensor, what: str = "the checkpoint") -> torch.Tensor:
+    """`features`, or a one-line CheckpointError when any is NaN or infinite: a backbone whose weights blew
+    up (or were damaged) gives no features that kNN, a probe or k-means could use."""
+    bad = int((~torch.isfinite(features)).any(dim=1).sum()) if features.numel() else 0
+    if bad:
+        from sslab.errors import CheckpointError
+
+        raise CheckpointError(f"{what} gives NaN or infinite features for {bad} of {len(features)} images: its weights "
+                              "are broken; use an earlier checkpoint (checkpoints/epoch_NNNN.pt, --checkpoint-every) "
+                              "or train again")
+    return features

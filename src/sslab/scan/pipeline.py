@@ -36,7 +36,7 @@ from sslab.data.base import ImageData
 from sslab.errors import ConfigError, RunFolderError
 from sslab.eval.baselines import below_baseline_sentence, kmeans_record
 from sslab.eval.clustering import cached_kmeans, clustering_scores
-from sslab.eval.features import extract_features, normalize_images
+from sslab.eval.features import extract_features, finite_features, normalize_images
 from sslab.kit import BatchSource, EpochLog, EpochLoop, LoopCheckpoint, LoopPosition, StopFlag
 from sslab.pretrained import TrainedRun, load_trained, run_folder
 from sslab.run import RunDir
@@ -82,7 +82,8 @@ class ScanContext:
     def pretext_features(self, split: str) -> torch.Tensor:
         """The pretext backbone's features (N, D) of the un-augmented `split` images (computed once)."""
         if split not in self._features:
-            self._features[split] = self.features(self.run.backbone, self.images(split))
+            self._features[split] = finite_features(self.features(self.run.backbone, self.images(split)),
+                                                    f"the checkpoint of {self.run.run_dir}")
         return self._features[split]
 
     def train_features(self) -> torch.Tensor:

@@ -65,7 +65,7 @@ def test_report_is_self_contained_and_has_every_section(full_run):
     assert re.search(r"<td>knn_top1_init</td><td>\d+\.\d\d%</td>", page)
     scan = page[page.index('<section id="scan">'):]
     scan = scan[:scan.index("</section>")]
-    assert '<td>SCAN (head 2)</td><td class="num">43.21%</td><td class="num">31.00%</td>' in scan
+    assert '<td>SCAN (head 2)</td><td class="num">43.21%</td><td class="num">0.31</td>' in scan
     assert '<td>SCAN + self-label</td><td class="num">not run</td>' in scan
     assert "neighbor_accuracy</td><td>87.50%" in scan and "mine 1.2 s, cluster 3.0 s, selflabel –" in scan
     assert "{" not in scan.split("<details>")[0]  # no raw JSON outside the folded config

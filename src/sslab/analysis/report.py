@@ -194,7 +194,8 @@ SCAN_STAGES = (("kmeans", "k-means on the features"), ("scan", "SCAN"), ("selfla
 
 
 def section_scan(run: Path) -> str | None:
-    """scan.json as tables: ACC/NMI/ARI per stage (%), the setting, and the config folded away."""
+    """scan.json as tables: ACC (%) and NMI/ARI (0-1, as in the k-means table) per stage, the setting, and the
+    config folded away."""
     scan_dir = run / "scan"
     scan = _read_json(scan_dir / "scan.json")
     if scan is None:
@@ -205,11 +206,11 @@ def section_scan(run: Path) -> str | None:
         stage = scan.get(key)
         if isinstance(stage, dict):
             head = f" (head {stage['head']})" if "head" in stage else ""
-            scores.append([name + head, _pct(stage.get("acc")), _pct(stage.get("nmi")), _pct(stage.get("ari"))])
+            scores.append([name + head, _pct(stage.get("acc")), _fmt(stage.get("nmi")), _fmt(stage.get("ari"))])
         elif key in scan:
             scores.append([name, "not run", "", ""])
     base = scan.get("baselines") or {}
-    scores += [[f"baseline: k-means on {label}", _pct(b.get("acc")), _pct(b.get("nmi")), _pct(b.get("ari"))]
+    scores += [[f"baseline: k-means on {label}", _pct(b.get("acc")), _fmt(b.get("nmi")), _fmt(b.get("ari"))]
                for label, b in (("raw pixels", base.get("pixels")), ("the untrained network", base.get("untrained")))
                if isinstance(b, dict)]
     parts = [_baseline_sentence(scan.get("below_baselines")),

@@ -1,5 +1,5 @@
 """The demo's learning claim: on the bundled Fashion-MNIST mini, the demo's recipe learns features that beat
-the same network untrained (fast, 2 epochs) and, over the full demo, the raw pixels too (slow)."""
+the same network untrained (fast, 1 epoch) and, over the full demo (3 epochs), the raw pixels too (slow)."""
 import json
 from pathlib import Path
 
@@ -15,12 +15,12 @@ def knn_curve(summary: dict) -> list[float]:
     return [r["knn_top1"] for r in records if r.get("epoch", 0) >= 1 and r.get("knn_top1") is not None]
 
 
-def test_demo_recipe_beats_its_untrained_network_in_two_epochs(tmp_path):
-    # measured (2 cores): 80.5% untrained -> 81.4, 81.0% after epochs 1 and 2; the default SimSiam recipe at
-    # batch 512 loses accuracy instead (80.5 -> 79.2 -> 78.4%), so this fails for a recipe that does not learn.
-    # The full demo (5 epochs) measured 81.5 ... 82.5% against 82.4% for the pixels: the slow test below.
-    summary = fit(demo_config(str(tmp_path), epochs=2), log=lambda s: None)
-    assert min(knn_curve(summary)) > summary["knn_top1_init"], summary
+def test_demo_recipe_beats_its_untrained_network_in_one_epoch(tmp_path):
+    # measured (2 cores): 82.1% untrained -> 83.7% after one epoch (raw pixels 83.1%); SimSiam's recipe on
+    # simple-cnn drops from 82.2% to 79.6% in its first epoch on this data, so this fails for a recipe that
+    # does not learn.
+    summary = fit(demo_config(str(tmp_path), epochs=1), log=lambda s: None)
+    assert summary["knn_top1"] > summary["knn_top1_init"] + 0.005, summary
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ from sslab.errors import UserError
 # what each registered dataset is read from; a dataset registered without a line here fails tests/test_export.py
 FORMATS = {
     "digits": "scikit-learn's bundled 8x8 digits (no files, no download)",
-    "fashion-mnist-mini": "4,000 + 1,000 Fashion-MNIST images shipped inside sslab, MIT licence (no download)",
+    "fashion-mnist-mini": "10,000 + 2,000 Fashion-MNIST images shipped inside sslab, MIT licence (no download)",
     "cifar10": "the official python version: cifar-10-batches-py/",
     "cifar100": "the official python version: cifar-100-python/",
     "stl10": "the official binaries: stl10_binary/",

@@ -55,7 +55,7 @@ def fashion_mnist(request: LoadRequest) -> Source:
 
 @DATASETS.register("fashion-mnist-mini")
 def fashion_mnist_mini(request: LoadRequest) -> Source:
-    """4,000 train + 1,000 test Fashion-MNIST images inside the package (MIT licence: see the LICENSE and
+    """10,000 train + 2,000 test Fashion-MNIST images inside the package (MIT licence: see the LICENSE and
     README.md next to them); `--data-dir` is not needed and not read. Decoding takes milliseconds: not cached."""
     files = find_files([FASHION_MNIST_MINI_DIR])
     if files is None:

@@ -15,7 +15,7 @@ from sslab.scan.config import ScanConfig
 
 DEMO_SCAN = dict(
     heads=5, cluster_epochs=30, batch_size=64, lr=1e-2, freeze_backbone=True, cluster_augment="none",
-    selflabel_epochs=3, selflabel_batch_size=256, confidence=0.9,
+    selflabel_epochs=1, selflabel_batch_size=256, confidence=0.9,
     device="cpu", progress=False, show_per_cluster=8, eval_every=10,
 )
 

@@ -1,0 +1,61 @@
+"""Rebuild sslab's bundled Fashion-MNIST mini (src/sslab/data/fashion_mnist_mini/) from the original IDX files.
+
+train = the first TRAIN_PER_CLASS training images of each class, test = the first TEST_PER_CLASS test images
+of each class, in their original order; written as gzip'd IDX files with a zero timestamp, so the output is
+byte-for-byte reproducible.
+
+    python tools/make_fashion_mnist_mini.py ../shared/data/FashionMNIST/raw
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+
+TRAIN_PER_CLASS, TEST_PER_CLASS = 1000, 200
+OUT = Path(__file__).resolve().parents[1] / "src" / "sslab" / "data" / "fashion_mnist_mini"
+
+
+def read_idx(path: Path) -> np.ndarray:
+    raw = gzip.decompress(path.read_bytes())
+    ndim = raw[3]
+    shape = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+    return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    with open(path, "wb") as f, gzip.GzipFile(fileobj=f, mode="wb", compresslevel=9, mtime=0, filename="") as gz:
+        gz.write(header + np.ascontiguousarray(array, np.uint8).tobytes())
+
+
+def first_per_class(labels: np.ndarray, n: int) -> np.ndarray:
+    """Indices of the first `n` images of each class, in the original order."""
+    keep = np.zeros(len(labels), bool)
+    for c in np.unique(labels):
+        keep[np.flatnonzero(labels == c)[:n]] = True
+    return np.flatnonzero(keep)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("raw", type=Path, help="folder with the four original Fashion-MNIST IDX .gz files")
+    ap.add_argument("--out", type=Path, default=OUT, help="where to write the four files (default: the package)")
+    ap.add_argument("--train-per-class", type=int, default=TRAIN_PER_CLASS)
+    ap.add_argument("--test-per-class", type=int, default=TEST_PER_CLASS)
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    for split, per_class in (("train", args.train_per_class), ("t10k", args.test_per_class)):
+        images = read_idx(args.raw / f"{split}-images-idx3-ubyte.gz")
+        labels = read_idx(args.raw / f"{split}-labels-idx1-ubyte.gz")
+        keep = first_per_class(labels, per_class)
+        write_idx(args.out / f"{split}-images-idx3-ubyte.gz", images[keep])
+        write_idx(args.out / f"{split}-labels-idx1-ubyte.gz", labels[keep])
+        print(f"{split}: {len(keep)} images -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -70,13 +70,16 @@ def short_run_recipe(recipe: Recipe, epochs: Optional[int], n_train: Optional[in
 
 def smaller_queue(queue: int, n_train: int) -> int:
     """The largest power of two <= `queue` and <= n_train / QUEUE_SHARE, but >= MIN_QUEUE."""
-    while queue > MIN_QUEUE and queue > n_train // QUEUE_SHARE:
-        queue //= 2
-    return queue
+    return halved_to(queue, n_train // QUEUE_SHARE, MIN_QUEUE)
 
 
 def smaller_batch(batch: int, n_train: int) -> int:
     """The largest power of two <= `batch` giving MIN_STEPS_PER_EPOCH steps per epoch, but >= MIN_BATCH."""
-    while batch > MIN_BATCH and n_train // batch < MIN_STEPS_PER_EPOCH:
-        batch //= 2
-    return batch
+    return halved_to(batch, n_train // MIN_STEPS_PER_EPOCH, MIN_BATCH)
+
+
+def halved_to(value: int, limit: int, floor: int) -> int:
+    """`value` halved until it is <= `limit`, but not below `floor` (a value already below it is kept)."""
+    while value > floor and value > limit:
+        value //= 2
+    return value

@@ -2,7 +2,9 @@
 
 train = the first TRAIN_PER_CLASS training images of each class, test = the first TEST_PER_CLASS test images
 of each class, in their original order; written as gzip'd IDX files with a zero timestamp, so the output is
-byte-for-byte reproducible.
+byte-for-byte reproducible. Images are split into parts of at most PART_IMAGES images
+(`train-images-idx3-ubyte.part1.gz`, ...: each a complete IDX file, rows in order) so that no file is over
+2 MB; sslab's loader concatenates them.
 
     python tools/make_fashion_mnist_mini.py ../shared/data/FashionMNIST/raw
 """
@@ -16,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 TRAIN_PER_CLASS, TEST_PER_CLASS = 1000, 200
+PART_IMAGES = 4000  # 4,000 gzip'd 28x28 images are about 1.7 MB
 OUT = Path(__file__).resolve().parents[1] / "src" / "sslab" / "data" / "fashion_mnist_mini"
 
 
@@ -52,7 +55,12 @@ def main() -> None:
         images = read_idx(args.raw / f"{split}-images-idx3-ubyte.gz")
         labels = read_idx(args.raw / f"{split}-labels-idx1-ubyte.gz")
         keep = first_per_class(labels, per_class)
-        write_idx(args.out / f"{split}-images-idx3-ubyte.gz", images[keep])
+        for stale in args.out.glob(f"{split}-images-idx3-ubyte*.gz"):  # a previous layout's parts
+            stale.unlink()
+        chunks = [keep[i:i + PART_IMAGES] for i in range(0, len(keep), PART_IMAGES)]
+        for i, chunk in enumerate(chunks, 1):
+            part = f".part{i}" if len(chunks) > 1 else ""
+            write_idx(args.out / f"{split}-images-idx3-ubyte{part}.gz", images[chunk])
         write_idx(args.out / f"{split}-labels-idx1-ubyte.gz", labels[keep])
         print(f"{split}: {len(keep)} images -> {args.out}")
 

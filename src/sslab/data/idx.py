@@ -57,8 +57,8 @@ def fashion_mnist(request: LoadRequest) -> Source:
 def fashion_mnist_mini(request: LoadRequest) -> Source:
     """10,000 train + 2,000 test Fashion-MNIST images inside the package (MIT licence: see the LICENSE and
     README.md next to them); `--data-dir` is not needed and not read. Decoding takes milliseconds: not cached."""
-    files = find_files([FASHION_MNIST_MINI_DIR])
-    if files is None:
+    files = [sorted(FASHION_MNIST_MINI_DIR.glob(f"{stem}*.gz")) for stem in FILE_STEMS]  # the images in parts
+    if not all(files):
         raise DataError(f"the bundled Fashion-MNIST mini files are missing from {FASHION_MNIST_MINI_DIR}; "
                         "reinstall sslab")
     return Source(decode=partial(decode, FASHION_MNIST_MINI, files))
@@ -102,9 +102,12 @@ def _find_one(folder: Path, stem: str) -> Path | None:
     return None
 
 
-def decode(dataset: IdxDataset, files: list[Path]) -> ImageData:
-    train_x, train_y, test_x, test_y = (read_idx(f) for f in files)
-    for images, labels, path in ((train_x, train_y, files[0]), (test_x, test_y, files[2])):
+def decode(dataset: IdxDataset, files: list[Path] | list[list[Path]]) -> ImageData:
+    """The four IDX files; each may also be a list of IDX files whose rows follow one another (parts)."""
+    parts = [f if isinstance(f, list) else [f] for f in files]
+    train_x, train_y, test_x, test_y = (read_idx(p[0]) if len(p) == 1 else np.concatenate([read_idx(f) for f in p])
+                                        for p in parts)
+    for images, labels, path in ((train_x, train_y, parts[0][0]), (test_x, test_y, parts[2][0])):
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
             raise DataError(f"{path}: images {images.shape} with labels {labels.shape}; expected (N, H, W) images "
                             "and N labels: replace the files with the official ones")

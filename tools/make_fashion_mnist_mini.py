@@ -13,20 +13,17 @@ from __future__ import annotations
 import argparse
 import gzip
 import struct
+import sys
 from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from sslab.data.idx import read_idx  # noqa: E402  (sslab's reader, which checks each header against the size)
+
 TRAIN_PER_CLASS, TEST_PER_CLASS = 1000, 200
 PART_IMAGES = 4000  # 4,000 gzip'd 28x28 images are about 1.7 MB
 OUT = Path(__file__).resolve().parents[1] / "src" / "sslab" / "data" / "fashion_mnist_mini"
-
-
-def read_idx(path: Path) -> np.ndarray:
-    raw = gzip.decompress(path.read_bytes())
-    ndim = raw[3]
-    shape = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
-    return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

@@ -83,8 +83,8 @@ def report_command(args: argparse.Namespace, log: Callable[[str], None] = print)
 def demo_analyze(run_dir: Path, log: Callable[[str], None]) -> None:
     from sslab.cli import build_parser
 
-    analyze_command(build_parser().parse_args(["analyze", str(run_dir), "--device", "cpu", "--map-size", "1200",
-                                                      "--max-points", "1000"]), log)
+    args = ["analyze", str(run_dir), "--device", "cpu", "--map-size", "1200", "--max-points", "1000"]
+    analyze_command(build_parser().parse_args(args), log)
 
 
 def demo_attention(run_dir: Path, log: Callable[[str], None]) -> None:

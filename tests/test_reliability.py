@@ -458,10 +458,14 @@ def test_run_folder_needs_room_for_its_checkpoints(tmp_path, capsys, monkeypatch
 
 
 def test_disk_full_while_writing_metrics_is_one_line(tmp_path, capsys, monkeypatch):
-    def full_disk(*a, **k):
-        raise OSError(28, "No space left on device")
+    real_write = os.write
 
-    monkeypatch.setattr("sslab.jsonl.open", full_disk, raising=False)  # metrics.jsonl is appended with open()
+    def full_disk(fd, data):  # metrics.jsonl is appended with os.write (safe_write.append_bytes)
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("metrics.jsonl"):
+            raise OSError(28, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", full_disk)
     run = tmp_path / "runs" / "full"
     assert_one_line(*run_cli(quick(DIGITS, tmp_path / "runs", "--knn-every", "0", "--name", "full"), capsys),
                     f"could not write {run / 'metrics.jsonl'} (No space left on device); free disk space and "

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any, Iterable
 
-from sslab.checkpoint import atomic_write_bytes
-from sslab.errors import RunFolderError
+from sslab.safe_write import append_bytes, write_bytes
 
 
 def finite(obj: Any) -> Any:
@@ -41,21 +39,14 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def append_jsonl(path: Path, record: dict[str, Any], resume_hint: str = "") -> None:
-    """Append one record, fsynced (the checkpoint written next covers it, so a power cut cannot lose it); a
-    full disk is a RunFolderError naming the file."""
-    try:
-        with open(path, "a") as f:
-            f.write(json_line(record))
-            f.flush()
-            os.fsync(f.fileno())
-    except OSError as e:
-        raise RunFolderError(f"could not write {path} ({e.strerror or e}); free disk space"
-                             + (f" and continue with {resume_hint}" if resume_hint else "")) from None
+    """Append one record, fsynced (the checkpoint written next covers it, so a power cut cannot lose it), never
+    through a link; a full disk is a RunFolderError naming the file."""
+    append_bytes(path, json_line(record).encode(), hint=f"and continue with {resume_hint}" if resume_hint else "")
 
 
 def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
     """Replace `path` atomically with `records`."""
-    atomic_write_bytes(path, "".join(json_line(r) for r in records).encode())
+    write_bytes(path, "".join(json_line(r) for r in records).encode())
 
 
 def keep_until(path: Path, last_epoch: int) -> None:

@@ -33,13 +33,13 @@ from sslab.augment.presets import Augmenter, AugmentParams
 from sslab.augment.strong import StrongAugmenter
 from sslab.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
 from sslab.data.base import ImageData
-from sslab.errors import ConfigError, RunFolderError
+from sslab.errors import ConfigError
 from sslab.eval.baselines import below_baseline_sentence, kmeans_record
 from sslab.eval.clustering import cached_kmeans, clustering_scores
 from sslab.eval.features import extract_features, finite_features, normalize_images
 from sslab.kit import BatchSource, EpochLog, EpochLoop, LoopCheckpoint, LoopPosition, StopFlag
 from sslab.pretrained import TrainedRun, load_trained, run_folder
-from sslab.run import RunDir
+from sslab.run import RunDir, check_output_folder
 from sslab.scan.config import STAGES, ScanConfig, stage_settings
 from sslab.scan.loss import scan_loss, selflabel_loss
 from sslab.scan.model import ClusterModel
@@ -513,7 +513,7 @@ def run_scan(run_dir: str | Path, cfg: Optional[ScanConfig] = None, *, until: st
     cfg.validate()
     trained = load_trained(run_dir, cfg.device)
     out = scan_dir(trained.run_dir)
-    _check_writable(out)
+    check_output_folder(trained.run_dir, "scan")  # before any work: a read-only folder, a link inside RUN/scan
     if restart is not None:
         clear_stages(out, restart)
     data = trained.load_data().to(trained.device)
@@ -570,16 +570,6 @@ def run_stages(ctx: ScanContext, states: dict[str, Optional[dict[str, Any]]], un
                 log("selflabel: done before, loaded selflabel.pt")
             model, final_stage = selflabel_model_from(ctx, selflabel), "selflabel"
     return results, mine, model, final_stage
-
-
-def _check_writable(path: Path) -> None:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        raise RunFolderError(f"cannot write to {path} ({e.strerror or e}); make the run folder writable") from None
 
 
 def summary_line(report: dict[str, Any]) -> str:

@@ -97,6 +97,8 @@ def load_safely(path: Path, map_location: str | torch.device = "cpu", what: str 
         with torch.serialization.safe_globals(_OLD_NUMPY_RNG), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's notes on odd pickle protocols: the error says enough
             raw = torch.load(path, map_location=map_location, weights_only=True)
+    except MemoryError:  # not a damaged file: out of memory (the command line says so)
+        raise
     except Exception as e:  # torch raises several types for truncated or foreign files
         text = str(e)
         if "Weights only load failed" in text or "weights_only" in text:

@@ -74,7 +74,9 @@ def figure_style() -> Iterator[None]:
     level = font_log.level
     font_log.setLevel(logging.ERROR)
     try:
-        with plt.rc_context({"font.family": list(_font_families())}), warnings.catch_warnings():
+        # text.parse_math off: class and run names are shown as written ("$\\foo{$" is a folder name, not maths)
+        with plt.rc_context({"font.family": list(_font_families()), "text.parse_math": False}), \
+                warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from", category=UserWarning)
             warnings.filterwarnings("ignore", message=r"Matplotlib currently does not support", category=UserWarning)
             yield
@@ -105,8 +107,9 @@ def save_figure(fig, path) -> None:
     path = Path(path)
     try:
         with figure_style():
-            for text in _all_texts(fig):  # made outside figure_style: give them its fonts
+            for text in _all_texts(fig):  # made outside figure_style: give them its fonts, and no maths parsing
                 text.set_fontfamily(list(_font_families()))
+                text.set_parse_math(False)
             fig.tight_layout()
             for _ in range(4):  # wrapping moves the axes, which moves the titles: settle in a few rounds
                 if not fit_titles(fig):

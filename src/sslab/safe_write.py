@@ -158,6 +158,8 @@ def check_writable(folder: str | os.PathLike, root: str | os.PathLike | None = N
     """`folder` exists (made if missing) and a file can be created in it: a probe with a new unique name
     (O_EXCL | O_NOFOLLOW, so never an existing file or link), removed at once."""
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise RunFolderError(f"{what} {folder} is a file, not a folder; {advice}")
     try:
         _make_folder(folder, root)
         probe = folder / f".write-test-{os.getpid()}-{secrets.token_hex(4)}{TEMP_SUFFIX}"
@@ -318,8 +320,11 @@ def write_error(path: Path, e: OSError, hint: str = "") -> RunFolderError:
     if code in (errno.EROFS, errno.EACCES, errno.EPERM):
         return RunFolderError(f"could not write {path} ({reason}); make the folder writable, or choose another "
                               f"place{then}")
-    if code == errno.ENOTDIR:
-        blocker = next((p for p in [path, *path.parents] if p.exists() and not p.is_dir()), path.parent)
+    blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if code in (errno.ENOTDIR, errno.EEXIST) and blocker == path:
+        return RunFolderError(f"could not make the folder {path}: a file has that name; move it away, or choose "
+                              f"another place{then}")
+    if code in (errno.ENOTDIR, errno.EEXIST) and blocker is not None:
         return RunFolderError(f"could not write {path}: {blocker} is a file, not a folder; move it away, or choose "
                               f"another place{then}")
     if code == errno.EISDIR:

@@ -36,7 +36,7 @@ def pixel_projection(dim: int, device: torch.device | str = "cpu", seed: int = 0
 def pixel_features(images: torch.Tensor, center: torch.Tensor | None = None) -> torch.Tensor:
     """uint8 (N, C, H, W) -> float (N, D) pixel vectors in [0, 1] (randomly projected to PIXEL_MAX_DIM when
     C*H*W is larger), converted a chunk at a time, minus `center` when given."""
-    flat = images.reshape(len(images), -1)
+    flat = images.flatten(1)  # (N, C*H*W), also for N = 0
     proj = pixel_projection(flat.shape[1], images.device)
     parts = []
     for i in range(0, len(flat), PIXEL_CHUNK):
@@ -175,6 +175,10 @@ def kmeans_baselines(trained, data, k: int, seed: int = 0, n_init: int = 10, fea
 
     test_y = data.test_y.cpu().numpy()
     known = test_y >= 0
+    if not known.any():  # no labelled test image to score them on (a set without a test split)
+        return {"pixels": None, "pixels_centred": None, "pixels_input": pixel_description(data.train_x),
+                "untrained": None, "untrained_source": None, "split": "test",
+                "protocol": "none: the run has no labelled test images to score k-means on"}
     pixels = pixel_kmeans(data.train_x, data.test_x, test_y, k, seed, n_init, trained.run_dir)
     model, source = untrained_method(trained.run_dir, trained.cfg, info["channels"], info["image_size"], trained.device)
     train, test = (features(model.backbone, x).float().cpu().numpy() for x in (data.train_x, data.test_x))

@@ -26,15 +26,18 @@ def json_line(record: dict[str, Any]) -> str:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The records of `path` ([] when it does not exist), up to the first unreadable line."""
+    """The records (JSON objects) of `path` ([] when it does not exist), up to the first unreadable line; a line
+    holding anything but an object (edited by hand) is skipped."""
     if not path.exists():
         return []
     records = []
-    for line in path.read_text().splitlines():
+    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut by a crash
+            record = json.loads(line)
+        except (ValueError, RecursionError):  # a line cut by a crash
             break
+        if isinstance(record, dict):
+            records.append(record)
     return records
 
 

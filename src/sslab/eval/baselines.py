@@ -111,20 +111,25 @@ def untrained_method(run_dir: Path, cfg, channels: int, image_size: int, device:
     RUN/checkpoints/init.pt (written by training at step 0), else rebuilt from the config's seed as training
     builds it (seed everything, then build; the global random state is restored afterwards)."""
     from sslab.checkpoint import load_checkpoint
+    from sslab.errors import CheckpointError
     from sslab.kit import seed_everything
     from sslab.methods.build import build_method
 
     path = Path(run_dir) / INIT_CHECKPOINT
+    problem = f"this run has no {INIT_CHECKPOINT} (made before sslab wrote it)"
     if path.is_file():
         model = build_method(cfg, channels, image_size)
-        model.load_state_dict(load_checkpoint(path)["model"])
-        source = f"{INIT_CHECKPOINT} (the run's weights at step 0)"
-    else:
-        with fork_random_state():
-            seed_everything(cfg.train.seed)
-            model = build_method(cfg, channels, image_size)
-        source = (f"rebuilt from the config's seed {cfg.train.seed}: this run has no {INIT_CHECKPOINT} (made before "
-                  "sslab wrote it), so these are the weights training would start from with that seed")
+        try:
+            state = load_checkpoint(path)["model"]
+            model.load_state_dict(state)
+            return model.to(device).eval(), f"{INIT_CHECKPOINT} (the run's weights at step 0)"
+        except (CheckpointError, KeyError, TypeError, RuntimeError, ValueError) as e:
+            problem = f"{INIT_CHECKPOINT} does not fit this run's model ({type(e).__name__}; replaced or damaged)"
+    with fork_random_state():
+        seed_everything(cfg.train.seed)
+        model = build_method(cfg, channels, image_size)
+    source = (f"rebuilt from the config's seed {cfg.train.seed}: {problem}, so these are the weights training "
+              "would start from with that seed")
     return model.to(device).eval(), source
 
 

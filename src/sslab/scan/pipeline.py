@@ -33,7 +33,7 @@ from sslab.augment.presets import Augmenter, AugmentParams
 from sslab.augment.strong import StrongAugmenter
 from sslab.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
 from sslab.data.base import ImageData
-from sslab.errors import ConfigError
+from sslab.errors import CheckpointError, ConfigError
 from sslab.eval.baselines import below_baseline_sentence, kmeans_record
 from sslab.eval.clustering import cached_kmeans, clustering_scores
 from sslab.eval.features import extract_features, finite_features, normalize_images
@@ -156,6 +156,9 @@ def load_stage(ctx: ScanContext, stage: str) -> Optional[dict[str, Any]]:
         return None
     state = load_checkpoint(path, map_location="cpu")
     want, have = ctx.settings(stage), state.get("settings", {})
+    if not isinstance(have, dict):
+        raise CheckpointError(f"{path} is not a SCAN {stage} stage file written by sslab (its settings are a "
+                              f"{type(have).__name__}); pass --restart {stage} to redo the stage")
     changed = [f"{k}={have.get(k)!r} (now {v!r})" for k, v in want.items() if have.get(k) != v]
     if changed:
         raise ConfigError(f"{path} was made with other settings: {', '.join(changed[:4])}; rerun with the same "

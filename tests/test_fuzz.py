@@ -26,7 +26,8 @@ from sslab.methods import METHODS
 from sslab.device import pick_device
 from sslab.methods.build import check_names, resolve
 
-FUZZ = settings(deadline=None, max_examples=40, database=None, suppress_health_check=[HealthCheck.too_slow])
+# examples, seed and database from the profile (tests/conftest.py): fixed in CI, HYPOTHESIS_PROFILE=explore for more
+FUZZ = settings(suppress_health_check=[HealthCheck.too_slow])
 
 # ---- config --------------------------------------------------------------------------------------------
 scalars = st.one_of(
@@ -208,7 +209,7 @@ def test_image_folders_load_or_give_a_data_error(specs, strict, test_fraction, i
 # `report`: each ends in success or in one `sslab: error:` line with exit code 2, never a traceback.
 RUN_FILES = {"checkpoint": "checkpoints/last.pt", "config": "config.yaml", "metrics": "metrics.jsonl"}
 COMMANDS = {"checkpoint": ["resume", "eval"], "config": ["resume", "report"], "metrics": ["resume", "report"]}
-FILE_FUZZ = settings(FUZZ, max_examples=10)
+FILE_FUZZ = settings(FUZZ, max_examples=max(10, settings.default.max_examples // 4))  # each example runs a command
 
 
 @pytest.fixture(scope="module")

@@ -47,8 +47,11 @@ class RunDir:
 
     @classmethod
     def existing(cls, path: str | Path) -> "RunDir":
-        """A run folder to resume; CheckpointError when `path` is not one."""
+        """A run folder to resume; CheckpointError when `path` is not one, RunFolderError when a link sits where
+        training writes (refused before anything is read through it)."""
         run = cls(Path(path))
+        if run.path.is_dir():
+            run.refuse_links()
         if not run.config_path.is_file():
             raise CheckpointError(f"{path} is not a run folder (no config.yaml); pass the folder `sslab train` made")
         return run
@@ -89,16 +92,20 @@ class RunDir:
                                  "for it to finish or stop it, then try again")
         safe_write.write_holder(fd)
         _HELD[key] = fd
+        self.refuse_links()  # before anything is read or written: a link where train writes is refused at once
         self.remove_temp_files()
         return self
+
+    def refuse_links(self) -> None:
+        """RunFolderError for a link at any file train writes, or anywhere in plots/, checkpoints/, tensorboard/."""
+        refuse_links_in(self.path, [name.rstrip(".") for name in TRAIN_FILES], ["plots", "checkpoints", "tensorboard"])
 
     def check_writable(self, need_bytes: int = 0) -> None:
         """Before training (and before the data loads): the folders train writes can be written, none of its
         files is a link (refused in one line, not after an epoch's work), and the disk has room."""
         for folder in (self.path, self.plots_dir, self.checkpoints_dir, self.tensorboard_dir):
             safe_write.check_writable(folder, what="run folder", advice="choose a writable --out")
-        refuse_links_in(self.path, [name.rstrip(".") for name in TRAIN_FILES] + [LOCK_FILE],
-                        ["plots", "checkpoints", "tensorboard"])
+        self.refuse_links()
         _check_free(self.path, need_bytes)
 
     def remove_temp_files(self) -> None:

@@ -97,9 +97,8 @@ def refuse_links(path: str | os.PathLike, root: str | os.PathLike | None = None)
         if found is None:
             return
         if found:
-            kind = "" if step == path else " (a folder on the way to " + path.name + ")"
-            raise RunFolderError(f"{step} is a symbolic link{kind}; sslab does not write through links inside a run "
-                                 "folder (that could overwrite a file elsewhere); remove the link and run again")
+            raise RunFolderError(f"{step} is a symbolic link; sslab does not write through links inside a run folder "
+                                 "(that could overwrite a file elsewhere); remove the link and run again")
 
 
 def read_inside(path: str | os.PathLike, root: str | os.PathLike) -> bytes | None:

@@ -40,6 +40,7 @@ from sslab.eval.features import extract_features, finite_features, normalize_ima
 from sslab.kit import BatchSource, EpochLog, EpochLoop, LoopCheckpoint, LoopPosition, StopFlag
 from sslab.pretrained import TrainedRun, load_trained, run_folder
 from sslab.run import RunDir, check_output_folder
+from sslab.safe_write import refuse_links
 from sslab.scan.config import STAGES, ScanConfig, stage_settings
 from sslab.scan.loss import scan_loss, selflabel_loss
 from sslab.scan.model import ClusterModel
@@ -487,6 +488,7 @@ def scan_dir(run_dir: str | Path) -> Path:
 def saved_config(run_dir: str | Path) -> Optional[ScanConfig]:
     """RUN/scan/config.yaml of an earlier `sslab scan`, if any (a rerun without flags continues with it)."""
     path = scan_dir(run_dir) / "config.yaml"
+    refuse_links(path, root=run_dir)  # scan rewrites it: a link there is refused before it is even read
     return ScanConfig.load(path) if path.exists() else None
 
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sslab import cli
+import test_reliability as reliability
 from sslab.checkpoint import load_checkpoint, save_checkpoint
 from sslab.config import Config
 from sslab.errors import ConfigError, DataError
@@ -23,16 +23,12 @@ from sslab.errors import ConfigError, DataError
 DIGITS = ["--dataset", "digits"]
 
 
-def run_cli(args: list[str], capsys) -> tuple[int, str]:
-    capsys.readouterr()
-    code = cli.main([str(a) for a in args])
-    return code, capsys.readouterr().err.strip()
-
-
 def assert_one_line(code: int, err: str, expected: str) -> None:
-    assert code == 2, err
-    assert err.count("\n") == 0 and "Traceback" not in err, err
-    assert err.startswith("sslab: error: ") and expected in err, err
+    reliability.assert_one_line(code, err, expected)
+    assert err.startswith("sslab: error: "), err
+
+
+run_cli = reliability.run_cli
 
 
 def quick(data_args: list, out: Path, *extra: str) -> list[str]:
@@ -49,12 +45,10 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def done_run(tmp_path_factory) -> Path:
-    """A finished 1-epoch run on 96 digits; tests work on copies (`run_copy`)."""
+def tiny_run(out: Path) -> Path:
+    """A finished 1-epoch run on 96 digits (3 steps of 32), trained on one thread: OUT/run."""
     from sslab.train import fit
 
-    out = tmp_path_factory.mktemp("bad-input")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -66,6 +60,12 @@ def done_run(tmp_path_factory) -> Path:
     finally:
         torch.set_num_threads(threads)
     return out / "run"
+
+
+@pytest.fixture(scope="module")
+def done_run(tmp_path_factory) -> Path:
+    """tiny_run's folder; tests work on copies (`run_copy`)."""
+    return tiny_run(tmp_path_factory.mktemp("bad-input"))
 
 
 @pytest.fixture
@@ -311,12 +311,10 @@ def test_a_kill_during_the_first_checkpoint_write_leaves_no_temp_file_after_resu
 # ---- where output goes: wrong advice before --------------------------------------------------------------------------
 def test_export_to_a_file_or_into_a_read_only_run_is_one_line_with_the_right_advice(run_copy, tmp_path, capsys,
                                                                                     monkeypatch):
-    from test_reliability import read_only
-
     (tmp_path / "file").write_text("not a folder")
     assert_one_line(*run_cli(["export", run_copy, "--out", tmp_path / "file"], capsys),
                     f"--out folder {tmp_path / 'file'} is a file, not a folder; choose a writable --out folder")
-    read_only(monkeypatch, run_copy)
+    reliability.read_only(monkeypatch, run_copy)
     assert_one_line(*run_cli(["export", run_copy], capsys),
                     f"cannot write to run folder {run_copy} (Read-only file system); make it writable")
 

@@ -308,8 +308,9 @@ def quick(data_args: list[str], out: Path, *extra: str) -> list[str]:
             "--no-progress", "--device", "cpu", "--out", str(out), *extra]
 
 
-def run_cli(args: list[str], capsys) -> tuple[int, str]:
-    code = cli.main(args)
+def run_cli(args: list, capsys) -> tuple[int, str]:
+    capsys.readouterr()
+    code = cli.main([str(a) for a in args])
     return code, capsys.readouterr().err.strip()
 
 

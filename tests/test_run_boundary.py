@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from sslab import cli, safe_write
-from sslab.config import Config
+from test_bad_input import tiny_run
 
 # folders a library fills itself (TensorBoard): checked before the command starts, not written file by file
 LIBRARY_FOLDERS = ("tensorboard", "projector", "scan/tensorboard")
@@ -53,19 +53,12 @@ def run_command(name: str, run: Path, capsys) -> tuple[int, str]:
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory):
     """(the run folder after every command, {command: the paths inside the run it wrote, relative})."""
-    from sslab.train import fit
-
     root = tmp_path_factory.mktemp("boundary")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     written: dict[str, list[str]] = {}
     try:
-        fit(Config.from_dict({"data": {"dataset": "digits", "limit_train": 96, "limit_test": 40},
-                              "model": {"backbone": "simple-cnn"},
-                              "method": {"method": "simsiam", "proj_hidden": 16, "proj_dim": 16, "pred_hidden": 8},
-                              "train": {"epochs": 1, "batch_size": 32, "device": "cpu", "knn_every": 0, "progress": False,
-                                        "out": str(root), "name": "run"}}), log=lambda s: None)
-        run = root / "run"
+        run = tiny_run(root)
         for name in COMMANDS:
             written[name] = record_one(name, run)
     finally:

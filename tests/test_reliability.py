@@ -445,7 +445,8 @@ def test_unwritable_or_full_run_folder_is_refused_before_loading_data(tmp_path, 
     loads = []
     monkeypatch.setattr(sslab.train, "load_from_config", lambda *a: loads.append(1))
     (tmp_path / "file").write_text("not a folder")
-    assert_one_line(*run_cli(quick(DIGITS, tmp_path / "file"), capsys), f"cannot write to --out folder {tmp_path / 'file'}")
+    assert_one_line(*run_cli(quick(DIGITS, tmp_path / "file"), capsys),
+                    f"--out folder {tmp_path / 'file'} is a file, not a folder; choose a writable --out")
     monkeypatch.setattr("sslab.run.disk_free", lambda path: 50 * 2**20)
     assert_one_line(*run_cli(quick(DIGITS, tmp_path / "runs"), capsys), "only 50 MiB free on the disk of")
     assert not loads

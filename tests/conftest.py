@@ -1,7 +1,17 @@
 """Shared by every test file."""
 from __future__ import annotations
 
+import os
+
 import pytest
+from hypothesis import settings
+
+# hypothesis: the same examples on every CI run (derandomize: drawn from a seed fixed by each test's code), so a
+# red build is the code's fault and reproduces locally; HYPOTHESIS_PROFILE=explore draws new, and more, examples
+# (failures it finds are saved in .hypothesis/ and replayed first)
+settings.register_profile("ci", derandomize=True, database=None, max_examples=40, deadline=None)
+settings.register_profile("explore", derandomize=False, max_examples=400, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -36,7 +36,7 @@ def pixel_projection(dim: int, device: torch.device | str = "cpu", seed: int = 0
 def pixel_features(images: torch.Tensor, center: torch.Tensor | None = None) -> torch.Tensor:
     """uint8 (N, C, H, W) -> float (N, D) pixel vectors in [0, 1] (randomly projected to PIXEL_MAX_DIM when
     C*H*W is larger), converted a chunk at a time, minus `center` when given."""
-    flat = images.reshape(len(images), -1)
+    flat = images.flatten(1)  # (N, C*H*W), also for N = 0
     proj = pixel_projection(flat.shape[1], images.device)
     parts = []
     for i in range(0, len(flat), PIXEL_CHUNK):
@@ -111,20 +111,25 @@ def untrained_method(run_dir: Path, cfg, channels: int, image_size: int, device:
     RUN/checkpoints/init.pt (written by training at step 0), else rebuilt from the config's seed as training
     builds it (seed everything, then build; the global random state is restored afterwards)."""
     from sslab.checkpoint import load_checkpoint
+    from sslab.errors import CheckpointError
     from sslab.kit import seed_everything
     from sslab.methods.build import build_method
 
     path = Path(run_dir) / INIT_CHECKPOINT
+    problem = f"this run has no {INIT_CHECKPOINT} (made before sslab wrote it)"
     if path.is_file():
         model = build_method(cfg, channels, image_size)
-        model.load_state_dict(load_checkpoint(path)["model"])
-        source = f"{INIT_CHECKPOINT} (the run's weights at step 0)"
-    else:
-        with fork_random_state():
-            seed_everything(cfg.train.seed)
-            model = build_method(cfg, channels, image_size)
-        source = (f"rebuilt from the config's seed {cfg.train.seed}: this run has no {INIT_CHECKPOINT} (made before "
-                  "sslab wrote it), so these are the weights training would start from with that seed")
+        try:
+            state = load_checkpoint(path)["model"]
+            model.load_state_dict(state)
+            return model.to(device).eval(), f"{INIT_CHECKPOINT} (the run's weights at step 0)"
+        except (CheckpointError, KeyError, TypeError, RuntimeError, ValueError) as e:
+            problem = f"{INIT_CHECKPOINT} does not fit this run's model ({type(e).__name__}; replaced or damaged)"
+    with fork_random_state():
+        seed_everything(cfg.train.seed)
+        model = build_method(cfg, channels, image_size)
+    source = (f"rebuilt from the config's seed {cfg.train.seed}: {problem}, so these are the weights training "
+              "would start from with that seed")
     return model.to(device).eval(), source
 
 
@@ -175,6 +180,10 @@ def kmeans_baselines(trained, data, k: int, seed: int = 0, n_init: int = 10, fea
 
     test_y = data.test_y.cpu().numpy()
     known = test_y >= 0
+    if not known.any():  # no labelled test image to score them on (a set without a test split)
+        return {"pixels": None, "pixels_centred": None, "pixels_input": pixel_description(data.train_x),
+                "untrained": None, "untrained_source": None, "split": "test",
+                "protocol": "none: the run has no labelled test images to score k-means on"}
     pixels = pixel_kmeans(data.train_x, data.test_x, test_y, k, seed, n_init, trained.run_dir)
     model, source = untrained_method(trained.run_dir, trained.cfg, info["channels"], info["image_size"], trained.device)
     train, test = (features(model.backbone, x).float().cpu().numpy() for x in (data.train_x, data.test_x))

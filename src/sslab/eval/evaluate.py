@@ -343,9 +343,10 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     import json
 
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        found = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError):
         return None
+    return found if isinstance(found, dict) else None  # a JSON list (edited by hand) is no eval.json
 
 
 def evaluate_run(trained: TrainedRun, opts: EvalOptions, log: Log = print) -> dict[str, Any]:

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import signal
 from pathlib import Path
 from typing import Callable
 
@@ -68,23 +66,6 @@ def format_results(result: dict) -> str:
     return "\n".join(lines + ([sentence] if sentence else []))
 
 
-@contextlib.contextmanager
-def sigterm_as_interrupt():
-    """SIGTERM ends `eval` like Ctrl-C (one line, exit 130) instead of killing it mid-write."""
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:  # not the main thread: leave the default
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def eval_command(args: argparse.Namespace, log: Callable[[str], None] = print) -> int:
     from sslab.cli import print_error
     from sslab.eval.evaluate import evaluate_run
@@ -95,13 +76,9 @@ def eval_command(args: argparse.Namespace, log: Callable[[str], None] = print) -
     opts.check()  # before loading anything
     trained = load_trained(args.run, args.device)
     check_output_folder(trained.run_dir, "eval")
-    if trained.device.type == "cpu" and opts.protocol in ("standard", "both") and opts.probe_epochs >= 50:
-        log(f"note: the standard probe runs {opts.probe_epochs} epochs on the CPU; --protocol fast or "
-            "--probe-epochs N is quicker")
     try:
-        with sigterm_as_interrupt():  # results already in eval.json are kept; a rerun continues
-            result = evaluate_run(trained, opts, log)
-    except Interrupted as e:  # a probe stopped by a signal or --time-limit, with a checkpoint
+        result = evaluate_run(trained, opts, log, device_flag=args.device)
+    except Interrupted as e:  # SIGINT, SIGTERM or --time-limit: what is kept and the command that continues
         print_error(f"sslab: {e}")
         return e.exit_code
     log(format_results(result))

@@ -54,14 +54,23 @@ def timed_eval(run: Path, cache: Path, threads: int, *flags: str) -> dict:
     """One `python -m sslab eval RUN --device cpu FLAGS` process: wall seconds, exit code, its output."""
     env = {**os.environ, "SSLAB_CACHE_DIR": str(cache), "OMP_NUM_THREADS": str(threads),
            "PYTHONPATH": str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), children_cpu_seconds()
     done = subprocess.run([sys.executable, "-m", "sslab", "eval", str(run), "--device", "cpu", *flags],
                           capture_output=True, text=True, env=env)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, children_cpu_seconds() - cpu
     if done.returncode != 0:
         raise SystemExit(f"eval failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
-    return {"seconds": round(seconds, 1), "stdout": done.stdout,
+    return {"seconds": round(seconds, 1), "cpu_seconds": round(cpu, 1), "stdout": done.stdout,
             "eval": json.loads((run / "eval.json").read_text())}
+
+
+def children_cpu_seconds() -> float:
+    """User + system CPU seconds of the finished child processes: on a shared machine the wall time grows
+    with the load, the CPU time hardly (a quiet machine with T threads takes between cpu / T and cpu)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def fresh_copy(run: Path, to: Path) -> Path:
@@ -85,11 +94,12 @@ def main() -> None:
     warm = timed_eval(fresh_copy(run, out / "warm"), cache, args.threads)
     result = {"run": str(run), "threads": args.threads, "torch": torch.__version__,
               "cold_seconds": cold["seconds"], "warm_seconds": warm["seconds"],
+              "cold_cpu_seconds": cold["cpu_seconds"], "warm_cpu_seconds": warm["cpu_seconds"],
               "results": {r["name"]: r["accuracy"] for r in cold["eval"]["results"]},
               "baselines": {k: v for k, v in cold["eval"]["baselines"].items() if k in ("knn", "linear-fast")},
               "standard_probe": cold["eval"].get("standard_probe")}
-    print(f"sslab eval RUN (default options; cold: baselines computed): {cold['seconds']:.1f} s")
-    print(f"sslab eval RUN (same, second run: baselines stored):        {warm['seconds']:.1f} s")
+    for timing, what in ((cold, "default options; cold: baselines computed"), (warm, "second run: baselines stored")):
+        print(f"sslab eval RUN ({what}): {timing['seconds']:.1f} s wall, {timing['cpu_seconds']:.1f} s CPU")
     print(f"results {json.dumps(result['results'])}; baselines {json.dumps(result['baselines'])}")
     if result["standard_probe"]:
         print(f"eval's line on the standard probe: {result['standard_probe']['hint']}")
@@ -106,7 +116,7 @@ def check_estimate(run: Path, out: Path, cache: Path, threads: int, epochs: int)
     timed_eval(fresh_copy(run, out / "estimate-baselines"), cache, threads, *flags)  # stores its baselines
     done = timed_eval(fresh_copy(run, out / "estimate"), cache, threads, *flags)
     details = next(r for r in done["eval"]["results"] if r["name"] == "linear-standard")["details"]
-    check = {"epochs": epochs, "estimated_seconds": round(details["estimated_seconds"], 1),
+    check = {"epochs": epochs, "estimated_seconds": done["eval"]["estimates"]["linear-standard"],
              "measured_seconds": round(details["seconds"], 1)}
     print(f"standard probe, {epochs} epochs: estimated {check['estimated_seconds']} s from a few timed steps, "
           f"took {check['measured_seconds']} s")

@@ -114,6 +114,23 @@ def test_fast_probe_separates_separable_features(classifier):
     assert set(result.details["validation_accuracy_by_c"]) and result.details["c"] in result.details["c_grid"]
 
 
+def test_the_c_walk_stops_two_values_past_the_best():
+    from sslab.eval.linear import walk_c_grid
+
+    grid = [0.01, 0.1, 1.0, 10.0, 100.0]
+    tried = []
+
+    def score_of(table):
+        return lambda c: (tried.append(c), table[c])[1]
+
+    assert walk_c_grid(grid, score_of({0.01: 0.6, 0.1: 0.8, 1.0: 0.7, 10.0: 0.65, 100.0: 0.9})) == {
+        "0.01": 0.6, "0.1": 0.8, "1": 0.7, "10": 0.65}  # 100 not tried: two in a row below 0.8
+    assert tried == [0.01, 0.1, 1.0, 10.0]
+    rising = {0.01: 0.5, 0.1: 0.6, 1.0: 0.55, 10.0: 0.7, 100.0: 0.69}  # one dip is not the peak
+    assert list(walk_c_grid(grid, score_of(rising))) == ["0.01", "0.1", "1", "10", "100"]
+    assert list(walk_c_grid(grid, score_of(dict.fromkeys(grid, 0.5)))) == ["0.01", "0.1", "1"]  # a tie is no rise
+
+
 def test_fast_probe_on_random_labels_is_at_chance():
     g = torch.Generator().manual_seed(1)
     x, xt = torch.randn(600, 16, generator=g), torch.randn(2000, 16, generator=g)
@@ -552,7 +569,7 @@ def _without_timings(value):
     computed, the folders."""
     if isinstance(value, dict):
         return {k: _without_timings(v) for k, v in value.items()
-                if k not in ("seconds", "estimated_seconds", "computed", "store", "run_dir", "resume_key")}
+                if k not in ("seconds", "estimates", "computed", "store", "run_dir", "resume_key")}
     if isinstance(value, list):
         return [_without_timings(v) for v in value]
     return value
@@ -585,7 +602,7 @@ def test_signals_inside_the_baseline_probes_stop_at_once_with_a_checkpoint_and_r
         assert main(["eval", str(tiny_run), *command]) == code
         assert time.monotonic() - sent[-1] < 5  # stopped after the step it was in, not at the end of the probe
         err = capsys.readouterr().err.strip()
-        assert err.startswith(f"sslab: interrupted by {name} during {stage}; its checkpoint is saved in ")
+        assert err.startswith(f"sslab: interrupted by {name}; checkpoint saved ({stage}: {tiny_run / 'eval'}")
         assert f"kept in eval.json: {kept}; continue with: sslab eval {tiny_run} --device cpu --protocol standard" in err
         ev = json.loads((tiny_run / "eval.json").read_text())
         assert ev["complete"] is False and ", ".join(r["name"] for r in ev["results"]) == kept
@@ -598,11 +615,14 @@ def test_signals_inside_the_baseline_probes_stop_at_once_with_a_checkpoint_and_r
     assert not list((tiny_run / "eval").glob("*.pt"))  # every checkpoint removed once its result was kept
 
 
-def test_a_signal_outside_a_training_loop_stops_at_once_and_says_so(tiny_run, monkeypatch, capsys):  # noqa: F811
+def test_a_signal_outside_a_training_loop_stops_at_once_and_says_so(  # noqa: F811
+        tiny_run, tmp_path, monkeypatch, capsys):
     import os
     import signal
 
     from sslab.eval import evaluate
+
+    monkeypatch.setenv("SSLAB_CACHE_DIR", str(tmp_path / "cache"))  # no stored baseline: they are computed
 
     real = evaluate.RunBaselines.fast_accuracy
 
@@ -615,7 +635,8 @@ def test_a_signal_outside_a_training_loop_stops_at_once_and_says_so(tiny_run, mo
     assert main(["eval", str(tiny_run), "--device", "cpu", "--protocol", "fast"]) == 143
     err = capsys.readouterr().err
     assert err.startswith("sslab: interrupted by SIGTERM during the baselines (raw pixels, untrained network) of knn "
-                          "and linear-fast; kept in eval.json: knn, linear-fast; continue with: sslab eval ")
+                          "and linear-fast (nothing to checkpoint: it takes seconds); kept in eval.json: knn, "
+                          "linear-fast; continue with: sslab eval ")
     assert signal.getsignal(signal.SIGTERM) is before  # the handlers are given back
     monkeypatch.setattr(evaluate.RunBaselines, "fast_accuracy", real)
     assert main(["eval", str(tiny_run), "--device", "cpu", "--protocol", "fast"]) == 0

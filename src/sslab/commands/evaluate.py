@@ -108,12 +108,12 @@ def embed_command(args: argparse.Namespace, log: Callable[[str], None] = print) 
 
 # ---- demo steps (sslab.demo.DEMO_STEPS) ---------------------------------------------------------------------------
 def demo_eval(run_dir: Path, log: Callable[[str], None]) -> None:
-    """kNN and the fast probe (C from 0.01, 0.1, 1) on the demo run, with their baselines, in about 20 s on 2
-    cores; `sslab eval RUN` adds the standard probe (SGD through the frozen backbone), `--semi` fine-tuning."""
+    """`sslab eval RUN` as a user runs it next, on the CPU: kNN and the fast probe with their baselines (stored,
+    so the user's own `sslab eval RUN` after the demo pays nothing for them), and the line on what the standard
+    probe would cost."""
     from sslab.cli import build_parser
 
-    args = build_parser().parse_args(["eval", str(run_dir), "--device", "cpu", "--protocol", "fast",
-                                      "--c-grid", "0.01,0.1,1"])
+    args = build_parser().parse_args(["eval", str(run_dir), "--device", "cpu"])
     eval_command(args, log)
 
 

@@ -3,7 +3,10 @@
 - fast: features extracted once (no augmentation); a multinomial logistic regression (full-batch L-BFGS in
   torch, on the device) or a linear SVM (scikit-learn's LinearSVC) on standardised, PCA-whitened features.
   The regularisation C is chosen on a stratified validation split carved from the TRAIN split, then the
-  probe is refit on the whole train split; the test split is only ever used for the final number.
+  probe is refit on the whole train split; the test split is only ever used for the final number. The grid
+  is walked from the smallest C up and the walk stops once two values in a row score below the best so far
+  (validation accuracy rises then falls with C, and the large C values are the slow fits: on the demo's
+  pixels C = 10 and 100 took two thirds of the probe's time and scored 11 points below C = 0.01).
 - standard: a linear layer trained for 100 epochs with SGD (momentum 0.9, cosine lr, batch 256) on the
   frozen backbone's features of crop + flip views, augmented in batches on the device. Its
   hyper-parameters are fixed, not tuned. The layer sees the features through a fixed whitening measured on
@@ -35,6 +38,7 @@ from sslab.optim import cosine_lr, set_lr
 
 # C (inverse regularisation) tried on the validation split; LinearSVC is slow to converge at large C
 DEFAULT_C_GRIDS = {"logistic": (0.01, 0.1, 1.0, 10.0, 100.0), "svm": (0.001, 0.01, 0.1)}
+C_PATIENCE = 2  # the walk up the C grid stops after this many values in a row below the best
 WHITEN_FLOOR = 1e-4
 STD_FLOOR = 0.1  # the standard probe's whitening: no direction enlarged more than ~3x
 WHITEN_MAX_DIM = 4096
@@ -129,6 +133,18 @@ def _scores(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return x @ w[:-1] + w[-1]
 
 
+def walk_c_grid(grid: Sequence[float], score: Callable[[float], float]) -> dict[str, float]:
+    """{f"{c:g}": score(c)} for C up the sorted grid, stopping once C_PATIENCE values in a row score below the
+    best so far (past the peak larger C only fits slower)."""
+    scores: dict[str, float] = {}
+    for c in grid:
+        scores[f"{c:g}"] = score(c)
+        values = list(scores.values())
+        if len(values) - 1 - values.index(max(values)) >= C_PATIENCE:
+            break
+    return scores
+
+
 def fit_fast_probe(train_features: torch.Tensor, train_labels: torch.Tensor, num_classes: int,
                    classifier: str = "logistic", c_grid: Sequence[float] | None = None, val_fraction: float = 0.1,
                    seed: int = 0) -> ProbeResult:
@@ -138,7 +154,7 @@ def fit_fast_probe(train_features: torch.Tensor, train_labels: torch.Tensor, num
     (`Whitening`; without it L-BFGS needs thousands of steps on the ill-conditioned features of a
     self-supervised backbone). `logistic`: full-batch L-BFGS in torch on the features' device; `svm`:
     scikit-learn's LinearSVC. Returns the probe as one linear map on raw features and, in `details`, the
-    validation accuracy of every C.
+    validation accuracy of every C tried (`walk_c_grid`).
     """
     start = time.perf_counter()
     keep = train_labels >= 0
@@ -156,10 +172,13 @@ def fit_fast_probe(train_features: torch.Tensor, train_labels: torch.Tensor, num
         else:
             white = Whitening.fit(x[fit_idx])
             xf, xv = white(x[fit_idx]), white(x[val_idx])
-            w = None
-            for c in grid:
-                w = _fit(classifier, xf, y[fit_idx], num_classes, c, seed, init=w)
-                val_scores[f"{c:g}"] = (_scores(w, xv).argmax(1) == y[val_idx]).float().mean().item()
+            last = {"w": None}
+
+            def validation_accuracy(c: float) -> float:  # each fit starts from the last (warm start)
+                last["w"] = _fit(classifier, xf, y[fit_idx], num_classes, c, seed, init=last["w"])
+                return (_scores(last["w"], xv).argmax(1) == y[val_idx]).float().mean().item()
+
+            val_scores = walk_c_grid(grid, validation_accuracy)
     best_c = max(grid, key=lambda c: val_scores.get(f"{c:g}", 0.0)) if val_scores else grid[0]
     white = Whitening.fit(x)
     w = _fit(classifier, white(x), y, num_classes, best_c, seed)
@@ -168,7 +187,8 @@ def fit_fast_probe(train_features: torch.Tensor, train_labels: torch.Tensor, num
                "c_grid": sorted(c_grid if c_grid else DEFAULT_C_GRIDS[classifier]),
                "validation_accuracy_by_c": val_scores, "validation_size": n_val, "validation_fraction": val_fraction,
                "solver": "full-batch L-BFGS (torch)" if classifier == "logistic" else "scikit-learn LinearSVC",
-               "selection": "C with the best accuracy on a stratified validation split of train; refit on all of train",
+               "selection": "C with the best accuracy on a stratified validation split of train, walking the grid "
+                            f"up until {C_PATIENCE} values in a row score below the best; refit on all of train",
                "seconds": time.perf_counter() - start}
     return ProbeResult(probe, details)
 
@@ -318,7 +338,8 @@ def standard_probe_seconds(backbone: nn.Module, images: torch.Tensor, labels: to
     if n == 0:
         return 0.0
     batch = min(batch_size, n)
-    sample = images[labels.to(images.device) >= 0][:batch * (steps + 1)].to(device)
+    first = torch.nonzero(labels >= 0).flatten()[:batch * (steps + 1)]  # indices: no copy of the whole dataset
+    sample = images[first.to(images.device)].to(device)
     gen = torch.Generator(device=device)
     gen.manual_seed(0)
     features_of_views = view_features(backbone, sample, crop_flip_augmenter(images.shape[-1], mean, std, crop_scale,

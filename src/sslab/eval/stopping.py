@@ -88,9 +88,10 @@ class EvalStop:
         """The exception to stop with: one line saying where, what is kept, and how to continue."""
         name = signal.Signals(signum).name
         parts = ["stopped at the --time-limit" if signum == signal.SIGALRM else f"interrupted by {name}"]
-        parts[0] += f" during {self.stage}"
-        if checkpoint and self.checkpoint is not None:
-            parts.append(f"its checkpoint is saved in {self.checkpoint}")
+        if checkpoint and self.checkpoint is not None:  # the words of every other loop's stop, then eval's own
+            parts.append(f"checkpoint saved ({self.stage}: {self.checkpoint})")
+        else:
+            parts[0] += f" during {self.stage} (nothing to checkpoint: it takes seconds)"
         kept = self.kept()
         parts.append(f"kept in eval.json: {', '.join(kept)}" if kept else "no result was finished yet")
         parts.append(f"continue with: {self.resume}")

@@ -47,7 +47,7 @@ def one_thread():
 
 def tiny_run(out: Path) -> Path:
     """A finished 1-epoch run on 96 digits (3 steps of 32), trained on one thread: OUT/run."""
-    from sslab.train import fit
+    from sslab.pretrain import fit
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -615,8 +615,8 @@ def test_signals_inside_the_baseline_probes_stop_at_once_with_a_checkpoint_and_r
     assert not list((tiny_run / "eval").glob("*.pt"))  # every checkpoint removed once its result was kept
 
 
-def test_a_signal_outside_a_training_loop_stops_at_once_and_says_so(  # noqa: F811
-        tiny_run, tmp_path, monkeypatch, capsys):
+def test_a_signal_outside_a_training_loop_stops_at_once_and_says_so(
+        tiny_run, tmp_path, monkeypatch, capsys):  # noqa: F811
     import os
     import signal
 

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import settings
@@ -12,6 +14,9 @@ from hypothesis import settings
 settings.register_profile("ci", derandomize=True, database=None, max_examples=40, deadline=None)
 settings.register_profile("explore", derandomize=False, max_examples=400, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+# the test hooks (tests/hooks/signal_at_step.py: a signal after a chosen step of any loop) importable in-process
+sys.path.insert(0, str(Path(__file__).resolve().parent / "hooks"))
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -132,7 +132,8 @@ def test_images_too_small_for_the_backbone_are_one_line(tmp_path, capsys):
 
 
 def test_a_constant_channel_has_a_floored_std_and_finite_views():
-    from sslab.augment import Augmenter, resolve_augment
+    from sslab.augment import Augmenter
+    from sslab.recipe import fit_augment
     from sslab.data.base import STD_FLOOR, ImageData
 
     black_and_red = torch.zeros(8, 3, 8, 8, dtype=torch.uint8)
@@ -140,7 +141,7 @@ def test_a_constant_channel_has_a_floored_std_and_finite_views():
     data = ImageData("folder", black_and_red, torch.tensor([0] * 4 + [1] * 4), black_and_red[:0],
                      torch.zeros(0, dtype=torch.int64), ["black", "red"])
     assert data.std[1] == data.std[2] == STD_FLOOR and data.std[0] == pytest.approx(0.5, abs=1e-3)
-    augment = Augmenter(resolve_augment(Config().augment, "simsiam", 8), 8, data.mean, data.std)
+    augment = Augmenter(fit_augment(Config.from_values({"method": "simsiam"}), 8), 8, data.mean, data.std)
     views = augment(black_and_red, torch.Generator().manual_seed(0))
     assert torch.isfinite(views).all()
 

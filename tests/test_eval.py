@@ -580,9 +580,10 @@ def test_signals_inside_the_baseline_probes_stop_at_once_with_a_checkpoint_and_r
     """The probes run 10 steps each (2 epochs of 5); the test hook signals after step 7 of every loop that gets
     there from below: the main probe, then (resumed past 7) the raw-pixel baseline, then the untrained one."""
     import os
+    import signal
     import time
 
-    from sslab.kit import TEST_SIGNAL_ENV
+    from signal_at_step import signal_at_step
 
     command = ["--device", "cpu", "--protocol", "standard", "--probe-epochs", "2"]
     monkeypatch.setenv("SSLAB_CACHE_DIR", str(tmp_path / "cache-uninterrupted"))
@@ -597,9 +598,9 @@ def test_signals_inside_the_baseline_probes_stop_at_once_with_a_checkpoint_and_r
              ("SIGTERM", 143, "the raw-pixel baseline's standard probe", "knn, linear-standard"),
              ("SIGINT", 130, "the untrained-network baseline's standard probe", "knn, linear-standard")]
     for name, code, stage, kept in stops:
-        monkeypatch.setenv(TEST_SIGNAL_ENV, f"7:{name}")
         capsys.readouterr()
-        assert main(["eval", str(tiny_run), *command]) == code
+        with signal_at_step(7, getattr(signal, name)):
+            assert main(["eval", str(tiny_run), *command]) == code
         assert time.monotonic() - sent[-1] < 5  # stopped after the step it was in, not at the end of the probe
         err = capsys.readouterr().err.strip()
         assert err.startswith(f"sslab: interrupted by {name}; checkpoint saved ({stage}: {tiny_run / 'eval'}")
@@ -609,7 +610,6 @@ def test_signals_inside_the_baseline_probes_stop_at_once_with_a_checkpoint_and_r
     assert len(sent) == 3
     stored = [json.loads(p.read_text()) for p in (tmp_path / "cache" / "baselines").glob("*.json")]
     assert sorted(e["key"]["source"] for e in stored if e["key"]["protocol"] == "linear-standard") == ["pixels"]
-    monkeypatch.delenv(TEST_SIGNAL_ENV)
     assert main(["eval", str(tiny_run), *command]) == 0
     assert _without_timings(json.loads((tiny_run / "eval.json").read_text())) == expected
     assert not list((tiny_run / "eval").glob("*.pt"))  # every checkpoint removed once its result was kept

@@ -910,7 +910,7 @@ def sslab_torchrun(args: list[str], **env: str) -> subprocess.CompletedProcess:
 def test_under_torchrun_a_one_line_error_and_a_clean_stop_keep_sslabs_exit_code_and_no_traceback(tmp_path):
     p = sslab_torchrun(quick(DIGITS, tmp_path / "runs", "--epochs", "-1"))
     errors = [line for line in p.stderr.splitlines() if "error" in line.lower() or "Traceback" in line]
-    assert p.returncode == 2 and errors == ["sslab: error: --epochs must be >= 1"], p.stderr
+    assert p.returncode == 2 and errors == ["sslab: error: --epochs -1: must be in [1, 100000]"], p.stderr
     p = sslab_torchrun(quick(DIGITS, tmp_path / "runs", "--name", "ddp", "--limit-train", "128", "--epochs", "2",
                              "--knn-every", "0"), SSLAB_TEST_SIGNAL_AT_STEP="10")
     run = tmp_path / "runs" / "ddp"

@@ -112,14 +112,14 @@ def test_every_command_writes_through_safe_write(recorded):
 @pytest.mark.parametrize("command", list(COMMANDS))
 def test_a_link_at_any_path_a_command_writes_is_refused_before_any_work(command, recorded, outside, tmp_path,
                                                                         capsys, monkeypatch):
+    import sslab.pretrain
     import sslab.pretrained
-    import sslab.train
 
     def no_data(*args, **kwargs):
         raise AssertionError("the data was loaded before the link was refused")
 
     monkeypatch.setattr(sslab.pretrained.TrainedRun, "load_data", no_data)
-    monkeypatch.setattr(sslab.train, "load_from_config", no_data)
+    monkeypatch.setattr(sslab.pretrain, "load_from_config", no_data)
     source, written = recorded
     before = tree_hash(outside)
     for place in places(written[command]):

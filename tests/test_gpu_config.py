@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from sslab.config import Config
+from sslab.config import Config, own_settings
 from sslab.data.base import ImageData
 from sslab.eval.features import extract_features
 from sslab.eval.linear import train_standard_probe
@@ -22,7 +22,7 @@ from sslab.eval.semi import finetune
 from sslab.methods import METHODS
 from sslab.models import create_backbone
 from sslab.scan import ScanConfig, run_scan
-from sslab.train import fit
+from sslab.pretrain import fit
 
 SMALL_HEADS = {"proj_hidden": 32, "proj_dim": 16, "pred_hidden": 8, "queue_size": 32}
 GPU_TRAIN = {"precision": "bf16", "channels_last": True}
@@ -100,7 +100,7 @@ def train_tiny(out: Path, method: str, train: dict, optim: dict | None = None, n
     cfg = Config.from_dict({
         "data": {"dataset": "folder", "data_dir": str(data_dir)} if data_dir else {"dataset": "cifar10"},
         "model": {"backbone": "simple-cnn"},
-        "method": {"method": method, **SMALL_HEADS}, "optim": {"warmup_epochs": 0, **(optim or {})},
+        "method": {"method": method, **own_settings(method, SMALL_HEADS)}, "optim": {"warmup_epochs": 0, **(optim or {})},
         "train": {"epochs": 1, "batch_size": 16, "device": "cpu", "knn_every": 1, "knn_k": 5, "progress": False,
                   "out": str(out), "name": name or method, **train}})
     return fit(cfg, data=None if data_dir else tiny_data(), log=lambda m: None)
@@ -184,9 +184,7 @@ def test_scan_stages_run_in_the_gpu_configuration(tmp_path):
 
 @pytest.mark.slow  # inductor compiles the step in ~1-3 minutes on 2 CPU cores (measured 164 s under load)
 def test_compiled_step_in_the_gpu_configuration_follows_eager(tmp_path):
-    from sslab.config import TrainConfig
-
-    compile_on = True if isinstance(TrainConfig().compile, bool) else "default"  # a bool before --compile MODE
+    compile_on = "default"
     eager = train_tiny(tmp_path, "simsiam", GPU_TRAIN, {"fused": True}, name="eager")["final_loss"]
     compiled = train_tiny(tmp_path, "simsiam", {**GPU_TRAIN, "compile": compile_on}, {"fused": True},
                           name="compiled")["final_loss"]

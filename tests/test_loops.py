@@ -12,10 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from sslab import cli
 
 SRC = Path(__file__).resolve().parents[1] / "src"
+HOOKS = Path(__file__).resolve().parent / "hooks"  # the test signal hook (SSLAB_TEST_SIGNAL_AT_STEP)
 TIMING = {"epoch_seconds", "seconds", "mine", "kmeans", "cluster", "selflabel"}
 
 SCAN = ["--device", "cpu", "--heads", "2", "--cluster-epochs", "3", "--batch-size", "64", "--neighbors", "5",
@@ -35,7 +37,7 @@ SIGNALS = {"SIGINT": 2, "SIGTERM": 15}
 
 
 def sslab(args: list[str], **env: str) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", **env}
+    full_env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{HOOKS}", "OMP_NUM_THREADS": "1", **env}
     if "SSLAB_TEST_SIGNAL_AT_STEP" not in env:
         full_env.pop("SSLAB_TEST_SIGNAL_AT_STEP", None)
     return subprocess.run([sys.executable, "-m", "sslab", *args], env=full_env, capture_output=True, text=True,
@@ -105,18 +107,28 @@ def test_interrupted_loop_resumes_to_the_uninterrupted_result(trained, loop):
         assert not list(runs[sig].rglob("*.tmp"))
 
 
-@pytest.mark.parametrize("args, flag", [
-    (["scan", "{run}", *SCAN, "--lr", "1e30"], "--lr"),
-    (["scan", "{run}", *SCAN, "--selflabel-lr", "1e30"], "--selflabel-lr"),
-    (["eval", "{run}", *EVAL, "--probe-lr", "1e38"], "learning rate"),
-    (["eval", "{run}", *SEMI, "--semi-lr", "1e38"], "learning rate"),
+@pytest.mark.parametrize("args, stage, flag", [
+    (["scan", "{run}", *SCAN], "scan/cluster", "--lr"),
+    (["scan", "{run}", *SCAN], "scan/selflabel", "--selflabel-lr"),
+    (["eval", "{run}", *EVAL], "linear-standard", "learning rate"),
+    (["eval", "{run}", *SEMI], "fine-tune", "learning rate"),
 ])
-def test_nan_stops_every_loop_in_one_line(trained, capsys, args, flag):
+def test_nan_stops_every_loop_in_one_line(trained, capsys, monkeypatch, args, stage, flag):
+    """A weight that becomes NaN after the loop's second step (what a learning rate far too high does) stops the
+    loop at the end of that epoch in one line naming what became non-finite and the flag to lower."""
+    from sslab.kit import STEP_OBSERVERS
+
+    def explode(loop, global_step: int) -> None:
+        if loop.stage == stage and global_step == 2:
+            with torch.no_grad():
+                next(loop.model.parameters()).fill_(float("nan"))
+
+    monkeypatch.setattr("sslab.kit.loop.STEP_OBSERVERS", [*STEP_OBSERVERS, explode])
     run = fresh_copy(trained, "nan")
     code = cli.main([a.format(run=run) for a in args])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.count("\n") == 0, err
-    assert "became" in err and "in epoch" in err and "stopped;" in err and flag in err, err
+    assert "became" in err and "in epoch 1" in err and "stopped;" in err and flag in err, err
 
 
 def test_time_limit_stops_a_probe_cleanly_with_a_checkpoint(trained):

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
-from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+from sslab.analysis.structure import sklearn_threads
 
 
 def contingency(clusters: np.ndarray, labels: np.ndarray, num_clusters: int, num_classes: int) -> np.ndarray:
@@ -32,6 +32,8 @@ def cluster_to_class(clusters: np.ndarray, labels: np.ndarray, num_clusters: int
     counts = contingency(clusters, labels, num_clusters, num_classes)
     if mapping == "majority":
         return counts.argmax(axis=1)
+    from scipy.optimize import linear_sum_assignment  # scipy and scikit-learn load when a command needs them
+
     rows, cols = linear_sum_assignment(-counts)  # maximise matched counts
     out = np.full(num_clusters, -1, dtype=np.int64)
     out[rows] = cols
@@ -65,6 +67,8 @@ def clustering_scores(clusters: np.ndarray, labels: np.ndarray, num_clusters: in
         raise ValueError("no samples to score")
     if num_clusters is not None and clusters.max() >= num_clusters:
         raise ValueError(f"cluster id {clusters.max()} is out of range for {num_clusters} clusters")
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
     ids, dense = np.unique(clusters, return_inverse=True)  # dense ids 0..len(ids)-1
     num_classes = max(num_classes or 0, int(labels.max()) + 1)
     mapping = "hungarian" if len(ids) <= num_classes else "majority"
@@ -88,14 +92,37 @@ def kmeans_fit(train: np.ndarray, test: np.ndarray, k: int, seed: int = 0, n_ini
     train features, each test feature assigned to its nearest centre. Returns train/test assignments and centres."""
     from sklearn.cluster import KMeans
 
-    from sslab.analysis.structure import sklearn_threads
-
     x = l2_normalised(train)
     with sklearn_threads(len(x)):
         model = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit(x)
         test_assign = model.predict(l2_normalised(test)) if len(test) else np.zeros(0, dtype=np.int64)
     return {"train": model.labels_.astype(np.int64), "test": np.asarray(test_assign, dtype=np.int64),
             "centres": model.cluster_centers_}
+
+
+def _read_cache(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of RUN/kmeans-cache.npz; {} when it is missing or damaged (then k-means runs again)."""
+    import zipfile
+    import zlib
+
+    if not path.is_file():
+        return {}
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {n: z[n] for n in z.files}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error):
+        return {}
+
+
+def _fits(found: dict[str, Any], n_train: int, n_test: int, k: int) -> bool:
+    """A cached k-means result holds assignments in 0..k-1 for these train and test features (not a damaged or
+    hand-made file)."""
+    train, test, centres = found["train"], found["test"], found["centres"]
+    if not all(isinstance(a, np.ndarray) for a in (train, test, centres)):
+        return False
+    labels_ok = all(a.ndim == 1 and a.dtype.kind in "iu" and (not a.size or 0 <= a.min() <= a.max() < k)
+                    for a in (train, test))
+    return labels_ok and len(train) == n_train and len(test) == n_test and centres.ndim == 2 and len(centres) == k
 
 
 def features_key(features: list[np.ndarray], **settings: Any) -> str:
@@ -115,15 +142,11 @@ def cached_kmeans(run_dir: Path | None, name: str, train: np.ndarray, test: np.n
     result per feature set. The cache holds only arrays (loaded with allow_pickle=False)."""
     key = features_key([train, test], k=k, seed=seed, n_init=n_init)
     path = Path(run_dir) / KMEANS_CACHE if run_dir is not None else None
-    stored: dict[str, np.ndarray] = {}
-    if path is not None and path.is_file():
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                stored = {n: z[n] for n in z.files}
-        except (OSError, ValueError):
-            stored = {}
-        if str(stored.get(f"{name}/key", "")) == key:
-            return {part: stored[f"{name}/{part}"] for part in ("train", "test", "centres")}
+    stored = _read_cache(path) if path is not None else {}
+    if str(stored.get(f"{name}/key", "")) == key:
+        found = {part: stored.get(f"{name}/{part}") for part in ("train", "test", "centres")}
+        if _fits(found, len(train), len(test), k):
+            return found  # type: ignore[return-value]
     result = kmeans_fit(train, test, k, seed, n_init)
     if path is not None:
         from sslab.checkpoint import atomic_write_bytes

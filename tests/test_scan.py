@@ -92,8 +92,8 @@ def test_minimising_scan_loss_raises_the_entropy_of_the_mean_prediction():
     uniform = torch.eye(4).repeat(2, 1) * 20  # 8 confident samples spread over 4 clusters
     collapsed = torch.zeros(8, 4)
     collapsed[:, 0] = 20
-    tu, cu, eu = scan_loss(uniform, uniform)
-    tc, cc, ec = scan_loss(collapsed, collapsed)
+    tu, cu, eu = scan_loss(uniform, uniform, 5.0)
+    tc, cc, ec = scan_loss(collapsed, collapsed, 5.0)
     assert cu == pytest.approx(cc.item(), abs=1e-6) and eu > ec and tu < tc
 
 
@@ -127,7 +127,7 @@ def test_selflabel_loss_matches_masked_weighted_cross_entropy():
         assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
         assert frac.item() == pytest.approx(mask.float().mean().item())
     # no confident sample: zero loss, no error, no NaN
-    loss, frac = selflabel_loss(torch.zeros(4, 3), torch.randn(4, 3), threshold=0.99)
+    loss, frac = selflabel_loss(torch.zeros(4, 3), torch.randn(4, 3), threshold=0.99, class_balance=True)
     assert loss.item() == 0.0 and frac.item() == 0.0
 
 

@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from sslab.augment.presets import AugmentConfig
-from sslab.data import TRAIN_SPLITS  # importing sslab.data registers the datasets the data settings name
+from sslab.data import TEST_FRACTION, TRAIN_SPLITS  # importing sslab.data registers the datasets the data settings name
 from sslab.device import PRECISIONS
 from sslab.errors import ConfigError
 from sslab.methods import METHODS, MethodSettings
+from sslab.progress import DEFAULT_EVERY
 from sslab.registry import BACKBONES, DATASETS
 from sslab.settings import Rule, check, coerce, dump_yaml, flag, names_of, read_yaml_file, setting, shown, to_dict, \
     types_of
@@ -65,7 +66,7 @@ def progress_setting() -> Any:
 
 
 def progress_every_setting() -> Any:
-    return setting(30.0, "seconds between plain progress lines when stderr is not a terminal", gt=0, le=86_400)
+    return setting(DEFAULT_EVERY, "seconds between plain progress lines when stderr is not a terminal", gt=0, le=86_400)
 
 
 def time_limit_setting(what: str) -> Any:
@@ -92,7 +93,7 @@ class DataConfig:
                                choices=lambda: sorted({"train", *(s for splits in TRAIN_SPLITS.values() for s in splits)}))
     image_size: Optional[int] = setting(None, "resize every image to this side in pixels; none: the native size "
                                         "(image folders: the most common one)", ge=8, le=4096)
-    test_fraction: float = setting(0.2, "datasets without a test split: the share held out as test images, "
+    test_fraction: float = setting(TEST_FRACTION, "datasets without a test split: the share held out as test images, "
                                    "stratified and seeded", ge=0, lt=1)
     strict: bool = setting(False, "refuse an image folder with unreadable images instead of skipping and listing them")
     limit_train: Optional[int] = setting(None, "keep this many training images, stratified (quick runs and tests); "

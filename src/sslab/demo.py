@@ -19,7 +19,7 @@ from sslab.analysis.augment_preview import PreviewOptions, preview_augment
 from sslab.analysis.embedding import describe_embed, embed_run
 from sslab.analysis.export import export_images
 from sslab.analysis.report import build_report
-from sslab.config import Config
+from sslab.config import Config, TrainConfig
 from sslab.data import load_from_config
 from sslab.eval.evaluate import EvalOptions, evaluate_run
 from sslab.eval.table import format_results, written_line
@@ -39,11 +39,11 @@ DEMO_SETTINGS: dict[str, Any] = {
 Log = Callable[[str], None]
 
 
-def demo_config(out: str = "runs", **settings: Any) -> Config:
+def demo_config(out: str = TrainConfig.out, **settings: Any) -> Config:
     return Config.from_values({**DEMO_SETTINGS, "out": out, **settings}, where="the demo")
 
 
-def run_demo(out: str = "runs", log: Log = print, steps: list[Callable[[Path, Log], None]] | None = None,
+def run_demo(out: str = TrainConfig.out, log: Log = print, steps: list[Callable[[Path, Log], None]] | None = None,
              **settings: Any) -> dict[str, Any]:
     summary = fit(demo_config(out, **settings), log=log)
     log(learning_verdict(summary))

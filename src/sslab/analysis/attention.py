@@ -231,7 +231,7 @@ def _heatmap(maps: np.ndarray) -> np.ndarray:
     return matplotlib.colormaps["jet"](maps)[..., :3]
 
 
-def attention_run(trained, num_images: int = 8, layer: str | None = None, target: str = "predicted",
+def attention_run(trained, num_images: int, layer: str | None = None, target: str = "predicted",
                   probe_name: str = "auto", split: str = "test", seed: int = 0,
                   log: Callable[[str], None] = print) -> dict[str, Any]:
     """`sslab attention`: pick images, write the figures and RUN/attention/attention.json."""

@@ -21,10 +21,11 @@ if TYPE_CHECKING:  # sslab.config imports this package: its settings name the da
     from sslab.config import DataConfig
 
 TRAIN_SPLITS = {"stl10": stl10.TRAIN_SPLITS}  # datasets with more than a "train" split to train on
+TEST_FRACTION = 0.2  # datasets without a test split: the share held out (the data settings' default, --test-fraction)
 
 
 def load_dataset(name: str, root: str | Path | None = None, *, download: bool = False, train_split: str = "train",
-                 image_size: Optional[int] = None, test_fraction: float = 0.2, seed: int = 0, strict: bool = False,
+                 image_size: Optional[int] = None, test_fraction: float = TEST_FRACTION, seed: int = 0, strict: bool = False,
                  limit_train: Optional[int] = None, limit_test: Optional[int] = None, cache: bool = True,
                  cache_dir: str | Path | None = None) -> ImageData:
     """Load dataset `name` from `root` (default: `$SSLAB_DATA/<name>` or `~/.cache/sslab/data/<name>`).

@@ -86,6 +86,30 @@ def test_folder_name_reads_both_separators():
     assert portable.folder_name("plain") == "plain"
 
 
+@pytest.mark.parametrize("name, problem", [("simclr-cifar10", None), ("run 1.v2", None), ("a:b", "':'"),
+                                           ("x?", "'?'"), ("CON", "device name"), ("nul.txt", "device name"),
+                                           ("run.", "ends with"), ("..", "empty"), ("a\\b", "'\\\\'"),
+                                           ("tab\tname", "'\\t'")])
+def test_names_that_would_not_work_on_windows_are_told_apart(name, problem):
+    found = portable.name_problem(name)
+    assert (found is None) if problem is None else (problem in found)
+
+
+def test_a_cp1252_pipe_prints_any_class_name_after_tolerant_console():
+    import io
+
+    raw = io.BytesIO()
+    pipe = io.TextIOWrapper(raw, encoding="cp1252")  # what a Windows pipe is
+    with pytest.raises(UnicodeEncodeError):
+        pipe.write("class \u732b\n")
+        pipe.flush()
+    raw.seek(0), raw.truncate()
+    portable.tolerant_console((pipe,))
+    pipe.write("class \u732b \u00b7 done\n")
+    pipe.flush()
+    assert raw.getvalue() == b"class \\u732b \xb7 done\n"
+
+
 def test_mps_fallback_is_set_on_macos_before_torch_only(monkeypatch):
     monkeypatch.delenv(portable.MPS_FALLBACK_ENV, raising=False)
     monkeypatch.setattr(sys, "platform", "linux")
@@ -117,6 +141,7 @@ def test_portable_module_imports_without_posix_modules_or_torch():
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
+@pytest.mark.xfail(reason="phase 1: run.py's lock imports fcntl until #22's portable lock lands", strict=False)
 def test_every_sslab_module_imports_without_posix_modules():
     """The modules of the package import as on Windows (what a module imports lazily is not covered here)."""
     code = WINDOWS_LIKE + textwrap.dedent("""
@@ -131,3 +156,32 @@ def test_every_sslab_module_imports_without_posix_modules():
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=240)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stdout + out.stderr
+
+
+def text_io_without_encoding(source: str) -> list[int]:
+    """Lines of `open(...)` in text mode, `.read_text()` and `.write_text(...)` calls without `encoding=`: on
+    Windows they use the locale's code page (cp1252), not UTF-8, and fail on the first character outside it."""
+    import ast
+
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Call) or any(k.arg == "encoding" for k in node.keywords):
+            continue
+        func = node.func
+        name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+        if name in ("read_text", "write_text"):
+            lines.append(node.lineno)
+        elif name == "open" and isinstance(func, ast.Name):
+            mode = node.args[1] if len(node.args) > 1 else next((k.value for k in node.keywords if k.arg == "mode"), None)
+            if not (isinstance(mode, ast.Constant) and "b" in str(mode.value)):
+                lines.append(node.lineno)
+    return lines
+
+
+@pytest.mark.xfail(reason="phase 1: the encoding= touch points follow the #19 merge", strict=False)
+def test_text_files_are_read_and_written_as_utf8():
+    assert text_io_without_encoding("open(p)\nopen(p, 'rb')\nopen(p, 'w', encoding='utf-8')\n"
+                                    "p.read_text()\np.write_text(s, encoding='utf-8')\nos.open(p, 1)\n") == [1, 4]
+    found = [f"{path.relative_to(ROOT)}:{line}" for path in sorted((ROOT / "src" / "sslab").rglob("*.py"))
+             for line in text_io_without_encoding(path.read_text(encoding="utf-8"))]
+    assert not found, "add encoding=\"utf-8\": " + ", ".join(found)

@@ -112,6 +112,35 @@ def enable_mps_fallback() -> bool:
     return True
 
 
+WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
+WINDOWS_FORBIDDEN = '<>:"/\\|?*'
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot be a file or folder name on every OS (None when it can): Windows forbids
+    <>:"/\\|?* and control characters, names such as CON or NUL (with any extension), and a trailing dot or space."""
+    if not name or name in (".", ".."):
+        return "it is empty, '.' or '..'"
+    bad = sorted({c for c in name if c in WINDOWS_FORBIDDEN or ord(c) < 32})
+    if bad:
+        return "it contains " + " ".join(repr(c) for c in bad)
+    if name.split(".")[0].upper() in WINDOWS_RESERVED:
+        return f"{name.split('.')[0]} is a device name on Windows"
+    if name[-1] in ". ":
+        return "it ends with a dot or a space (Windows drops them)"
+    return None
+
+
+def tolerant_console(streams: tuple[Any, ...] | None = None) -> None:
+    """Make stdout/stderr write any character: a class name in Chinese printed to a pipe on Windows (whose
+    pipes use the cp1252 code page) would otherwise end the command with UnicodeEncodeError. UTF-8 streams
+    and streams without `reconfigure` are left as they are."""
+    for stream in streams if streams is not None else (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "")
+        if encoding != "utf8" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def folder_name(path: str) -> str:
     """The last component of a path written with '/' or '\\' (a config written on Windows, read on Linux)."""
     parts = [p for p in re.split(r"[\\/]+", path) if p]
@@ -119,4 +148,5 @@ def folder_name(path: str) -> str:
 
 
 __all__ = ["TIME_LIMIT", "StopFlag", "stop_signals", "signal_name", "signal_number", "exit_code", "raise_signal",
-           "enable_mps_fallback", "folder_name", "MPS_FALLBACK_ENV"]
+           "enable_mps_fallback", "folder_name", "name_problem", "tolerant_console",
+           "MPS_FALLBACK_ENV"]

@@ -432,7 +432,7 @@ DIGITS = ["--dataset", "digits"]
     (["--backbone", "resnet19"], "--backbone 'resnet19': must be one of resnet18,"),
     (["--dataset", "cifar11"], "--dataset 'cifar11': must be one of cifar10,"),
     (["--optimizer", "adam"], "--optimizer 'adam': must be one of sgd, adamw or lars"),
-    (["--precision", "fp8"], "--precision 'fp8': must be one of auto, bf16 or fp32"),
+    (["--precision", "fp8"], "--precision 'fp8': must be one of auto, bf16, fp16 or fp32"),
     (["--no-such-flag"], "sslab train: error: unrecognized arguments: --no-such-flag; see `sslab train --help`"),
     (["--dataset", "npz", "--data-dir", "/nonexistent/x.npz"], "/nonexistent/x.npz not found; pass --data-dir"),
 ])

@@ -22,7 +22,7 @@ from typing import Any, Mapping, Optional
 
 from sslab.augment.presets import AugmentConfig
 from sslab.data import TRAIN_SPLITS  # importing sslab.data registers the datasets the data settings name
-from sslab.device import PRECISIONS
+from sslab.device import DEVICE_HELP, PRECISION_HELP, PRECISIONS
 from sslab.errors import ConfigError
 from sslab.methods import METHODS, MethodSettings
 from sslab.registry import BACKBONES, DATASETS
@@ -36,7 +36,7 @@ KNN_T_MIN = 0.02  # below it exp(similarity / t) overflows float32 and the vote 
 
 def is_device(name: str) -> bool:
     kind, _, index = name.partition(":")
-    return name in ("auto", "cpu", "cuda") or (kind == "cuda" and index.isdigit())
+    return name in ("auto", "cpu", "cuda", "mps") or (kind == "cuda" and index.isdigit())
 
 
 def is_folder_name(name: Optional[str]) -> bool:
@@ -47,13 +47,12 @@ def is_folder_name(name: Optional[str]) -> bool:
 
 # ---- declarations several commands share (train, eval, scan) ------------------------------------------------
 def device_setting() -> Any:
-    return setting("auto", "where to run: auto (a GPU when there is one), cpu, cuda or cuda:N (under torchrun, cuda "
-                   "is each process's own GPU)", rule=Rule(is_device, "auto, cpu, cuda or cuda:N"))
+    return setting("auto", DEVICE_HELP + " (under torchrun, cuda is each process's own GPU)",
+                   rule=Rule(is_device, "auto, cpu, cuda, cuda:N or mps"))
 
 
 def precision_setting() -> Any:
-    return setting("auto", "numeric precision: auto (bf16 autocast on a GPU, fp32 on the CPU), bf16 (also on the "
-                   "CPU) or fp32", choices=PRECISIONS)
+    return setting("auto", PRECISION_HELP, choices=PRECISIONS)
 
 
 def channels_last_setting() -> Any:

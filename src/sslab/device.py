@@ -94,7 +94,7 @@ def choose_precision(asked: str, device: torch.device) -> tuple[str, str]:
         return "fp32", "auto: fp32 on the CPU (mixed precision there is for testing the GPU paths)"
     if asked != "fp32" and not autocast_available(device.type):
         raise ConfigError(f"--precision {asked}: this PyTorch has no autocast on {device.type}; use fp32")
-    return asked, "as asked" + (" (slow on the CPU: the GPU path, for tests)" if device.type == "cpu" and asked != "fp32" else "")
+    return asked, "as asked" + ("; slow on the CPU: the GPU path, for tests" if device.type == "cpu" and asked != "fp32" else "")
 
 
 def autocast_available(device_type: str) -> bool:

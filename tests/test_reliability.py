@@ -596,7 +596,7 @@ def test_ctrl_c_while_starting_is_one_line_and_exit_130(where, monkeypatch, caps
         (tmp_path / "slow_commands.py").write_text("raise KeyboardInterrupt\n")
         monkeypatch.syspath_prepend(str(tmp_path))
         modules = cli.command_modules
-        monkeypatch.setattr(cli, "command_modules", lambda: [*modules(), __import__("slow_commands")])
+        monkeypatch.setattr(cli, "command_modules", lambda *names: [*modules(*names), __import__("slow_commands")])
     else:
         monkeypatch.setattr(cli.Parser, "parse_known_args", interrupt)
     code, err = run_cli(["train", "--help"], capsys)

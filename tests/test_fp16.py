@@ -119,3 +119,11 @@ def test_taken_step_means_by_hand_and_an_epoch_of_only_inf_losses_is_the_nan_sto
     assert taken_step_means({"loss": 2.0, SKIPPED: 1.0, DROPPED: 0.0}, steps=4, epoch=1)["skipped_steps"] == 4
     with pytest.raises(NonFiniteLoss, match="every step of epoch 2"):
         taken_step_means({"loss": 0.0, SKIPPED: 1.0, DROPPED: 1.0}, steps=4, epoch=2)
+
+
+def test_scan_refuses_fp16_in_one_line_before_loading_anything(tmp_path):
+    from sslab.errors import ConfigError
+    from sslab.scan import ScanConfig, run_scan
+
+    with pytest.raises(ConfigError, match="--precision fp16 is not supported yet"):
+        run_scan(tmp_path / "no-run-here", ScanConfig(precision="fp16"), log=lambda m: None)

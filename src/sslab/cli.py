@@ -15,7 +15,7 @@ import importlib
 from types import ModuleType
 from typing import NoReturn, Sequence
 
-from sslab import quick
+from sslab import portable, quick
 from sslab.errors import Interrupted, UserError
 
 
@@ -82,6 +82,7 @@ def complete() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Ctrl-C at any point (while the subcommands' modules import, while flags are parsed, during the work)
     ends with one line and exit code 130, never a traceback."""
+    portable.tolerant_console()  # any character prints, also to a Windows pipe in code page 1252
     try:
         return _main(argv)
     except KeyboardInterrupt:

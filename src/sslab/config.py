@@ -23,6 +23,7 @@ from typing import Any, Mapping, Optional
 from sslab.augment.presets import AugmentConfig
 from sslab.data import TRAIN_SPLITS  # importing sslab.data registers the datasets the data settings name
 from sslab.device import DEVICE_HELP, PRECISION_HELP, PRECISIONS
+from sslab import portable
 from sslab.errors import ConfigError
 from sslab.methods import METHODS, MethodSettings
 from sslab.registry import BACKBONES, DATASETS
@@ -42,7 +43,8 @@ def is_device(name: str) -> bool:
 def is_folder_name(name: Optional[str]) -> bool:
     """A plain folder name: no path separators, not '.' or '..', at most 255 bytes (the file systems' limit)."""
     return name is None or (name not in ("", ".", "..") and not any(c in name for c in ("/", "\\", "\0", os.sep))
-                            and len(name.encode("utf-8", errors="replace")) <= 255)
+                            and len(name.encode("utf-8", errors="replace")) <= 255
+                            and portable.name_problem(name) is None)  # a run folder copied to Windows opens there
 
 
 # ---- declarations several commands share (train, eval, scan) ------------------------------------------------
@@ -130,8 +132,9 @@ class TrainConfig:
                                         "on collapse)", ge=0, le=10)
     out: str = setting("runs", "the folder run folders are made in")
     name: Optional[str] = setting(None, "the run folder's name inside --out; none: <method>-<dataset>-<backbone>-<time>",
-                                  rule=Rule(is_folder_name, "a plain folder name (no '/', '\\' or '..') of at most "
-                                                            "255 bytes"))
+                                  rule=Rule(is_folder_name, "a plain folder name of at most 255 bytes that Windows "
+                                                            "accepts too (none of <>:\"/\\|?*, not CON or NUL, no "
+                                                            "trailing dot or space)"))
     progress: bool = progress_setting()
     progress_every: float = progress_every_setting()
     time_limit: Optional[float] = time_limit_setting("training")

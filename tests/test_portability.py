@@ -148,6 +148,8 @@ def test_every_sslab_module_imports_without_posix_modules():
         import sslab
         failed = []
         for m in pkgutil.walk_packages(sslab.__path__, "sslab."):
+            if m.name == "sslab.__main__":  # `python -m sslab`: importing it runs the command
+                continue
             try:
                 importlib.import_module(m.name)
             except ImportError as e:
@@ -178,7 +180,6 @@ def text_io_without_encoding(source: str) -> list[int]:
     return lines
 
 
-@pytest.mark.xfail(reason="phase 1: the encoding= touch points follow the #19 merge", strict=False)
 def test_text_files_are_read_and_written_as_utf8():
     assert text_io_without_encoding("open(p)\nopen(p, 'rb')\nopen(p, 'w', encoding='utf-8')\n"
                                     "p.read_text()\np.write_text(s, encoding='utf-8')\nos.open(p, 1)\n") == [1, 4]

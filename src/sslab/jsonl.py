@@ -32,7 +32,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     records = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(encoding="utf-8").splitlines():
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError:  # a line cut by a crash
@@ -44,7 +44,7 @@ def append_jsonl(path: Path, record: dict[str, Any], resume_hint: str = "") -> N
     """Append one record, fsynced (the checkpoint written next covers it, so a power cut cannot lose it); a
     full disk is a RunFolderError naming the file."""
     try:
-        with open(path, "a") as f:
+        with open(path, "a", encoding="utf-8") as f:
             f.write(json_line(record))
             f.flush()
             os.fsync(f.fileno())

@@ -95,7 +95,7 @@ def figures(paths: Iterable[Path], root: Path) -> str:
 
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
 
@@ -251,7 +251,7 @@ def build_report(run_dir: str | Path) -> Path:
     title = run_title(cfg)
     sections: list[tuple[str, str, str]] = [
         ("config", "Config", f"<details><summary>config.yaml (the resolved config)</summary>"
-                             f"<pre>{_esc(config_path.read_text())}</pre></details>"),
+                             f"<pre>{_esc(config_path.read_text(encoding='utf-8'))}</pre></details>"),
         ("summary", "Training summary", section_summary(run)),
         ("curves", "Learning curves", figures(sorted((run / "plots").glob("*.png")), run)
          or _missing("learning curves", f"sslab train --resume {run}")),

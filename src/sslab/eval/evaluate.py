@@ -343,7 +343,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     import json
 
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
 

@@ -579,7 +579,7 @@ def _check_writable(path: Path) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".write-test"
-        probe.write_text("ok")
+        probe.write_text("ok", encoding="utf-8")
         probe.unlink()
     except OSError as e:
         raise RunFolderError(f"cannot write to {path} ({e.strerror or e}); make the run folder writable") from None

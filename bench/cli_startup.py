@@ -1,6 +1,6 @@
 """How long the `sslab` command takes to answer the calls that do no work: --version, --help, `datasets`,
 `methods` and shell completion. Each is started once, then `--repeat` times, as a fresh process (as a shell
-starts it), with an empty cache: the first run fills the listings and parsers sslab keeps (sslab/quick.py), as
+starts it), with an empty cache: the first run fills the listings and parsers sslab keeps (sslab/commands/quick.py), as
 a user's first call does; prints its time, the others' median and spread in seconds, and whether torch was
 imported.
 
@@ -56,7 +56,7 @@ def completion_env(tmp: Path) -> dict[str, str]:
 
 def time_call(name: str, args: list[str], tmp: Path) -> tuple[float, bool, str]:
     """(seconds, torch imported, the first line of output) of one fresh process. The kept listings and parsers
-    (sslab/quick.py) go to `tmp`: the first run of a call fills them, as a user's first run does."""
+    (sslab/commands/quick.py) go to `tmp`: the first run of a call fills them, as a user's first run does."""
     env = {**os.environ, "SSLAB_CACHE_DIR": str(tmp / "cache"), **(completion_env(tmp) if name == "completion" else {})}
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", WRAPPER, *args], capture_output=True, text=True, env=env,

@@ -1,4 +1,4 @@
-"""A CLI that answers at once (sslab/quick.py): `--version`, `--help`, `datasets`, `methods` and completion do not
+"""A CLI that answers at once (sslab/commands/quick.py): `--version`, `--help`, `datasets`, `methods` and completion do not
 import torch (fresh processes, checked through sys.modules), the command table matches the parsers the modules
 build, kept listings equal the live ones and are computed again when their key changes."""
 import argparse
@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from sslab import cli, quick
+from sslab import cli
+from sslab.commands import quick
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 # runs main() as the `sslab` script does; reports whether torch was imported (argcomplete leaves by os._exit)
@@ -121,8 +122,9 @@ def test_a_kept_listing_is_computed_again_when_its_key_or_a_watched_folder_chang
 def test_the_source_key_follows_the_source_files(tmp_path, monkeypatch):
     key = quick.source_key()
     assert quick.source_key() == key
-    monkeypatch.setattr(quick, "__file__", str(tmp_path / "quick.py"))  # a package of one file, then two
-    (tmp_path / "quick.py").write_text("")
+    (tmp_path / "commands").mkdir()
+    monkeypatch.setattr(quick, "__file__", str(tmp_path / "commands" / "quick.py"))  # a package of one file, then two
+    (tmp_path / "commands" / "quick.py").write_text("")
     one = quick.source_key()
     (tmp_path / "new_method.py").write_text("")
     assert quick.source_key() not in (one, key)

@@ -141,7 +141,6 @@ def test_portable_module_imports_without_posix_modules_or_torch():
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
-@pytest.mark.xfail(reason="phase 1: run.py's lock imports fcntl until #22's portable lock lands", strict=False)
 def test_every_sslab_module_imports_without_posix_modules():
     """The modules of the package import as on Windows (what a module imports lazily is not covered here)."""
     code = WINDOWS_LIKE + textwrap.dedent("""

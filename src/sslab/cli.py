@@ -15,7 +15,8 @@ import importlib
 from types import ModuleType
 from typing import NoReturn, Sequence
 
-from sslab import portable, quick
+from sslab import portable
+from sslab.commands import quick
 from sslab.errors import Interrupted, UserError
 
 
@@ -71,7 +72,7 @@ def enable_completion(parser: argparse.ArgumentParser) -> None:
 
 def complete() -> None:
     """Answer the shell's completion request (argcomplete ends the process): a command name from the names
-    alone, a command's flags from its kept parser (sslab/quick.py) when it is current."""
+    alone, a command's flags from its kept parser (sslab/commands/quick.py) when it is current."""
     command = quick.completed_command()
     if command is None:
         enable_completion(build_parser([]))

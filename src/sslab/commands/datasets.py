@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 from typing import Callable
 
-from sslab import quick
+from sslab.commands import quick
 from sslab.errors import UserError
 
 # what each registered dataset is read from; a dataset registered without a line here fails tests/test_export.py

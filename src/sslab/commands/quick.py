@@ -108,7 +108,7 @@ def source_key() -> str:
     """sslab's and torch's versions and the size and modification time of every source file of sslab."""
     from sslab import __version__
 
-    root = Path(__file__).resolve().parent
+    root = Path(__file__).resolve().parents[1]  # the sslab package
     stats = []
     for path in sorted(root.rglob("*.py")):
         st = path.stat()

@@ -44,7 +44,7 @@ def test_bf16_asked_on_an_old_gpu_is_kept_with_a_note(cuda_capability):
     cuda_capability(7, 5)
     mode, reason = dev.choose_precision("bf16", torch.device("cuda"))
     assert mode == "bf16" and "emulates bf16" in reason and "fp16" in reason
-    assert not dev.uses_bf16("auto", torch.device("cuda"))  # the monitor's rule follows the auto rule
+    assert not dev.uses_bf16("auto", torch.device("cuda"))  # SCAN's rule (uses_bf16) follows the auto rule
     cuda_capability(8, 0)
     assert dev.uses_bf16("auto", torch.device("cuda"))
 

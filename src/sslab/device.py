@@ -188,14 +188,6 @@ def autocast(device: torch.device, bf16: bool) -> ContextManager[Any]:
     return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
-def inference_autocast(device: torch.device, precision: str | None) -> ContextManager[Any]:
-    """Autocast for a forward pass without gradients (features, kNN): `precision` as --precision (None: auto).
-    fp16 needs no scaler here: nothing is scaled without a backward pass."""
-    mode, _ = choose_precision(precision or "auto", device)
-    dtype = AUTOCAST_DTYPES.get(mode)
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-
-
 # ---- optimisers, sync, memory, random state ---------------------------------------------------------------------
 def fused_options(device: torch.device, fused: bool | None = None) -> dict[str, bool]:
     """Keyword arguments for SGD/Adam/AdamW: the fused kernel (one launch for all parameters); `fused` None:
@@ -247,5 +239,5 @@ def float64_device(device: torch.device) -> torch.device:
 
 
 __all__ = ["PRECISIONS", "PRECISION_HELP", "DEVICE_HELP", "Precision", "choose_precision", "pick_device",
-           "mps_available", "device_name", "is_gpu", "uses_bf16", "autocast", "inference_autocast", "fused_options",
+           "mps_available", "device_name", "is_gpu", "uses_bf16", "autocast", "fused_options",
            "sync", "peak_memory_gib", "reset_peak_memory", "rng_state", "set_rng_state", "float64_device"]

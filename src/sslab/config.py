@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from sslab.augment.presets import AugmentConfig
+from sslab import portable
 from sslab.data import TEST_FRACTION, TRAIN_SPLITS  # importing sslab.data registers the datasets the data settings name
-from sslab.device import PRECISIONS
+from sslab.device import DEVICE_HELP, PRECISION_HELP, PRECISIONS
 from sslab.errors import ConfigError
 from sslab.methods import METHODS, MethodSettings
 from sslab.progress import DEFAULT_EVERY
@@ -37,24 +38,24 @@ KNN_T_MIN = 0.02  # below it exp(similarity / t) overflows float32 and the vote 
 
 def is_device(name: str) -> bool:
     kind, _, index = name.partition(":")
-    return name in ("auto", "cpu", "cuda") or (kind == "cuda" and index.isdigit())
+    return name in ("auto", "cpu", "cuda", "mps") or (kind == "cuda" and index.isdigit())
 
 
 def is_folder_name(name: Optional[str]) -> bool:
     """A plain folder name: no path separators, not '.' or '..', at most 255 bytes (the file systems' limit)."""
     return name is None or (name not in ("", ".", "..") and not any(c in name for c in ("/", "\\", "\0", os.sep))
-                            and len(name.encode("utf-8", errors="replace")) <= 255)
+                            and len(name.encode("utf-8", errors="replace")) <= 255
+                            and portable.name_problem(name) is None)  # a run folder copied to Windows opens there
 
 
 # ---- declarations several commands share (train, eval, scan) ------------------------------------------------
 def device_setting() -> Any:
-    return setting("auto", "where to run: auto (a GPU when there is one), cpu, cuda or cuda:N (under torchrun, cuda "
-                   "is each process's own GPU)", rule=Rule(is_device, "auto, cpu, cuda or cuda:N"))
+    return setting("auto", DEVICE_HELP + " (under torchrun, cuda is each process's own GPU)",
+                   rule=Rule(is_device, "auto, cpu, cuda, cuda:N or mps"))
 
 
 def precision_setting() -> Any:
-    return setting("auto", "numeric precision: auto (bf16 autocast on a GPU, fp32 on the CPU), bf16 (also on the "
-                   "CPU) or fp32", choices=PRECISIONS)
+    return setting("auto", PRECISION_HELP, choices=PRECISIONS)
 
 
 def channels_last_setting() -> Any:
@@ -132,8 +133,9 @@ class TrainConfig:
                                         "on collapse)", ge=0, le=10)
     out: str = setting("runs", "the folder run folders are made in")
     name: Optional[str] = setting(None, "the run folder's name inside --out; none: <method>-<dataset>-<backbone>-<time>",
-                                  rule=Rule(is_folder_name, "a plain folder name (no '/', '\\' or '..') of at most "
-                                                            "255 bytes"))
+                                  rule=Rule(is_folder_name, "a plain folder name of at most 255 bytes that Windows "
+                                                            "accepts too (none of <>:\"/\\|?*, not CON or NUL, no "
+                                                            "trailing dot or space)"))
     progress: bool = progress_setting()
     progress_every: float = progress_every_setting()
     time_limit: Optional[float] = time_limit_setting("training")

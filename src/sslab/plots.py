@@ -206,7 +206,7 @@ def knn_curve(records: list[dict[str, Any]], baselines: dict[str, float]) -> lis
 
 def _read_summary(run: "RunDir") -> dict[str, Any] | None:
     try:
-        summary = json.loads(run.summary_path.read_text())
+        summary = json.loads(run.summary_path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return summary if isinstance(summary, dict) else None

@@ -85,8 +85,12 @@ def fit(cfg: Config | None = None, resume: str | Path | None = None, data: Image
         opt, lr_at = build_optimizer(model, cfg, source.steps_per_epoch)
         aug_gen = torch.Generator(device=device)  # this rank's augmentations
         aug_gen.manual_seed(augment_seed(t.seed, rank))
-        monitor = KnnMonitor(model, data, t.knn_k, t.knn_t, dev.uses_bf16(t.precision, device), t.channels_last)
+        precision = dev.Precision.for_device(t.precision, device)
+        log(f"device: {dev.device_name(device)}; {precision.describe()}")
+        monitor = KnnMonitor(model, data, t.knn_k, t.knn_t, precision, t.channels_last)
         run, pos, baselines = start_or_resume(resumed, cfg, data, model, opt, source, aug_gen, world, log)
+        if resumed is not None and resumed.state is not None:
+            precision.load_state_dict(resumed.state.get("precision"))  # the fp16 scaler's scale, as it was
         stop.arm(t.time_limit)  # from here on a signal (or the time limit) is answered with a checkpoint
         epochs = EpochLog(run.metrics_path, run.tensorboard_dir, "train", rank == 0,
                           pos.epoch if resumed is not None and resumed.state is not None else None,
@@ -95,12 +99,13 @@ def fit(cfg: Config | None = None, resume: str | Path | None = None, data: Image
                          views=ViewMaker(model.view_specs(data.image_size), cfg.augment, data.image_size, data.mean,
                                          data.std),
                          aug_gen=aug_gen, lr_at=lr_at, peak_lr=m.lr * m.batch_size / 256,
-                         autocast=dev.autocast(device, dev.uses_bf16(t.precision, device)),
+                         precision=precision,
                          channels_last=t.channels_last, steps_per_epoch=source.steps_per_epoch,
                          total_steps=m.epochs * source.steps_per_epoch)
 
         def save(p: LoopPosition) -> None:
-            payload = {**run_state(cfg, data, model), "optimizer": opt.state_dict(), **loop_state(p, source, aug_gen, world)}
+            payload = {**run_state(cfg, data, model), "optimizer": opt.state_dict(), "precision": precision.state_dict(),
+                       **loop_state(p, source, aug_gen, world)}
             payload["loop"].update(baselines)
             keep = [run.checkpoints_dir / f"epoch_{p.epoch:04d}.pt"] if due(t.checkpoint_every, p) else []
             ddp.on_rank0(lambda: [save_checkpoint(payload, path) for path in [run.last_checkpoint, *keep]])
@@ -210,7 +215,7 @@ class TrainStep:
     images: torch.Tensor  # the training images, uint8 on the device
     lr_at: Callable[[int], float]
     peak_lr: float
-    autocast: Any
+    precision: dev.Precision  # autocast and, in fp16, the gradient scaler
     channels_last: bool
     steps_per_epoch: int
     total_steps: int
@@ -223,18 +228,47 @@ class TrainStep:
         clean = as_input(self.views.clean(x), self.channels_last) if model.needs_clean else None
         set_lr(self.opt, self.lr_at(global_step), self.peak_lr)
         model.before_step(progress)
-        with self.autocast:
+        with self.precision.autocast():
             out = self.forward(views, clean)
         self.opt.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        model.after_backward(progress)
-        self.opt.step()
+        skipped = self.precision.backward_and_step(out["loss"], self.opt, lambda: model.after_backward(progress))
         model.after_step(progress)
         metrics = {k: v.detach() for k, v in out.items() if k != "z" and v.ndim == 0}
         if "z" in out:
             self.z_dim = out["z"].shape[1]
             metrics["z_std"] = std_of_normalized(out["z"].detach())
-        return metrics
+        return metrics if skipped is None else without_skipped_step(metrics, skipped)
+
+
+SKIPPED = "scaler_skipped"  # the epoch's share of steps the fp16 gradient scaler skipped (a metric of its sums)
+DROPPED = "scaler_dropped"  # the share of skipped steps whose metrics were inf/NaN, left out of the means
+
+
+def without_skipped_step(metrics: dict[str, torch.Tensor], skipped: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A step's metrics in fp16. The gradient scaler skips a step whose scaled gradients are inf/NaN: normal
+    while it calibrates its scale (it starts at 2^16 and halves at each skip). Such a step counts in `SKIPPED`;
+    when its metrics are inf/NaN too they add 0 to the epoch's sums and count in `DROPPED`, so they are not
+    taken for the NaN stop, and `taken_step_means` divides by the steps kept. No sync: all on the device."""
+    finite = torch.stack([torch.isfinite(v).all() for v in metrics.values()]).all()
+    dropped = ((skipped > 0) & ~finite).float()
+    out = {k: torch.where(dropped > 0, torch.zeros_like(v), v) for k, v in metrics.items()}
+    out[SKIPPED], out[DROPPED] = skipped, dropped
+    return out
+
+
+def taken_step_means(means: dict[str, Any], steps: int, epoch: int) -> dict[str, Any]:
+    """The epoch's means over the steps kept, and `skipped_steps` (the steps the scaler skipped); unchanged
+    without a scaler. An epoch whose every step had an inf/NaN loss is the NaN stop (the last checkpoint is kept)."""
+    if SKIPPED not in means:
+        return means
+    skipped, dropped = means.pop(SKIPPED), means.pop(DROPPED)
+    if round(dropped * steps) >= steps:
+        raise NonFiniteLoss(f"the loss was inf/NaN at every step of epoch {epoch} in fp16 (the gradient scaler "
+                            "skipped them all); start a new run with --precision bf16 or fp32, or a lower --lr")
+    scale = 1 / (1 - dropped)
+    out = {k: [x * scale for x in v] if isinstance(v, list) else v * scale for k, v in means.items()}
+    out["skipped_steps"] = round(skipped * steps)
+    return out
 
 
 def step_loss_logger(log: EpochLog, every: int) -> Callable[[int, dict[str, torch.Tensor]], None] | None:
@@ -253,8 +287,9 @@ class KnnMonitor:
     """kNN top-1 of the backbone's test features against its train features (every rank computes it: the
     same number; no rank waits on another). None without a labelled test split."""
 
-    def __init__(self, model: Method, data: ImageData, k: int, t: float, bf16: bool, channels_last: bool):
-        self.model, self.data, self.k, self.t, self.bf16, self.channels_last = model, data, k, t, bf16, channels_last
+    def __init__(self, model: Method, data: ImageData, k: int, t: float, precision: dev.Precision, channels_last: bool):
+        self.model, self.data, self.k, self.t = model, data, k, t
+        self.precision, self.channels_last = precision, channels_last
 
     def usable(self) -> bool:
         return self.data.test_x.shape[0] > 0 and bool((self.data.train_y >= 0).any())
@@ -263,8 +298,9 @@ class KnnMonitor:
         if not self.usable():
             return None
         d = self.data
-        bank, queries = (extract_features(self.model.backbone, x, d.mean, d.std, bf16=self.bf16,
-                                          channels_last=self.channels_last) for x in (d.train_x, d.test_x))
+        with self.precision.autocast():  # the training precision (fp16 needs no scaler without a backward pass)
+            bank, queries = (extract_features(self.model.backbone, x, d.mean, d.std, bf16=False,
+                                              channels_last=self.channels_last) for x in (d.train_x, d.test_x))
         return knn_accuracy(bank, d.train_y, queries, d.test_y, d.num_classes, self.k, self.t)
 
 
@@ -284,6 +320,7 @@ def epoch_record(epoch: int, means: dict[str, Any], seconds: float, source: Batc
     """One line of metrics.jsonl: the epoch's means, lr, kNN (when due), timing and the collapse check (`z_dim`:
     the width of the embedding z)."""
     t, steps = cfg.train, source.steps_per_epoch
+    means = taken_step_means(means, steps, epoch)
     tick = time.perf_counter()
     knn = monitor() if t.knn_every > 0 and (epoch % t.knn_every == 0 or epoch == cfg.method.epochs) else None
     record = {"epoch": epoch, "step": epoch * steps, "loss": means.pop("loss"), "lr": lr_at(epoch * steps - 1),
@@ -381,8 +418,9 @@ def percent(value: float | None) -> str:
 def format_epoch(r: dict[str, Any], epochs: int) -> str:
     knn = f"knn {100 * r['knn_top1']:.2f}%" if r.get("knn_top1") is not None else "knn -"
     z = f"z_std {r['z_std']:.4f}" if r.get("z_std") is not None else ""
+    skipped = f" ({r['skipped_steps']} steps skipped by the fp16 scaler)" if r.get("skipped_steps") else ""
     return (f"epoch {r['epoch']}/{epochs} loss {r['loss']:.4f} lr {r['lr']:.4g} {knn} {z} "
-            f"{r['epoch_seconds']:.1f} s {r['images_per_second']:.0f} img/s")
+            f"{r['epoch_seconds']:.1f} s {r['images_per_second']:.0f} img/s{skipped}")
 
 
 def _quiet(message: str) -> None:

@@ -517,6 +517,8 @@ def run_scan(run_dir: str | Path, cfg: Optional[ScanConfig] = None, *, until: st
     if cfg is None:  # continue with the last call's settings, unless redoing everything
         cfg = (None if restart == "mine" else saved_config(run_folder(run_dir))) or ScanConfig()
     cfg.validate()
+    if cfg.precision == "fp16":  # its stages have no gradient scaler yet: say so rather than run fp32 silently
+        raise ConfigError("sslab scan --precision fp16 is not supported yet (train's is); use auto, bf16 or fp32")
     trained = load_trained(run_dir, cfg.device)
     out = scan_dir(trained.run_dir)
     check_output_folder(trained.run_dir, "scan")  # before any work: a read-only folder, a link inside RUN/scan

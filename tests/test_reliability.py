@@ -682,6 +682,48 @@ def test_flags_given_with_resume_are_applied_and_announced_or_refused(finished_r
                     "--epochs 1 but the run has finished 2 epochs; pass --epochs 2 or more")
 
 
+def tree_bytes(folder: Path) -> dict[str, bytes]:
+    """Every file of a folder (links as their target path) by its relative path: what "unchanged" compares."""
+    return {str(p.relative_to(folder)): (os.readlink(p).encode() if p.is_symlink() else p.read_bytes())
+            for p in sorted(folder.rglob("*")) if p.is_file() or p.is_symlink()}
+
+
+@pytest.fixture(scope="module")
+def two_epoch_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("two-epochs")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fit(tiny_config("simsiam", out, epochs=2).with_values(limit_train=256), log=lambda s: None)
+    finally:
+        torch.set_num_threads(threads)
+    return out / "simsiam"
+
+
+REFUSED_RESUMES = {  # docs/reliability.md, "Flags given with --resume" and "Checkpoints given to --resume"
+    "fewer epochs than done": (["--epochs", "1"], "--epochs 1 but the run has finished 2 epochs"),
+    "a device that is not there": (["--device", "cuda"], "cuda"),
+    "a setting resume may not change": (["--lr", "0.5"], "--lr cannot change when resuming"),
+    "another method": (["--method", "byol"], "--method cannot change when resuming"),
+    "another method's setting": (["--queue-size", "7"], "--queue-size"),
+    "a value out of range": (["--time-limit", "inf"], "--time-limit inf"),
+    "a config file too": (["--config", "{run}/config.yaml"], "--config cannot be combined with --resume"),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED_RESUMES))
+def test_a_refused_resume_leaves_the_run_folder_byte_for_byte_unchanged(case, two_epoch_run, tmp_path, capsys):
+    """Nothing is persisted before it is accepted (#22): every refusal leaves every file as it was, so the plain
+    `--resume RUN` it advises still works."""
+    run = tmp_path / "run"
+    shutil.copytree(two_epoch_run, run)
+    (run / ".lock").write_text("1")  # another pid than this process's, which trained the run (a lock taken shows)
+    flags, message = REFUSED_RESUMES[case]
+    before = tree_bytes(run)
+    assert_one_line(*run_cli(["train", "--resume", run, *[f.format(run=run) for f in flags]], capsys), message)
+    assert tree_bytes(run) == before
+
+
 def test_a_hand_edited_config_or_changed_data_is_refused(tmp_path, capsys):
     data = digits_npz(tmp_path / "data")
     cfg = tiny_config("simsiam", tmp_path, epochs=1)

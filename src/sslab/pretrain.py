@@ -70,7 +70,7 @@ def fit(cfg: Config | None = None, resume: str | Path | None = None, data: Image
     with run_locks(), distributed_session(cfg.train.device) as group, StopFlag() as stop:
         rank, world = group.rank, group.world_size
         log = log if rank == 0 else _quiet
-        ddp.on_rank0(lambda: check_out_dir(cfg.train.out) if resumed is None else resumed.run.lock().check_writable())
+        ddp.on_rank0(lambda: check_out_dir(cfg.train.out) if resumed is None else resumed.run.lock(announce=False).check_writable())
         device = dev.pick_device(cfg.train.device, group.local_rank if world > 1 else None)
         seed_everything(cfg.train.seed)
         data = data if data is not None else load_data(cfg, log)

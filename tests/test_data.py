@@ -18,6 +18,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from conftest import needs_dataset, shared_dataset_root
 from PIL import Image
 
 from sslab.config import DataConfig
@@ -677,9 +678,9 @@ def test_cache_key_includes_image_size(tmp_path, home_cache):
 
 
 # ---- the real data in ../shared -------------------------------------------------------------------------
-@needs_shared("FashionMNIST/raw")
+@needs_dataset("fashion-mnist")
 def test_real_fashion_mnist():
-    data = load_dataset("fashion-mnist", SHARED_DATA, cache=False)
+    data = load_dataset("fashion-mnist", shared_dataset_root("fashion-mnist"), cache=False)
     assert data.train_x.shape == (60000, 1, 28, 28) and data.test_x.shape == (10000, 1, 28, 28)
     assert round(data.mean[0], 3) == 0.286 and round(data.std[0], 3) == 0.353
     assert torch.bincount(data.train_y).tolist() == [6000] * 10

@@ -5,19 +5,20 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import shared_dataset_root
 
 import sslab.methods.simsiam as simsiam_module
 from sslab.config import Config
 from sslab.methods.base import negative_cosine
 from sslab.train import fit
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+FASHION_MNIST = shared_dataset_root("fashion-mnist")  # where the CLI would find it (conftest), or None
 PROJ_DIM = 256
 
 
 def fashion_subset_run(out: Path) -> dict:
     cfg = Config.from_dict({
-        "data": {"dataset": "fashion-mnist", "data_dir": str(SHARED_DATA), "limit_train": 512, "limit_test": 500},
+        "data": {"dataset": "fashion-mnist", "data_dir": str(FASHION_MNIST), "limit_train": 512, "limit_test": 500},
         "model": {"backbone": "resnet18", "stem": "imagenet"},  # ImageNet stem: 28 px -> 7 px, cheap on a CPU
         "method": {"method": "simsiam", "proj_hidden": PROJ_DIM, "proj_dim": PROJ_DIM, "pred_hidden": 64},
         "optim": {"lr": 0.6, "warmup_epochs": 0},
@@ -34,8 +35,8 @@ def final_health(summary: dict) -> float:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    if not (SHARED_DATA / "FashionMNIST" / "raw").is_dir():
-        pytest.skip(f"Fashion-MNIST not found in {SHARED_DATA}")
+    if FASHION_MNIST is None:
+        pytest.skip("Fashion-MNIST not found in ../shared/data nor where `sslab datasets` looks")
     torch.set_num_threads(min(2, torch.get_num_threads()))
     out = tmp_path_factory.mktemp("runs")
     results = {"simsiam": fashion_subset_run(out)}

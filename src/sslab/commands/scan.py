@@ -28,10 +28,10 @@ def add_scan_flags(group) -> None:
     """One flag per ScanConfig field (`--entropy-weight 5`, `--freeze-backbone/--no-freeze-backbone`)."""
     from sslab.config import add_dataclass_flags
     from sslab.device import PRECISIONS
-    from sslab.scan.config import AUGMENTS, ScanConfig
+    from sslab.scan.config import AUGMENTS, HEAD_INPUTS, ScanConfig
 
-    add_dataclass_flags(group, ScanConfig, {"cluster_augment": AUGMENTS, "selflabel_augment": AUGMENTS,
-                                            "selflabel_target_view": AUGMENTS, "precision": PRECISIONS,
+    add_dataclass_flags(group, ScanConfig, {"head_input": HEAD_INPUTS, "cluster_augment": AUGMENTS,
+                                            "selflabel_augment": AUGMENTS, "selflabel_target_view": AUGMENTS, "precision": PRECISIONS,
                                             "device": ("auto", "cpu", "cuda", "cuda:N")})
 
 

@@ -16,6 +16,7 @@ import yaml
 
 from sslab.config import coerce, read_yaml_file
 from sslab.errors import ConfigError
+from sslab.scan.model import HEAD_INPUTS  # what the clustering heads read
 
 STAGES = ("mine", "cluster", "selflabel")
 AUGMENTS = ("strong", "weak", "none")  # strong: RandAugment + Cutout; weak: crop + flip; none: the image itself
@@ -44,6 +45,9 @@ class ScanConfig:
     freeze_backbone: bool = setting(False, "train the heads only, in both steps (docs, ref.: backbone trainable)")
     cluster_augment: str = setting("strong", "views of anchors and neighbours: strong (RandAugment + Cutout, ref. "
                                    "'ours'), weak (crop + flip, ref. 'standard') or none")
+    head_input: str = setting("features", "what the heads read: features (the backbone's output, ref.), l2 "
+                              "(l2-normalised) or standardized (centred and scaled per dimension by the pretext "
+                              "train features' mean and std); see docs/methods.md, The demo")
     include_self: bool = setting(True, "the anchor is one of its own K+1 candidate neighbours (ref. NeighborsDataset)")
     # self-labelling (docs/methods.md step 4)
     selflabel_epochs: int = setting(200, "self-labelling epochs (ref. 200)")
@@ -120,6 +124,7 @@ class ScanConfig:
             (self.lr > 0 and self.selflabel_lr > 0, "--lr and --selflabel-lr must be > 0"),
             (self.weight_decay >= 0 and self.selflabel_weight_decay >= 0, "weight decays must be >= 0"),
             (0 < self.confidence < 1, "--confidence must be in (0, 1)"),
+            (self.head_input in HEAD_INPUTS, f"--head-input must be one of {', '.join(HEAD_INPUTS)}"),
             (self.cluster_augment in AUGMENTS, f"--cluster-augment must be one of {', '.join(AUGMENTS)}"),
             (self.selflabel_augment in AUGMENTS, f"--selflabel-augment must be one of {', '.join(AUGMENTS)}"),
             (self.selflabel_target_view in AUGMENTS, f"--selflabel-target-view must be one of {', '.join(AUGMENTS)}"),
@@ -146,7 +151,7 @@ FIELD_TYPES: dict[str, Any] = typing.get_type_hints(ScanConfig)
 # fields changed is refused, so a rerun never mixes two settings silently)
 STAGE_FIELDS: dict[str, tuple[str, ...]] = {
     "mine": ("neighbors", "kmeans_init", "num_clusters", "seed"),
-    "cluster": ("heads", "entropy_weight", "cluster_epochs", "batch_size", "lr", "weight_decay", "freeze_backbone",
+    "cluster": ("heads", "head_input", "entropy_weight", "cluster_epochs", "batch_size", "lr", "weight_decay", "freeze_backbone",
                 "cluster_augment", "include_self", "strong_ops", "cutout", "flip_p", "weak_crop_scale"),
     "selflabel": ("selflabel_epochs", "selflabel_batch_size", "selflabel_lr", "selflabel_weight_decay", "confidence",
                   "class_balance", "selflabel_target_view", "selflabel_augment"),

@@ -29,7 +29,7 @@ from sslab.demo import demo_config as demo_train_config  # noqa: E402
 from sslab.eval.clustering import clustering_scores  # noqa: E402
 from sslab.scan.demo import demo_config  # noqa: E402
 from sslab.scan.pipeline import run_scan  # noqa: E402
-from sslab.train import fit  # noqa: E402
+from sslab.pretrain import fit  # noqa: E402
 
 
 def pretext_run(out: Path, seed: int) -> Path:

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-HEAD_INPUTS = ("features", "l2", "standardized")
+from sslab.scan.config import HEAD_INPUTS
 
 
 class ClusterModel(nn.Module):

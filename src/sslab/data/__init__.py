@@ -82,10 +82,10 @@ def found_data_dir(name: str) -> Optional[Path]:
         return None
     if base is None or Path(__file__).resolve().parents[1] in base.resolve().parents:
         return None
-    for folder in (base, *list(base.parents)[:2]):  # the files' folder, or the dataset's folder above it
+    for candidate in (base, *list(base.parents)[:2]):  # the files' folder, or the dataset's folder above it
         try:
-            locate(LoadRequest(folder, root_given=True))
-            return folder
+            locate(LoadRequest(candidate, root_given=True))
+            return candidate
         except DataError:
             continue
     return None

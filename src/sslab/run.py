@@ -253,8 +253,11 @@ def check_out_dir(out: str | Path, need_bytes: int = 0) -> None:
     """--out is (or can be made) a writable folder on a disk with MIN_FREE_BYTES (+ `need_bytes`) free: checked
     before the data is loaded, so a bad --out fails in a second, not after a long load."""
     path = Path(out).expanduser()
-    _probe(path, [], "--out folder")
-    _check_free(path, need_bytes)
+    base = _existing_parent(path)  # probed there: a command that fails later leaves no empty --out folder behind
+    if not base.is_dir():
+        raise RunFolderError(f"cannot write to --out folder {path}: {base} is a file, not a folder; choose another --out")
+    _probe(base, [], f"--out folder {path}: its folder")
+    _check_free(base, need_bytes)
 
 
 def _existing_parent(path: Path) -> Path:

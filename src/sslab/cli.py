@@ -15,6 +15,7 @@ from types import ModuleType
 from typing import NoReturn, Sequence
 
 from sslab.errors import Interrupted, UserError
+from sslab.settings import sentence
 
 
 def command_modules() -> list[ModuleType]:
@@ -40,7 +41,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for module in command_modules():
         module.add_commands(sub)
+    as_sentences(parser)
     return parser
+
+
+def as_sentences(parser: argparse.ArgumentParser) -> None:
+    """Every flag's and argument's help, in every command, as a sentence (capital letter, full stop)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                as_sentences(command)
+        elif action.help and action.help != argparse.SUPPRESS:
+            action.help = sentence(action.help)
 
 
 def version_line() -> str:

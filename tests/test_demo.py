@@ -36,3 +36,26 @@ def test_full_demo_training_beats_both_baselines(tmp_path):
     assert summary["knn_top1"] > max(summary["knn_top1_init"], pixels), (summary, pixels)
     assert curve[-1] >= curve[0], curve
     assert "the learned features beat both" in learning_verdict({**summary, "knn_top1_pixels": pixels})
+
+
+def test_the_demo_ends_with_its_summary_lines_and_heartbeats_every_few_seconds(tmp_path, monkeypatch):
+    import sslab.demo as demo
+    from sslab.progress import heartbeat_every
+
+    run = tmp_path / "run"
+    run.mkdir()
+    summary = {"knn_top1": 0.842, "knn_top1_init": 0.821, "knn_top1_pixels": 0.831, "run_dir": str(run)}
+    monkeypatch.setattr(demo, "fit", lambda cfg, log: summary)
+    seen: list[float | None] = []
+
+    def report_step(run_dir: Path, log) -> None:  # stands for the steps: the last one writes the report
+        seen.append(heartbeat_every())
+        (run_dir / "report.html").write_text("<html></html>")
+        log("a step's own line")
+
+    lines: list[str] = []
+    demo.run_demo(str(tmp_path), log=lines.append, steps=[report_step])
+    assert seen == [demo.DEMO_HEARTBEAT] and demo.DEMO_HEARTBEAT <= 10  # no silence over 10 s in a long call
+    assert lines[-2] == learning_verdict(summary) and "84.2%" in lines[-2] and "the learned features beat both" in lines[-2]
+    assert lines[-1] == f"demo: report {run / 'report.html'} (open it in a browser)"
+    assert lines.index("a step's own line") < len(lines) - 2

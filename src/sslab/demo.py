@@ -25,7 +25,7 @@ from sslab.eval.evaluate import EvalOptions, evaluate_run
 from sslab.eval.table import format_results, written_line
 from sslab.pretrain import fit
 from sslab.pretrained import load_trained
-from sslab.progress import heartbeats
+from sslab.progress import Heartbeat, heartbeats
 from sslab.resume import read_config
 from sslab.scan.demo import demo_step as demo_scan
 
@@ -51,10 +51,12 @@ def run_demo(out: str = "runs", log: Log = print, steps: list[Callable[[Path, Lo
     """Train, run the later steps on the run folder, and end with the summary lines (`closing_lines`). Long calls
     inside the steps (k-means, t-SNE) say they are still running every DEMO_HEARTBEAT seconds."""
     with heartbeats(DEMO_HEARTBEAT):
-        summary = fit(demo_config(out, **settings), log=log)
+        with Heartbeat("demo: training"):
+            summary = fit(demo_config(out, **settings), log=log)
         log(learning_verdict(summary))
         for step in DEMO_STEPS if steps is None else steps:
-            step(Path(summary["run_dir"]), log)
+            with Heartbeat(f"demo: {step.__name__.removeprefix('demo_')}"):  # the innermost heartbeat speaks
+                step(Path(summary["run_dir"]), log)
     for line in closing_lines(summary):
         log(line)
     return summary

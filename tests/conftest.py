@@ -12,20 +12,18 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 def shared_dataset_root(name: str) -> Path | None:
     """A folder that holds dataset `name`, found as `sslab train --dataset name` would: ../shared/data first,
     then the CLI's own search without --data-dir ($SSLAB_DATA/<name>, ~/.cache/sslab/data/<name>, and system
-    folders such as Debian's /usr/share/datasets/fashion-mnist). None when the CLI would not find it either.
-    Tests pass the result as data_dir, so a test runs wherever the CLI finds the data."""
-    from sslab.data.source import LoadRequest, default_root
+    folders such as Debian's /usr/share/datasets/fashion-mnist: `sslab.data.found_data_dir`). None when the CLI
+    would not find it either. Tests pass the result as data_dir, so a test runs wherever the CLI finds the data."""
+    from sslab.data import found_data_dir
+    from sslab.data.source import LoadRequest
     from sslab.errors import DataError
     from sslab.registry import DATASETS
 
-    locate = DATASETS.get(name)
-    for root, given in ((SHARED_DATA, True), (default_root(name), False)):
-        try:
-            source = locate(LoadRequest(root, root_given=given))
-        except DataError:
-            continue
-        return root if given else (source.files_base or root)
-    return None
+    try:
+        DATASETS.get(name)(LoadRequest(SHARED_DATA, root_given=True))
+        return SHARED_DATA
+    except DataError:
+        return found_data_dir(name)
 
 
 def needs_dataset(name: str) -> pytest.MarkDecorator:

@@ -124,5 +124,5 @@ def split_and_limit(data: ImageData, test_fraction: float, seed: int, limit_trai
                      data.mean if same_train else (), data.std if same_train else ())
 
 
-__all__ = ["ImageData", "load_dataset", "load_from_config", "LoadRequest", "Source", "default_root", "DATASETS",
+__all__ = ["ImageData", "load_dataset", "load_from_config", "found_data_dir", "LoadRequest", "Source", "default_root", "DATASETS",
            "resize_images", "stratified_split", "stratified_subset"]

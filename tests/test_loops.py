@@ -27,7 +27,7 @@ SEMI = ["--device", "cpu", "--protocol", "fast", "--semi", "--semi-fractions", "
         "--semi-batch-size", "32"]
 # loop -> (commands run before, the command interrupted, the step it is interrupted after)
 LOOPS = {
-    "scan-cluster": ([], ["scan", "{run}", *SCAN, "--until", "cluster"], 10),
+    "scan-cluster": ([["scan", "{run}", *SCAN, "--until", "mine"]], ["scan", "{run}", *SCAN, "--until", "cluster"], 10),
     "scan-selflabel": ([["scan", "{run}", *SCAN, "--until", "cluster"]], ["scan", "{run}", *SCAN], 5),
     "linear-standard": ([], ["eval", "{run}", *EVAL], 20),
     "semi": ([], ["eval", "{run}", *SEMI], 4),

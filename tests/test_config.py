@@ -144,3 +144,16 @@ def test_an_old_layout_is_translated_once():
     new = cfg.to_dict()
     assert upgrade_layout(new, "x") is new and Config.from_dict(new) == cfg  # today's layout passes unchanged
     assert dataclasses.asdict(Config.from_dict({**OLD, "train": {"epochs": 3}}).method)["epochs"] == 3
+
+
+def test_every_flag_help_reads_as_a_sentence():
+    from sslab.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for command, parser in sub.choices.items():
+        for action in parser._actions:
+            if action.help and action.help != argparse.SUPPRESS:
+                text = action.help.replace("%%", "%")
+                assert text.endswith("."), (command, action.option_strings, text)
+                first = text.split(" ", 1)[0]
+                assert not (first.isalpha() and first.islower() and len(first) > 1), (command, action.option_strings, text)

@@ -18,6 +18,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from conftest import needs_dataset, shared_dataset_root
 from PIL import Image
 
 from sslab.config import DataConfig
@@ -669,6 +670,21 @@ def test_config_records_the_cache_folder(tmp_path, monkeypatch):
     assert cfg.cache_dir == str(tmp_path / "env")
 
 
+def test_config_records_the_data_folder_found_without_data_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("SSLAB_DATA", str(tmp_path))
+    write_cifar10(tmp_path / "cifar10")
+    cfg = DataConfig(dataset="cifar10")
+    load_from_config(cfg, seed=0)
+    assert cfg.data_dir is not None and len(load_dataset("cifar10", cfg.data_dir).train_x) == 15  # finds it again
+    assert Path(cfg.data_dir) in (tmp_path / "cifar10", *(tmp_path / "cifar10").rglob("*"))
+    bundled = DataConfig(dataset="digits")
+    load_from_config(bundled, seed=0)
+    assert bundled.data_dir is None  # inside the package: nothing to record
+    given = DataConfig(dataset="cifar10", data_dir=str(tmp_path / "cifar10"))
+    load_from_config(given, seed=0)
+    assert given.data_dir == str(tmp_path / "cifar10")
+
+
 def test_cache_key_includes_image_size(tmp_path, home_cache):
     write_cifar10(tmp_path)
     assert load_dataset("cifar10", tmp_path, image_size=16).train_x.shape[-1] == 16
@@ -677,9 +693,9 @@ def test_cache_key_includes_image_size(tmp_path, home_cache):
 
 
 # ---- the real data in ../shared -------------------------------------------------------------------------
-@needs_shared("FashionMNIST/raw")
+@needs_dataset("fashion-mnist")
 def test_real_fashion_mnist():
-    data = load_dataset("fashion-mnist", SHARED_DATA, cache=False)
+    data = load_dataset("fashion-mnist", shared_dataset_root("fashion-mnist"), cache=False)
     assert data.train_x.shape == (60000, 1, 28, 28) and data.test_x.shape == (10000, 1, 28, 28)
     assert round(data.mean[0], 3) == 0.286 and round(data.std[0], 3) == 0.353
     assert torch.bincount(data.train_y).tolist() == [6000] * 10

@@ -121,3 +121,31 @@ def test_imagenet_heads_and_augmentation():
     assert (moco.method.queue_size, moco.method.ema, moco.augment.crop_scale) == (65536, 0.999, (0.2, 1.0))
     byol = resolved("byol", image_size=224)
     assert (byol.method.ema, byol.augment.solarize_p) == (0.996, 0.1)
+
+
+def test_small_images_get_the_small_backbone_unless_one_is_given_and_say_why():
+    for size in (8, 28):
+        lines = []
+        cfg = resolved("simclr", 10, n_train=1000, log=lines.append, image_size=size)
+        assert cfg.model.backbone == "simple-cnn-bn"
+        said = [line for line in lines if line.startswith("backbone: ")]
+        assert len(said) == 1 and f"{size} px" in said[0] and "no --backbone given" in said[0]
+    lines = []
+    assert resolved("simclr", 10, n_train=1000, log=lines.append, image_size=32).model.backbone == "resnet18"
+    assert not any(line.startswith("backbone: ") for line in lines)
+    for given in ("resnet18", "simple-cnn"):  # what the user set is kept, silently
+        lines = []
+        cfg = resolved("simclr", 10, n_train=1000, log=lines.append, image_size=8, backbone=given)
+        assert cfg.model.backbone == given and not any(line.startswith("backbone: ") for line in lines)
+
+
+def test_a_run_below_the_raw_pixels_says_so_at_the_end_with_one_suggestion():
+    from sslab.commands.train import summary_table
+
+    base = {"knn_top1_init": 0.85, "epochs": 1, "run_dir": "runs/x"}
+    below = summary_table({**base, "knn_top1": 0.883, "knn_top1_pixels": 0.978}).splitlines()
+    assert below[-1].startswith("note: the learned features end below the raw pixels (88.3% < 97.8% kNN)")
+    assert "--epochs 20" in below[-1]
+    above = summary_table({**base, "knn_top1": 0.99, "knn_top1_pixels": 0.978})
+    assert "note:" not in above and above.splitlines()[-1].startswith("run folder")
+    assert "note:" not in summary_table({**base, "knn_top1": None, "knn_top1_pixels": None})

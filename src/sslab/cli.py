@@ -18,6 +18,7 @@ from typing import NoReturn, Sequence
 from sslab import portable
 from sslab.commands import quick
 from sslab.errors import Interrupted, UserError
+from sslab.settings import sentence
 
 
 def command_modules(commands: Sequence[str] | None = None) -> list[ModuleType]:
@@ -46,7 +47,18 @@ def build_parser(commands: Sequence[str] | None = None) -> argparse.ArgumentPars
         module.add_commands(sub)
     quick.add_placeholders(sub, skip=set(sub.choices))
     quick.order_commands(sub)
+    as_sentences(parser)
     return parser
+
+
+def as_sentences(parser: argparse.ArgumentParser) -> None:
+    """Every flag's and argument's help, in every command, as a sentence (capital letter, full stop)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                as_sentences(command)
+        elif action.help and action.help != argparse.SUPPRESS:
+            action.help = sentence(action.help)
 
 
 def version_line() -> str:

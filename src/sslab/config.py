@@ -87,8 +87,9 @@ def knn_t_setting(default: Optional[float], help: str) -> Any:
 @dataclass
 class DataConfig:
     dataset: str = setting("digits", "the images to learn from", choices=DATASETS.names)
-    data_dir: Optional[str] = setting(None, "where the dataset lives; none: $SSLAB_DATA/<dataset>, else "
-                                      "~/.cache/sslab/data/<dataset>")
+    data_dir: Optional[str] = setting(None, "the folder the dataset is read from; none: it is looked for in "
+                                      "$SSLAB_DATA/<dataset>, ~/.cache/sslab/data/<dataset> and system folders such "
+                                      "as /usr/share/datasets (config.yaml records the folder found)")
     download: bool = setting(False, "fetch the dataset from its official source (checksum checked) when it is missing")
     train_split: str = setting("train", "which images to train on (stl10: also its unlabelled images)",
                                choices=lambda: sorted({"train", *(s for splits in TRAIN_SPLITS.values() for s in splits)}))

@@ -292,8 +292,10 @@ def check_out_dir(out: str | Path, need_bytes: int = 0) -> None:
     """--out is (or can be made) a writable folder on a disk with MIN_FREE_BYTES (+ `need_bytes`) free: checked
     before the data is loaded, so a bad --out fails in a second, not after a long load."""
     path = Path(out).expanduser()
-    safe_write.check_writable(path, what="--out folder", advice="choose a writable --out")
-    _check_free(path, need_bytes)
+    base = _existing_parent(path)  # probed, not made: a command that fails later leaves no empty --out folder
+    safe_write.check_writable(base, what="--out folder" if base == path else f"--out folder {path}: its folder",
+                              advice="choose a writable --out")
+    _check_free(base, need_bytes)
 
 
 def _existing_parent(path: Path) -> Path:

@@ -59,13 +59,37 @@ def load_dataset(name: str, root: str | Path | None = None, *, download: bool = 
 
 
 def load_from_config(cfg: "DataConfig", seed: int) -> ImageData:
-    """The dataset `cfg` describes. Records the cache folder it used in `cfg.cache_dir`, so the run's
-    config.yaml says where the decoded data went."""
+    """The dataset `cfg` describes. Records the cache folder it used in `cfg.cache_dir`, and the data folder it
+    was found in without --data-dir in `cfg.data_dir` (`found_data_dir`), so the run's config.yaml says where the
+    data came from and where the decoded data went."""
     if cfg.cache_dir is None:
         cfg.cache_dir = str(cache_folder())
+    if cfg.data_dir is None and not cfg.download:
+        found = found_data_dir(cfg.dataset)
+        cfg.data_dir = str(found) if found is not None else None
     return load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download, train_split=cfg.train_split,
                         image_size=cfg.image_size, test_fraction=cfg.test_fraction, seed=seed, strict=cfg.strict,
                         limit_train=cfg.limit_train, limit_test=cfg.limit_test, cache_dir=cfg.cache_dir)
+
+
+def found_data_dir(name: str) -> Optional[Path]:
+    """The folder dataset `name` is found in without --data-dir ($SSLAB_DATA/<name>, ~/.cache/sslab/data/<name>, or
+    a system folder such as Debian's /usr/share/datasets/fashion-mnist), as one that finds it again when given as
+    --data-dir; None when it is not found, or when it is inside the sslab package (the bundled datasets)."""
+    locate = DATASETS.get(name)
+    try:
+        base = locate(LoadRequest(default_root(name), root_given=False)).files_base
+    except DataError:
+        return None
+    if base is None or Path(__file__).resolve().parents[1] in base.resolve().parents:
+        return None
+    for candidate in (base, *list(base.parents)[:2]):  # the files' folder, or the dataset's folder above it
+        try:
+            locate(LoadRequest(candidate, root_given=True))
+            return candidate
+        except DataError:
+            continue
+    return None
 
 
 def decode_cached(name: str, source: Source, image_size: Optional[int], folder: Path) -> ImageData:
@@ -101,5 +125,5 @@ def split_and_limit(data: ImageData, test_fraction: float, seed: int, limit_trai
                      data.mean if same_train else (), data.std if same_train else ())
 
 
-__all__ = ["ImageData", "load_dataset", "load_from_config", "LoadRequest", "Source", "default_root", "DATASETS",
+__all__ = ["ImageData", "load_dataset", "load_from_config", "found_data_dir", "LoadRequest", "Source", "default_root", "DATASETS",
            "resize_images", "stratified_split", "stratified_subset"]

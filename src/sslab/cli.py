@@ -16,7 +16,7 @@ from typing import NoReturn, Sequence
 from sslab.errors import UserError
 
 # modules that add subcommands, in the order `sslab --help` lists them
-COMMAND_MODULES = ["sslab.commands.train", "sslab.commands.demo", "sslab.commands.scan", "sslab.commands.evaluate", "sslab.commands.look", "sslab.commands.data_tools", "sslab.commands.export", "sslab.commands.datasets"]
+COMMAND_MODULES = ["sslab.commands.train", "sslab.commands.demo", "sslab.commands.scan", "sslab.commands.evaluate", "sslab.commands.look", "sslab.commands.data_tools", "sslab.commands.export", "sslab.commands.compare", "sslab.commands.datasets"]
 
 
 class Parser(argparse.ArgumentParser):

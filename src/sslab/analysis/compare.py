@@ -17,6 +17,7 @@ figure has one row per method. Training time is the sum of the epochs' `epoch_se
 """
 from __future__ import annotations
 
+import html
 import json
 import statistics
 import string
@@ -25,8 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from sslab.analysis.report import CSS, figures, table
+from sslab.checkpoint import atomic_write_bytes
 from sslab.errors import ConfigError
-from sslab.run import RunDir
+from sslab.plots import DATASET_NAMES, METHOD_NAMES, integer_epoch_axis, new_figure, save_figure
+from sslab.run import RunDir, check_out_dir
 
 COMPARE_FILES = ("compare.json", "compare.md", "knn.png", "loss.png", "compare.html")
 LINEAR_PROBES = ("linear-standard", "linear-fast")  # the probe a row shows: the standard one when there is one
@@ -141,8 +145,6 @@ def group_by_data(runs: Sequence[RunFacts]) -> dict[str, list[RunFacts]]:
 
 
 def describe_data(run: RunFacts) -> str:
-    from sslab.plots import DATASET_NAMES
-
     dataset, data_dir, train_split, image_size, test_fraction, limit_train, limit_test, _ = run.data_key
     parts = [DATASET_NAMES.get(dataset, dataset)]
     if data_dir and dataset in ("folder", "npz"):
@@ -218,8 +220,6 @@ def _colours(runs: Sequence[RunFacts]) -> dict[str, Any]:
 
 
 def _axes_labels(ax, x: str, y: str) -> None:
-    from sslab.plots import integer_epoch_axis
-
     if x == "epoch":
         integer_epoch_axis(ax)
     else:
@@ -231,8 +231,6 @@ def _axes_labels(ax, x: str, y: str) -> None:
 def plot_knn(groups: dict[str, list[RunFacts]], colours: dict[str, Any], path: Path) -> None:
     """One row of panels per data group: kNN top-1 (%) against epochs and against training time, epoch 0 being the
     untrained network; the raw pixels as a dotted line."""
-    from sslab.plots import new_figure, save_figure
-
     fig, _ = new_figure(11, 3.6 * len(groups) + 0.6)
     fig.clf()
     axes = fig.subplots(len(groups), 2, squeeze=False)
@@ -255,8 +253,6 @@ def plot_knn(groups: dict[str, list[RunFacts]], colours: dict[str, Any], path: P
 
 def plot_loss(groups: dict[str, list[RunFacts]], colours: dict[str, Any], path: Path) -> None:
     """One row per (data group, method): losses of different methods have different scales and meanings."""
-    from sslab.plots import METHOD_NAMES, new_figure, save_figure
-
     rows = [(letter, method, [r for r in runs if r.method == method])
             for letter, runs in groups.items() for method in dict.fromkeys(r.method for r in runs)]
     fig, _ = new_figure(11, 3.2 * len(rows) + 0.6)
@@ -279,10 +275,6 @@ def plot_loss(groups: dict[str, list[RunFacts]], colours: dict[str, Any], path: 
 # ---- the page and the command ------------------------------------------------------------------------------------------
 def html_page(groups: dict[str, list[RunFacts]], rows: list[list[str]], notes: list[str], out: Path) -> str:
     """compare.html: the flags, the table, the data groups, the figures inline, the runs' folders."""
-    import html
-
-    from sslab.analysis.report import CSS, figures, table
-
     esc = html.escape
     runs = [r for g in groups.values() for r in g]
     title = f"sslab compare: {len(runs)} runs"
@@ -321,9 +313,6 @@ def output_folder(out: str | Path | None, runs: Sequence[RunFacts]) -> Path:
 def compare_runs(paths: Sequence[str | Path], out: str | Path | None = None,
                  log: Callable[[str], None] = print) -> dict[str, Any]:
     """Read the runs, write OUT/compare.json, compare.md, knn.png, loss.png and compare.html; returns the record."""
-    from sslab.checkpoint import atomic_write_bytes
-    from sslab.run import check_out_dir
-
     if len(paths) < 2:
         raise ConfigError("sslab compare needs at least two run folders")
     if len({Path(p).resolve() for p in paths}) < len(paths):

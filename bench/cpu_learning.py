@@ -9,6 +9,8 @@ a method whose run folder already has a summary.json is not trained again, so th
 over several invocations. Writes OUT/cpu_learning.json and OUT/cpu_learning.png and prints a markdown table.
 
     nice -n 10 python bench/cpu_learning.py --data /tmp/c10/cifar10-jpeg --out /tmp/cpu_learning --epochs 10
+    nice -n 10 python bench/cpu_learning.py --data /tmp/c10/cifar10-jpeg --out /tmp/cpu_vit --epochs 3 \
+        --backbone vit-tiny --image-size 16 --methods mocov3        # the ViT row
 """
 from __future__ import annotations
 
@@ -38,8 +40,11 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--data", required=True, help="the CIFAR-10 image folder (with train/ and test/)")
     ap.add_argument("--out", required=True, help="folder for the run folders, the JSON and the figure")
     ap.add_argument("--methods", nargs="+", default=METHODS.names(), help="methods to run (default: all)")
-    ap.add_argument("--backbone", default="simple-cnn", choices=["simple-cnn", "simple-cnn-bn"],
-                    help="simple-cnn: the teaching model the issue names; simple-cnn-bn: the same with BatchNorm")
+    ap.add_argument("--backbone", default="simple-cnn", choices=["simple-cnn", "simple-cnn-bn", "vit-tiny"],
+                    help="simple-cnn: the teaching model the issue names; simple-cnn-bn: the same with BatchNorm; "
+                         "vit-tiny: the ViT row (with --image-size 16 it fits a CPU: 4 x 4 patches)")
+    ap.add_argument("--image-size", type=int, default=None,
+                    help="resize the images to this side first (default: CIFAR-10's 32 px)")
     ap.add_argument("--epochs", type=int, default=10, help="epochs per method (a run under 100 gets the short-run recipe)")
     ap.add_argument("--limit-train", type=int, default=10_000)
     ap.add_argument("--limit-test", type=int, default=2_000)
@@ -64,7 +69,7 @@ def run_method(method: str, args: argparse.Namespace, data) -> dict:
     run_dir = Path(args.out) / method
     if not (run_dir / "summary.json").exists():
         cfg = Config.from_dict({
-            "data": {"dataset": "folder", "data_dir": args.data},
+            "data": {"dataset": "folder", "data_dir": args.data, "image_size": args.image_size},
             "model": {"backbone": args.backbone},
             "method": {"method": method},
             "train": {"epochs": args.epochs, "device": "cpu", "knn_k": KNN_K, "knn_t": KNN_T, "progress": False,
@@ -90,7 +95,8 @@ def plot(results: dict, path: Path) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch (0 = untrained network)")
     ax.set_ylabel(f"kNN top-1 (%), k={KNN_K}, t={KNN_T}")
-    ax.set_title(f"CIFAR-10 {results['train_images']}/{results['test_images']} images, {results['backbone']}, CPU")
+    size = f", {results['image_size']} px" if results.get("image_size") else ""
+    ax.set_title(f"CIFAR-10 {results['train_images']}/{results['test_images']} images{size}, {results['backbone']}, CPU")
     ax.legend(fontsize=8, ncol=2)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -114,12 +120,14 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     setup = {"data": args.data, "train_images": args.limit_train, "test_images": args.limit_test,
-             "epochs": args.epochs, "backbone": args.backbone, "knn_k": KNN_K, "knn_t": KNN_T,
+             "epochs": args.epochs, "backbone": args.backbone, "image_size": args.image_size, "knn_k": KNN_K,
+             "knn_t": KNN_T,
              "device": f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores visible, "
                        f"{torch.get_num_threads()} torch threads)", "torch": torch.__version__}
     print("config:", json.dumps(setup), flush=True)
     t0 = time.perf_counter()
-    data = load_dataset("folder", args.data, limit_train=args.limit_train, limit_test=args.limit_test)
+    data = load_dataset("folder", args.data, image_size=args.image_size, limit_train=args.limit_train,
+                        limit_test=args.limit_test)
     pixels = pixel_knn_accuracy(data.train_x, data.train_y, data.test_x, data.test_y, data.num_classes, KNN_K, KNN_T)
     print(f"data: {tuple(data.train_x.shape)} train, {tuple(data.test_x.shape)} test in "
           f"{time.perf_counter() - t0:.1f} s; raw-pixel kNN {100 * pixels:.1f}%", flush=True)

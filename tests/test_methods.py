@@ -26,7 +26,7 @@ from sslab.recipe import fit_to_data
 from sslab.settings import names_of
 
 IMAGE = 16  # simple-cnn on 16 px: 64 * 2 * 2 = 256-d features
-SMALL = {"proj_hidden": 32, "proj_dim": 16, "pred_hidden": 8, "queue_size": 40}
+SMALL = {"proj_hidden": 32, "proj_dim": 16, "pred_hidden": 8, "queue_size": 40, "num_prototypes": 24}
 
 
 def build(name: str, seed: int = 0, backbone: str = "simple-cnn", **method):

@@ -16,12 +16,8 @@ from typing import Optional, Sequence
 import torch
 
 from sslab.augment.presets import AugmentParams, Augmenter
-
-# DINO's defaults at 224 px (main_dino.py): global_crops_scale (0.4, 1), local_crops_scale (0.05, 0.4), 8 local
-# crops of 96 px. SwAV's (swav_800ep_pretrain.sh): 2 x 224 at (0.14, 1), 6 x 96 at (0.05, 0.14).
-DINO_GLOBAL_SCALE, DINO_LOCAL_SCALE = (0.4, 1.0), (0.05, 0.4)
-SWAV_GLOBAL_SCALE, SWAV_LOCAL_SCALE = (0.14, 1.0), (0.05, 0.14)
-
+# the scales and the local size are declared beside the methods' view specs (sslab/methods/crops.py)
+from sslab.methods.crops import DINO_GLOBAL_SCALE, DINO_LOCAL_SCALE, SWAV_GLOBAL_SCALE, SWAV_LOCAL_SCALE, local_crop_size
 
 @dataclass(frozen=True)
 class CropGroup:
@@ -30,12 +26,6 @@ class CropGroup:
     params: AugmentParams
     size: int
     count: int = 1
-
-
-def local_crop_size(image_size: int) -> int:
-    """The local views' side: 3/7 of the image's (224 -> 96, the papers'), to the nearest multiple of 8, at least 8
-    (32 -> 16, 64 -> 24, 96 -> 40)."""
-    return max(8, 8 * round(image_size * 3 / 7 / 8))
 
 
 def global_and_local(params: AugmentParams, image_size: int, local_count: int,
@@ -77,3 +67,7 @@ class MultiCrop:
             batch = x if group.count == 1 else x.repeat(group.count, 1, 1, 1)  # (count * B, C, H, W)
             views += list(augment(batch, generator).chunk(group.count))  # count x (B, C, size, size)
         return views
+
+
+__all__ = ["CropGroup", "MultiCrop", "global_and_local", "local_crop_size", "DINO_GLOBAL_SCALE", "DINO_LOCAL_SCALE",
+           "SWAV_GLOBAL_SCALE", "SWAV_LOCAL_SCALE"]

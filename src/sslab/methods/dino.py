@@ -16,11 +16,30 @@ logits are cosines between the bottleneck vector and K unit prototypes.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from sslab.distributed import gather_no_grad
+from sslab.methods.base import (
+    MAX_WIDTH,
+    Method,
+    MethodSettings,
+    ProjectorSettings,
+    StepProgress,
+    ViewSpec,
+    ema_update,
+    frozen_copy,
+    no_decay_groups,
+)
+from sslab.methods.byol import byol_momentum
+from sslab.methods.crops import DINO_GLOBAL_SCALE, DINO_LOCAL_SCALE, asymmetric_pair, by_size, check_local_crops, multi_crop
+from sslab.models.resnet import SMALL_IMAGE_MAX
+from sslab.registry import METHODS
+from sslab.settings import setting
 
 
 def dino_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], center: torch.Tensor,
@@ -96,3 +115,103 @@ class DINOHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.normalize(self.mlp(x), dim=-1)  # B x bottleneck, unit rows
         return self.last_layer(x)  # B x K
+
+
+@dataclass
+class DINOSettings(MethodSettings, ProjectorSettings):
+    """solo-learn's CIFAR DINO (scripts/pretrain/cifar/dino.yaml and solo/methods/dino.py, ResNet-18, 89.52% linear
+    at 1000 ep): LARS (eta 0.02, clipped, BN/bias excluded) lr 0.3 per 256, wd 1e-6, warm-up 10 epochs then cosine;
+    head 2048 -> bottleneck 256 -> 4096 prototypes, last layer's norm fixed; student temperature 0.1, teacher 0.04
+    rising linearly to 0.07 over the first 50 epochs; centre momentum 0.9; teacher EMA 0.9995 -> 1 by cosine; the
+    last layer frozen for the first epoch; 2 crops. Batch 512, 800 epochs as the other recipes here."""
+
+    num_prototypes: int = setting(4096, "K, the output width of the DINO head (its prototypes)", ge=1, le=MAX_WIDTH * 4)
+    student_temp: float = setting(0.1, "temperature of the student's softmax", ge=1e-3, le=100)
+    teacher_temp: float = setting(0.07, "temperature of the teacher's softmax after its warm-up (sharpening)",
+                                  ge=1e-3, le=100)
+    warmup_teacher_temp: float = setting(0.04, "the teacher's temperature at the first epoch", ge=1e-3, le=100)
+    warmup_teacher_temp_epochs: int = setting(50, "epochs over which the teacher's temperature rises linearly to "
+                                              "teacher_temp", ge=0, le=100_000)
+    center_momentum: float = setting(0.9, "momentum of the EMA of the teacher's outputs subtracted before its "
+                                     "softmax (centring)", ge=0, lt=1)
+    ema: float = setting(0.9995, "tau_base, the teacher's EMA momentum at the start (it rises to 1 by cosine)", ge=0,
+                         le=1)
+    freeze_last_layer_epochs: int = setting(1, "epochs during which the head's last layer gets no update", ge=0,
+                                            le=100_000)
+    local_crops: int = setting(0, "local views per image (multi-crop), of 3/7 of the image's side; 0: the 2 global "
+                               "views only", ge=0, le=64)
+    proj_dim: int = 256
+    optimizer: str = "lars"
+    lr: float = 0.3
+    weight_decay: float = 1e-6
+
+    # solo-learn's asymmetric recipe: jitter (0.4, 0.4, 0.2, 0.1), the second view solarized (view_specs)
+    augment = {"jitter": (0.4, 0.4, 0.2, 0.1)}
+    # ImageNet (ViT-S/16, 224 px; the official main_dino.py defaults): AdamW lr 5e-4 per 256, wd 0.04, batch 1024,
+    # 100 epochs, cosine to 1e-6 (a fraction 5e-4 of the peak 2e-3); 65536 prototypes; teacher temperature 0.04
+    # without warm-up; EMA 0.996; 2 x 224 + 8 x 96 crops
+    large_images = {"optimizer": "adamw", "lr": 5e-4, "weight_decay": 0.04, "batch_size": 1024, "epochs": 100,
+                    "min_lr": 5e-4, "num_prototypes": 65536, "teacher_temp": 0.04, "warmup_teacher_temp_epochs": 0,
+                    "ema": 0.996, "local_crops": 8}
+
+
+def head_outputs(head: DINOHead, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the bottleneck embedding (B, bottleneck), the K logits (B, K)): DINOHead.forward, keeping the former."""
+    h = head.mlp(features)
+    return h, head.last_layer(F.normalize(h, dim=-1))
+
+
+@METHODS.register("dino")
+class DINO(Method):
+    Settings = DINOSettings
+
+    def __init__(self, backbone, cfg: DINOSettings):
+        super().__init__(backbone, cfg)
+        check_local_crops(backbone, cfg.local_crops)
+        self.num_views = 2 + cfg.local_crops
+        self.head = DINOHead(backbone.out_dim, cfg.num_prototypes, cfg.proj_hidden, cfg.proj_dim)
+        self.teacher_backbone = frozen_copy(self.backbone)
+        self.teacher_head = frozen_copy(self.head)
+        self.register_buffer("center", torch.zeros(1, cfg.num_prototypes))  # 1 x K
+        self.register_buffer("current_teacher_temp", torch.tensor(cfg.warmup_teacher_temp))  # set by before_step
+
+    def view_specs(self, image_size: int) -> list[ViewSpec]:
+        large = image_size > SMALL_IMAGE_MAX  # the official blur 1.0 / 0.1 (+ solarize) on the globals, 0.5 locally
+        return multi_crop(image_size, self.cfg.local_crops, DINO_GLOBAL_SCALE, DINO_LOCAL_SCALE,
+                          asymmetric_pair(image_size), {"blur_p": 0.5} if large else {})
+
+    def forward(self, views, clean=None):
+        groups = by_size(views)  # views of one size go through the backbone together
+        outs = [head_outputs(self.head, self.backbone(torch.cat([views[i] for i in g]))) for g in groups]
+        student = [s for (_, logits), g in zip(outs, groups) for s in logits.chunk(len(g))]  # V x (B, K)
+        z = outs[0][0][:views[0].shape[0]]  # the first view's bottleneck embedding
+        with torch.no_grad():
+            teacher = self.teacher_head(self.teacher_backbone(torch.cat(views[:2]))).chunk(2)  # 2 x (B, K)
+        student = [s.float() for s in student]
+        teacher = [t.float() for t in teacher]
+        loss = dino_loss(student, teacher, self.center, self.cfg.student_temp, self.current_teacher_temp)
+        if self.training:  # the centre of the global batch's teacher outputs, after the loss
+            self.center.copy_(updated_center(self.center, [gather_no_grad(torch.cat(teacher))],
+                                             self.cfg.center_momentum))
+        return {"loss": loss, "z": z.detach()}
+
+    def param_groups(self):
+        trainable = [p for p in [*self.backbone.parameters(), *self.head.parameters()] if p.requires_grad]
+        return no_decay_groups(trainable, fixed_lr=False)
+
+    def before_step(self, progress: StepProgress) -> None:
+        c = self.cfg
+        epoch = progress.step // progress.steps_per_epoch
+        self.current_teacher_temp.fill_(teacher_temperature(epoch, c.warmup_teacher_temp, c.teacher_temp,
+                                                            c.warmup_teacher_temp_epochs))
+
+    def after_backward(self, progress: StepProgress) -> None:
+        if progress.epoch < self.cfg.freeze_last_layer_epochs:  # official: "cancel_gradients_last_layer"
+            for p in self.head.last_layer.parameters():
+                p.grad = None
+
+    @torch.no_grad()
+    def after_step(self, progress: StepProgress) -> None:
+        tau = byol_momentum(self.cfg.ema, progress.done)
+        ema_update(self.teacher_backbone, self.backbone, tau)
+        ema_update(self.teacher_head, self.head, tau)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sslab.augment.multicrop import CropGroup, MultiCrop, global_and_local, local_crop_size
-from sslab.augment.presets import PRESETS
+from sslab.augment.presets import PRESETS, preset
 
 PLAIN = dataclasses.replace(PRESETS["crop-flip"], flip_p=0.0)  # crop only: the view's pixels say where it came from
 
@@ -62,7 +62,7 @@ def test_views_differ_but_each_keeps_its_image():
 
 
 def test_seeded_views_repeat_and_normalisation_applies():
-    groups = [CropGroup(PRESETS["simclr-small"], 16, 1), CropGroup(PRESETS["simclr-small"], 8, 3)]
+    groups = [CropGroup(preset("simclr-small"), 16, 1), CropGroup(preset("simclr-small"), 8, 3)]
     images = torch.randint(0, 256, (4, 3, 16, 16), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     a = MultiCrop(groups, [0.5] * 3, [0.25] * 3)(images, torch.Generator().manual_seed(7))
     b = MultiCrop(groups, [0.5] * 3, [0.25] * 3)(images, torch.Generator().manual_seed(7))

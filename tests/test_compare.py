@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import pytest
-from test_eval_support import TINY_RUN, assert_png_not_blank, trained_run
+from test_eval_support import TINY_RUN, assert_png_not_blank
 from test_report import chromium_binary, load_in_chromium, needs_chromium
 
 from sslab.analysis.compare import group_by_data, read_run, training_curve
@@ -17,12 +16,12 @@ from sslab.cli import main
 
 
 def _train(base: Path, **changes) -> Path:
+    """TINY_RUN with whole sections replaced (`method=`) and the train section's values updated (`train=`)."""
     from sslab.config import Config
-    from sslab.train import fit
+    from sslab.pretrain import fit
 
-    cfg = Config.from_dict(TINY_RUN)
-    cfg.update({"train": {"out": str(base)}, **changes})
-    return Path(fit(cfg, log=lambda message: None)["run_dir"])
+    spec = {**TINY_RUN, **changes, "train": {**TINY_RUN["train"], "out": str(base), **changes.get("train", {})}}
+    return Path(fit(Config.from_dict(spec), log=lambda message: None)["run_dir"])
 
 
 def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
@@ -34,8 +33,7 @@ def three_runs(tmp_path_factory) -> list[Path]:
     """The session's tiny SimSiam run (evaluated and analysed here), a SimCLR run on the same split, and a SimSiam
     run on another split (test fraction 0.3)."""
     base = tmp_path_factory.mktemp("compare")
-    first = base / "simsiam"
-    shutil.copytree(trained_run(tmp_path_factory.mktemp("trained")), first)
+    first = _train(base, train={"name": "simsiam"})
     assert main(["eval", str(first), "--device", "cpu", "--protocol", "fast"]) == 0
     assert main(["analyze", str(first), "--device", "cpu", "--max-points", "100", "--map-size", "300"]) == 0
     simclr = _train(base, method={"method": "simclr", "proj_hidden": 64, "proj_dim": 32, "temperature": 0.2},

@@ -137,9 +137,10 @@ def vit_run(tmp_path: Path, size: int = 16, channels: int = 3) -> Path:
     """A run folder holding a ViT-Tiny SimSiam model (export only needs the checkpoint)."""
     from sslab.checkpoint import save_checkpoint
     from sslab.config import Config
-    from sslab.methods.build import build_method, resolve
+    from sslab.methods.build import build_method
+    from sslab.recipe import fit_to_data
 
-    cfg = resolve(Config.from_dict({"data": {"dataset": "cifar10"}, "model": {"backbone": "vit-tiny"},
+    cfg = fit_to_data(Config.from_dict({"data": {"dataset": "cifar10"}, "model": {"backbone": "vit-tiny"},
                                     "method": {"method": "simsiam", "proj_hidden": 32, "proj_dim": 32,
                                                "pred_hidden": 8}}), size)
     torch.manual_seed(0)
@@ -224,10 +225,11 @@ def test_attention_on_a_vit_run_draws_cls_attention_per_head(tmp_path, capsys):
     from sslab.checkpoint import save_checkpoint
     from sslab.cli import main
     from sslab.config import Config
-    from sslab.methods.build import build_method, resolve
+    from sslab.methods.build import build_method
+    from sslab.recipe import fit_to_data
     from sslab.pretrained import load_trained
 
-    cfg = resolve(Config.from_dict({"data": {"dataset": "fashion-mnist-mini"}, "model": {"backbone": "vit-tiny"},
+    cfg = fit_to_data(Config.from_dict({"data": {"dataset": "fashion-mnist-mini"}, "model": {"backbone": "vit-tiny"},
                                     "method": {"method": "simclr", "proj_hidden": 32, "proj_dim": 16}}), 28)
     torch.manual_seed(123)  # not the config's seed 0
     model = build_method(cfg, 1, 28)

@@ -28,6 +28,7 @@ from typing import Any, Callable, Sequence
 
 from sslab.analysis.report import CSS, figures, table
 from sslab.checkpoint import atomic_write_bytes
+from sslab.config import Config
 from sslab.errors import ConfigError
 from sslab.plots import DATASET_NAMES, METHOD_NAMES, integer_epoch_axis, new_figure, save_figure
 from sslab.run import RunDir, check_out_dir
@@ -112,7 +113,7 @@ def _evaluations(path: Path) -> tuple[dict[str, Any], dict[str, float | None], d
 def read_run(path: str | Path) -> RunFacts:
     """One run folder's facts; a folder that is not a run is one line (RunFolderError / CheckpointError)."""
     run = RunDir.existing(path)
-    cfg = run.config()
+    cfg = Config.load(run.path / "config.yaml")
     records = [r for r in run.read_metrics() if isinstance(r, dict)]
     first = next((r for r in records if r.get("epoch") == 0), {})
     summary = _json(run.summary_path) or {}
@@ -125,7 +126,7 @@ def read_run(path: str | Path) -> RunFacts:
     return RunFacts(
         path=run.path, name=run.path.resolve().name, method=str(cfg.method.method), backbone=str(cfg.model.backbone),
         dataset=str(cfg.data.dataset), data_key=data_key(cfg, pixels),
-        epochs_done=max((int(r["epoch"]) for r in trained), default=0), epochs_planned=cfg.train.epochs,
+        epochs_done=max((int(r["epoch"]) for r in trained), default=0), epochs_planned=cfg.method.epochs,
         curve=curve, train_seconds=curve[-1]["seconds"] if curve else 0.0,
         images_per_second=statistics.median(speeds) if speeds else None,
         knn={"learned": last_knn, "untrained": _number(first.get("knn_top1_init", summary.get("knn_top1_init"))),

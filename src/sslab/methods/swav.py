@@ -134,7 +134,7 @@ class SwAV(Method):
         self.prototypes = swav_prototypes(cfg.proj_dim, cfg.num_prototypes)
         self.register_buffer("queue", torch.zeros(2, cfg.queue_size, cfg.proj_dim))  # 2 x Q x d, newest first
         self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))  # rows holding embeddings
-        self.register_buffer("queue_on", torch.zeros((), dtype=torch.bool))  # set by before_step
+        self.register_buffer("queue_on", torch.tensor(cfg.queue_start_epoch == 0))  # set by before_step
 
     def view_specs(self, image_size: int) -> list[ViewSpec]:
         return multi_crop(image_size, self.cfg.local_crops, SWAV_GLOBAL_SCALE, SWAV_LOCAL_SCALE)

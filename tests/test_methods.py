@@ -525,3 +525,12 @@ def test_dino_trains_a_vit_tiny_with_multi_crop(tmp_path):
     student, teacher = model["backbone.cls_token"], model["teacher_backbone.cls_token"]
     initial = torch.load(Path(summary["run_dir"]) / "checkpoints" / "init.pt", weights_only=False)["model"]
     assert not torch.equal(student, initial["backbone.cls_token"]) and not torch.equal(teacher, student)
+
+
+def test_local_crops_on_a_backbone_that_flattens_is_one_line(tmp_path, capsys):
+    from sslab.cli import main
+
+    assert main(cli_args(tiny_values("swav", tmp_path, "refused", local_crops=2))) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("sslab: error: --local-crops needs a backbone") and "simple-cnn" in err
+    assert not (tmp_path / "refused").exists()

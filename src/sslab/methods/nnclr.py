@@ -1,5 +1,7 @@
-"""NNCLR (Dwibedi, Aytar, Tompson, Sermanet, Zisserman; ICCV 2021): "With a Little Help from My Friends:
-Nearest-Neighbor Contrastive Learning of Visual Representations".
+"""NNCLR (Dwibedi et al., ICCV 2021): "Nearest-Neighbor Contrastive Learning of Visual Representations".
+
+Dwibedi, Aytar, Tompson, Sermanet, Zisserman: "With a Little Help from My Friends: Nearest-Neighbor Contrastive
+Learning of Visual Representations".
 
 f = backbone + projector, g = predictor. The positive of view 1 is not view 1 itself but its nearest neighbour in a
 support set Q (a FIFO queue of past embeddings): "we use the nearest neighbor ... as the positive" (section 3.1):

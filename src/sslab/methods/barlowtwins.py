@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from sslab.distributed import gather_with_grad
 from sslab.methods.base import Method, MethodSettings, ProjectorSettings, ViewSpec
-from sslab.methods.crops import asymmetric_pair
+from sslab.methods.crops import asymmetric_views
 from sslab.models.heads import mlp
 from sslab.registry import METHODS
 from sslab.settings import setting
@@ -86,7 +86,7 @@ class BarlowTwins(Method):
         self.projector = barlow_twins_projector(backbone.out_dim, cfg.proj_hidden, cfg.proj_dim)
 
     def view_specs(self, image_size: int) -> list[ViewSpec]:
-        return [ViewSpec(image_size, changes) for changes in asymmetric_pair(image_size)]
+        return asymmetric_views(image_size)
 
     def forward(self, views, clean=None):
         x1, x2 = views

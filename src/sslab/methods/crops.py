@@ -41,6 +41,11 @@ def asymmetric_pair(image_size: int) -> tuple[dict[str, Any], dict[str, Any]]:
     return {"blur_p": 1.0}, {"blur_p": 0.1, "solarize_p": SOLARIZE_SECOND_VIEW}
 
 
+def asymmetric_views(image_size: int) -> list[ViewSpec]:
+    """The two views of `asymmetric_pair` at the image size (Barlow Twins', MoCo v3's and NNCLR's view_specs)."""
+    return [ViewSpec(image_size, changes) for changes in asymmetric_pair(image_size)]
+
+
 def multi_crop(image_size: int, local: int, global_scale: tuple[float, float], local_scale: tuple[float, float],
                global_changes: tuple[Mapping[str, Any], Mapping[str, Any]] = ({}, {}),
                local_changes: Mapping[str, Any] | None = None) -> list[ViewSpec]:
@@ -72,5 +77,5 @@ def by_size(views: list) -> list[list[int]]:
     return groups
 
 
-__all__ = ["local_crop_size", "asymmetric_pair", "multi_crop", "check_local_crops", "by_size", "DINO_GLOBAL_SCALE",
+__all__ = ["local_crop_size", "asymmetric_pair", "asymmetric_views", "multi_crop", "check_local_crops", "by_size", "DINO_GLOBAL_SCALE",
            "DINO_LOCAL_SCALE", "SWAV_GLOBAL_SCALE", "SWAV_LOCAL_SCALE"]

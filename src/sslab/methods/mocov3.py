@@ -31,7 +31,7 @@ from sslab.methods.base import (
     frozen_copy,
 )
 from sslab.methods.byol import byol_momentum
-from sslab.methods.crops import asymmetric_pair
+from sslab.methods.crops import asymmetric_views
 from sslab.models.heads import mlp
 from sslab.models.vit import VisionTransformer
 from sslab.registry import METHODS
@@ -102,7 +102,7 @@ class MoCoV3(Method):
         self.momentum_projector = frozen_copy(self.projector)
 
     def view_specs(self, image_size: int) -> list[ViewSpec]:
-        return [ViewSpec(image_size, changes) for changes in asymmetric_pair(image_size)]
+        return asymmetric_views(image_size)
 
     def forward(self, views, clean=None):
         x1, x2 = views

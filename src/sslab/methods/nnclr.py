@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from sslab.distributed import gather_no_grad, gather_with_grad, rank
 from sslab.methods.base import Method, MethodSettings, PredictorSettings, ProjectorSettings, ViewSpec
-from sslab.methods.crops import asymmetric_pair
+from sslab.methods.crops import asymmetric_views
 from sslab.models.heads import mlp
 from sslab.registry import METHODS
 from sslab.settings import setting
@@ -97,7 +97,7 @@ class NNCLR(Method):
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
 
     def view_specs(self, image_size: int) -> list[ViewSpec]:
-        return [ViewSpec(image_size, changes) for changes in asymmetric_pair(image_size)]
+        return asymmetric_views(image_size)
 
     def forward(self, views, clean=None):
         x1, x2 = views

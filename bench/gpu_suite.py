@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "hooks"))
 
 from sslab.cli import main as sslab_main  # noqa: E402
-from sslab.config import Config  # noqa: E402
+from sslab.config import Config, own_settings  # noqa: E402
 from sslab.data import load_dataset  # noqa: E402
 from sslab.data.base import ImageData  # noqa: E402
 from sslab.device import device_name, peak_memory_gib, pick_device, reset_peak_memory  # noqa: E402
@@ -51,7 +51,6 @@ from sslab.kit import Interrupted  # noqa: E402
 from sslab.methods import METHODS  # noqa: E402
 from signal_at_step import signal_at_step  # noqa: E402
 from sslab.pretrain import fit  # noqa: E402
-from sslab.settings import names_of  # noqa: E402
 
 STAGES = ("speed", "methods", "stl96", "accuracy", "after", "resume")
 # seconds per stage on one H100/H200 (465; the data load takes the rest of 8 minutes). The accuracy stage gets
@@ -116,9 +115,7 @@ class Suite:
 
     def base_config(self, method: str, epochs: int, name: str, **train: Any) -> dict[str, dict[str, Any]]:
         return {"data": {"dataset": "folder", "data_dir": str(self.data_dir)},
-                "model": {"backbone": self.scale.backbone},
-                "method": {"method": method, **{k: v for k, v in self.scale.heads.items()  # the method's own only
-                                                 if k in names_of(METHODS.get(method).Settings)}},
+                "model": {"backbone": self.scale.backbone}, "method": {"method": method, **own_settings(method, self.scale.heads)},
                 "train": {"epochs": epochs, "batch_size": self.scale.batch_size, "device": self.args.device,
                           "knn_k": self.scale.knn_k, "knn_every": 0, "out": str(self.runs), "name": name,
                           "progress": False, **train}}

@@ -370,7 +370,7 @@ def test_a_checkpoint_with_exploded_weights_fails_in_one_line(command, tiny_run,
 
 def test_eval_rejects_bad_options_before_loading(tmp_path, capsys):
     assert main(["eval", str(tmp_path), "--probe-epochs", "0"]) == 2
-    assert "--probe-epochs must be >= 1" in capsys.readouterr().err
+    assert "--probe-epochs 0: must be in [1, 100000]" in capsys.readouterr().err
 
 
 def test_real_command_line_on_a_folder_without_checkpoint(tmp_path):

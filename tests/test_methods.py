@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sslab.config import Config
+from sslab.config import Config, own_settings
 from sslab.distributed import gather_no_grad, gather_with_grad, is_distributed, rank, world_size
 from sslab.methods import METHODS
 from sslab.methods.byol import byol_loss, byol_momentum
@@ -27,7 +27,7 @@ from sslab.methods.build import build_method
 from sslab.optim import set_lr
 from sslab.pretrain import build_optimizer
 from sslab.recipe import fit_to_data
-from sslab.settings import flag, names_of
+from sslab.settings import flag
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "hooks"))  # signal_at_step: stop a run at a step
 
@@ -37,8 +37,7 @@ SMALL = {"proj_hidden": 32, "proj_dim": 16, "pred_hidden": 8, "queue_size": 40, 
 
 def build(name: str, seed: int = 0, backbone: str = "simple-cnn", **method):
     """A method as the training loop builds it (recipe + augmentation fitted to the data), with small heads."""
-    own = names_of(METHODS.get(name).Settings)
-    small = {k: v for k, v in SMALL.items() if k in own}
+    small = own_settings(name, SMALL)
     cfg = Config.from_values({"method": name, "dataset": "cifar10", "backbone": backbone, "epochs": 2, **small,
                               **method})
     cfg = fit_to_data(cfg, IMAGE)
@@ -376,8 +375,7 @@ NEWER_SETTINGS = {"swav": {"queue_size": 32, "queue_start_epoch": 1}}
 
 def tiny_values(name: str, out, run_name: str, backbone: str = "simple-cnn", **settings) -> dict:
     """2 epochs of 2 steps (64 digits at 16 px, batch 32), small heads."""
-    own = names_of(METHODS.get(name).Settings)
-    small = {k: v for k, v in {**SMALL, "pred_hidden": 16, **NEWER_SETTINGS.get(name, {})}.items() if k in own}
+    small = own_settings(name, {**SMALL, "pred_hidden": 16, **NEWER_SETTINGS.get(name, {})})
     return {"method": name, "dataset": "digits", "image_size": 16, "limit_train": 64, "limit_test": 60,
             "backbone": backbone, "epochs": 2, "batch_size": 32, "knn_k": 5, "device": "cpu", "progress": False,
             "out": str(out), "name": run_name, **small, **settings}

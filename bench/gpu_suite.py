@@ -4,7 +4,7 @@ Stages, each stopped on its own time budget (seconds of wall time, `--budget-STA
   speed     SimSiam, ResNet-18, CIFAR-10, batch 512: s/epoch, images/s, peak memory, eager and compiled
             (compile time = first compiled epoch - steady compiled epoch), then the peer pipeline
             (lightly, PIL transforms, DataLoader workers) in this same process, and the ratio of epoch times
-  methods   the same figures for SimCLR and BYOL (eager, a few epochs each)
+  methods   the same figures for SimCLR and BYOL (eager, a few epochs each; `--methods` names any others)
   stl96     96 px throughput and memory on synthetic STL-10-sized data (random uint8 images), batch 256
   accuracy  a time-boxed run of the fastest recipe: as many epochs as fit the budget at the measured
             s/epoch, kNN top-1 against wall time (where "88% kNN in 9 minutes" stands)
@@ -48,6 +48,7 @@ from sslab.data.base import ImageData  # noqa: E402
 from sslab.device import device_name, peak_memory_gib, pick_device, reset_peak_memory  # noqa: E402
 from sslab.run import RunDir  # noqa: E402
 from sslab.kit import Interrupted  # noqa: E402
+from sslab.methods import METHODS  # noqa: E402
 from signal_at_step import signal_at_step  # noqa: E402
 from sslab.pretrain import fit  # noqa: E402
 
@@ -261,8 +262,9 @@ def peer_stub(suite: Suite) -> dict[str, Any]:
 def stage_methods(suite: Suite, budget: float) -> dict[str, Any]:
     end = time.perf_counter() + budget
     result = {}
-    for i, method in enumerate(("simclr", "byol")):
-        share = (end - time.perf_counter()) / (2 - i)
+    methods = suite.args.methods.split(",")
+    for i, method in enumerate(methods):
+        share = (end - time.perf_counter()) / (len(methods) - i)
         result[method] = suite.train(suite.base_config(method, suite.scale.method_epochs, f"methods-{method}"), share)
     return result
 
@@ -495,6 +497,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     choices=["default", "max-autotune", "reduce-overhead"], help="torch.compile mode (default: default)")
     ap.add_argument("--peer-epochs", type=int, default=4, help="epochs of the peer (default: 4)")
     ap.add_argument("--peer-workers", type=int, default=16, help="DataLoader workers of the peer (default: 16)")
+    ap.add_argument("--methods", default="simclr,byol",
+                    help="comma-separated methods of the methods stage, sharing its budget; any of: "
+                         f"{', '.join(METHODS.names())} (default: simclr,byol)")
     ap.add_argument("--accuracy-method", default="simsiam", help="method of the time-boxed run (default: simsiam)")
     ap.add_argument("--accuracy-overhead-s", type=float, default=12.0,
                     help="seconds the accuracy run spends outside epochs (model build, kNN at 0, plots)")

@@ -110,7 +110,7 @@ def test_every_default_is_within_its_own_range_and_every_setting_has_help():
 def test_a_setting_of_another_method_is_refused_in_one_line_naming_the_methods_settings(capsys):
     assert main(["train", "--method", "simsiam", "--queue-size", "7"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "--queue-size is not a setting of simsiam (it is one of mocov2)" in err
+    assert err.count("\n") == 0 and "--queue-size is not a setting of simsiam (it is one of mocov2, nnclr, swav)" in err
     assert "simsiam's settings: " in err and "--pred-hidden" in err and "--lr" in err
 
 

@@ -1,6 +1,7 @@
 """Several processes on the CPU (gloo) must compute what one process computes on the same global batch:
-BatchNorm synced over ranks (SimSiam, BYOL, PhiNet), negatives gathered over ranks (SimCLR), keys
-gathered into the queue (MoCo v2). And `torchrun -m sslab train` must run, stop and resume.
+BatchNorm synced over ranks (SimSiam, BYOL, PhiNet), negatives gathered over ranks (SimCLR, MoCo v3, NNCLR), keys
+gathered into the queue (MoCo v2, NNCLR, SwAV), the cross-correlation and covariance of the global batch (Barlow
+Twins, VICReg), DINO's centre and SwAV's codes over the global batch. And `torchrun -m sslab train` must run, stop and resume.
 """
 import gc
 import json
@@ -30,6 +31,12 @@ METHOD_SETTINGS = {
     "mocov2": dict(proj_hidden=32, proj_dim=16, temperature=0.2, ema=0.99, queue_size=64),
     "phinet": dict(proj_layers=2, proj_hidden=32, proj_dim=32, pred_hidden=8, fixed_predictor_lr=True, lam=1.0,
                    third_view="clean"),
+    "barlowtwins": dict(proj_hidden=32, proj_dim=16),
+    "vicreg": dict(proj_hidden=32, proj_dim=16),
+    "dino": dict(proj_hidden=32, proj_dim=8, num_prototypes=24),  # the centre: the global batch's teacher mean
+    "mocov3": dict(proj_hidden=32, proj_dim=16, pred_hidden=32),  # the keys of every rank
+    "nnclr": dict(proj_hidden=32, proj_dim=16, pred_hidden=32, queue_size=24),  # the support set: every rank's z
+    "swav": dict(proj_hidden=32, proj_dim=16, num_prototypes=24, queue_size=24, queue_start_epoch=0),  # Sinkhorn
 }
 
 

@@ -44,6 +44,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "preview-augment": ("data_tools", "a grid of a method's augmented views of some images (PNG)"),
     "export": ("export", "the trained backbone for other code: safetensors + .pt (sslab, torchvision or timm names) "
                          "or ONNX; prints the code that loads it"),
+    "compare": ("compare", "several runs side by side: one table, overlaid kNN and loss curves, one HTML page, in a "
+                           "folder of its own"),
     "datasets": ("datasets", "list the datasets: format, where each is looked for, whether it is there"),
 }
 LISTINGS = ("methods", "datasets")  # commands whose output is kept (they only read registries and folders)

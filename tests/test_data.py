@@ -4,6 +4,7 @@ class names; the folder loader's modes, sizes and errors; the cache; splits and 
 from __future__ import annotations
 
 import gzip
+import json
 import logging
 import math
 import os
@@ -50,6 +51,11 @@ def isolated_home(tmp_path_factory, monkeypatch) -> Path:
 def home_cache(isolated_home) -> Path:
     """The default cache folder in these tests."""
     return isolated_home / ".cache" / "sslab" / "cache"
+
+
+def entries(folder: Path, name: str) -> list[Path]:
+    """The complete cache entries of dataset `name` in `folder` (data/cache.py)."""
+    return sorted(p for p in folder.glob(f"{name}-*") if (p / "header.json").is_file())
 
 
 def one_line_data_error(excinfo: pytest.ExceptionInfo) -> str:
@@ -600,7 +606,7 @@ def test_real_cifar10_jpeg_folder_second_load_is_fast(tmp_path):
 def test_cache_second_load_does_not_decode(tmp_path, monkeypatch, home_cache):
     write_cifar10(tmp_path)
     first = load_dataset("cifar10", tmp_path)
-    assert len(list(home_cache.glob("cifar10-*.pt"))) == 1
+    assert len(entries(home_cache, "cifar10")) == 1
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded again although the cache is valid")
@@ -624,16 +630,27 @@ def test_folder_cache_tracks_added_files(tmp_path, monkeypatch):
     assert len(load_dataset("folder", tmp_path, test_fraction=0).train_x) == 7
 
 
-def test_corrupt_cache_is_rebuilt(tmp_path, caplog, home_cache):
+@pytest.mark.parametrize("damage", ["truncated", "changed", "no header", "garbage header", "old format"])
+def test_damaged_cache_is_rebuilt(tmp_path, caplog, home_cache, damage):
     write_cifar10(tmp_path)
-    first = load_dataset("cifar10", tmp_path)
-    (cache_file,) = home_cache.glob("*.pt")
-    cache_file.write_bytes(cache_file.read_bytes()[:1000])
+    first = load_dataset("cifar10", tmp_path).train_x.clone()  # a copy: the damage below is done to the mapped file
+    (entry,) = entries(home_cache, "cifar10")
+    images, header = entry / "train_x.u8", entry / "header.json"
+    if damage == "truncated":
+        images.write_bytes(images.read_bytes()[:1000])
+    elif damage == "changed":  # same size, other bytes: caught by the content hash (a small cache is hashed on load)
+        images.write_bytes(bytes(255 - b for b in images.read_bytes()))
+    elif damage == "no header":  # what a build killed before its end leaves (it never renames it into place)
+        header.unlink()
+    elif damage == "garbage header":
+        header.write_text("{not json")
+    else:
+        header.write_text(header.read_text().replace('"format": 2', '"format": 1'))
     with caplog.at_level(logging.WARNING, logger="sslab.data"):
         second = load_dataset("cifar10", tmp_path)
-    assert "unreadable" in caplog.text and torch.equal(first.train_x, second.train_x)
-    assert torch.load(cache_file, weights_only=True)["train_x"].shape == first.train_x.shape  # rewritten whole
-    assert not [p for p in cache_file.parent.iterdir() if p.suffix == ".tmp"]
+    assert "is not usable" in caplog.text and torch.equal(first, second.train_x)
+    assert entries(home_cache, "cifar10") == [entry] and json.loads(header.read_text())["format"] == 2  # rewritten
+    assert sorted(p.name for p in home_cache.iterdir()) == [entry.name, entry.name + ".lock"]  # nothing left over
 
 
 def test_cache_goes_to_the_user_cache_folder_never_the_data_folder(tmp_path, monkeypatch, home_cache):
@@ -641,16 +658,16 @@ def test_cache_goes_to_the_user_cache_folder_never_the_data_folder(tmp_path, mon
     before = sorted(p.relative_to(tmp_path / "data") for p in (tmp_path / "data").rglob("*"))
     load_dataset("cifar10", tmp_path / "data")  # a read-only data folder works: nothing is written there
     assert sorted(p.relative_to(tmp_path / "data") for p in (tmp_path / "data").rglob("*")) == before
-    assert len(list(home_cache.glob("cifar10-*.pt"))) == 1
+    assert len(entries(home_cache, "cifar10")) == 1
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     load_dataset("cifar10", tmp_path / "data", image_size=16)
-    assert len(list((tmp_path / "xdg" / "sslab" / "cache").glob("cifar10-*.pt"))) == 1
+    assert len(entries(tmp_path / "xdg" / "sslab" / "cache", "cifar10")) == 1
     monkeypatch.setenv("SSLAB_CACHE_DIR", str(tmp_path / "env"))
     load_dataset("cifar10", tmp_path / "data", image_size=16)
-    assert len(list((tmp_path / "env").glob("cifar10-*.pt"))) == 1
+    assert len(entries(tmp_path / "env", "cifar10")) == 1
     load_dataset("cifar10", tmp_path / "data", image_size=16, cache_dir=tmp_path / "data" / "asked")  # --cache-dir
-    assert len(list((tmp_path / "data" / "asked").glob("cifar10-*.pt"))) == 1
+    assert len(entries(tmp_path / "data" / "asked", "cifar10")) == 1
 
 
 def test_unwritable_cache_folder_warns_and_loads_uncached(tmp_path, caplog):
@@ -673,7 +690,7 @@ def test_cache_key_includes_image_size(tmp_path, home_cache):
     write_cifar10(tmp_path)
     assert load_dataset("cifar10", tmp_path, image_size=16).train_x.shape[-1] == 16
     assert load_dataset("cifar10", tmp_path).train_x.shape[-1] == 32
-    assert len(list(home_cache.glob("*.pt"))) == 2
+    assert len(entries(home_cache, "cifar10")) == 2
 
 
 # ---- the real data in ../shared -------------------------------------------------------------------------

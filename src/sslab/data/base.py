@@ -1,7 +1,12 @@
-"""The in-memory dataset every loader returns: uint8 images (N, C, H, W) and int64 labels per split."""
+"""The dataset every loader returns: uint8 images (N, C, H, W) and int64 labels per split.
+
+The images are tensors (in memory, or pages of a memory-mapped cache file, data/cache.py), or, for a split
+or a limit of a cache too large to copy (`ImageRows`), some rows of a mapped tensor, gathered on demand.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Union
 
 import torch
 
@@ -15,9 +20,9 @@ class ImageData:
     """
 
     name: str
-    train_x: torch.Tensor
+    train_x: "Images"
     train_y: torch.Tensor
-    test_x: torch.Tensor
+    test_x: "Images"
     test_y: torch.Tensor
     classes: list[str]
     mean: tuple[float, ...] = field(default=())  # per channel, in [0, 1], of the train split
@@ -28,6 +33,11 @@ class ImageData:
             assert x.dtype == torch.uint8 and x.ndim == 4, "images must be uint8 (N, C, H, W)"
         if not self.mean:
             self.mean, self.std = channel_stats(self.train_x)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the images and labels of both splits (what the device holds when they sit there)."""
+        return sum(image_bytes(x) for x in (self.train_x, self.test_x)) + 8 * (len(self.train_y) + len(self.test_y))
 
     @property
     def channels(self) -> int:
@@ -47,7 +57,73 @@ class ImageData:
                          self.test_y.to(device), self.classes, self.mean, self.std)
 
 
-def channel_stats(x: torch.Tensor, chunk_bytes: int = 64 * 2**20) -> tuple[tuple[float, ...], tuple[float, ...]]:
+class ImageRows:
+    """Rows `rows` of the uint8 images `base` (N, C, H, W), usually a memory-mapped cache, without copying them:
+    a held-out split or a limit of a cache too large to copy in host memory. It indexes like a tensor (a slice
+    or index tensor gathers those images into a new tensor), and `.to(device)` copies all its rows there."""
+
+    dtype = torch.uint8
+    ndim = 4
+
+    def __init__(self, base: torch.Tensor, rows: torch.Tensor):
+        assert base.dtype == torch.uint8 and base.ndim == 4 and rows.ndim == 1
+        self.base, self.rows = base, rows.to(torch.int64).cpu()
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self.rows), *self.base.shape[1:]))
+
+    @property
+    def device(self) -> torch.device:
+        return self.base.device
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __repr__(self) -> str:
+        return f"ImageRows({len(self.rows)} of {len(self.base)} images of {tuple(self.base.shape[1:])})"
+
+    def size(self, dim: int | None = None):
+        return self.shape if dim is None else self.shape[dim]
+
+    def numel(self) -> int:
+        return self.shape.numel()
+
+    def element_size(self) -> int:
+        return 1
+
+    def __getitem__(self, key: int | slice | torch.Tensor) -> torch.Tensor:
+        if isinstance(key, int):
+            return self.base[int(self.rows[key])]
+        index = self.rows[key] if isinstance(key, slice) else self.rows[torch.as_tensor(key).cpu()]
+        return self.base.index_select(0, index)
+
+    def to(self, device: torch.device | str) -> torch.Tensor:
+        """All the rows as one tensor on `device` (a copy), gathered in chunks of about 256 MiB."""
+        out = torch.empty(self.shape, dtype=torch.uint8, device=device)
+        chunk = max(1, 256 * 2**20 // max(1, self.base[0].numel()))
+        for i in range(0, len(self.rows), chunk):
+            out[i:i + chunk].copy_(self[i:i + chunk])
+        return out
+
+
+Images = Union[torch.Tensor, ImageRows]
+
+
+def image_bytes(x: Images) -> int:
+    return x.numel() * x.element_size()
+
+
+def gather(images: Images, indices: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """`images[indices]` (CPU indices), into `out` when given (e.g. a pinned buffer of the right shape)."""
+    if isinstance(images, ImageRows):
+        images, indices = images.base, images.rows[indices]
+    if out is None:
+        return images.index_select(0, indices)
+    return torch.index_select(images, 0, indices, out=out)
+
+
+def channel_stats(x: Images, chunk_bytes: int = 64 * 2**20) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std in [0, 1] of uint8 images (N, C, H, W), in chunks of about `chunk_bytes` of
     float64 working memory (a fixed image count would cost gigabytes at 96 px and above)."""
     if len(x) == 0:

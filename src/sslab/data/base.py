@@ -118,6 +118,7 @@ def gather(images: Images, indices: torch.Tensor, out: torch.Tensor | None = Non
     """`images[indices]` (CPU indices), into `out` when given (e.g. a pinned buffer of the right shape)."""
     if isinstance(images, ImageRows):
         images, indices = images.base, images.rows[indices]
+    indices = indices.to(images.device)
     if out is None:
         return images.index_select(0, indices)
     return torch.index_select(images, 0, indices, out=out)

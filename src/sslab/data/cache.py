@@ -52,7 +52,7 @@ CACHE_ENV = "SSLAB_CACHE_DIR"
 HEADER, PROGRESS = "header.json", "progress.json"
 ARRAYS = {"train_x": ("train_x.u8", torch.uint8), "train_y": ("train_y.i64", torch.int64),
           "test_x": ("test_x.u8", torch.uint8), "test_y": ("test_y.i64", torch.int64)}
-VERIFY_MAX_BYTES = 256 * 2**20  # entries up to this size have their content hashed on every load (~0.2 s)
+VERIFY_MAX_BYTES = 64 * 2**20  # entries up to this size have their content hashed on every load (< 0.1 s)
 CHECKPOINT_SECONDS = 2.0  # a killed build loses at most this much decoding
 LOCK_POLL_SECONDS = 5.0
 LOCK_REPORT_SECONDS = 60.0  # a process waiting for another's build says so this often

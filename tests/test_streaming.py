@@ -1,0 +1,174 @@
+"""The streaming feed gives exactly what indexing the resident tensor gives, in the loop's order, with host
+memory that follows the batch, not the dataset; the placement decision follows the sizes; features extracted
+chunk by chunk from a memory-mapped cache equal those of the resident images; a bounded kNN bank is a
+stratified, seeded subset."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sslab.data.base import ImageRows
+from sslab.errors import ConfigError
+from sslab.eval.features import bank_rows, extract_features
+from sslab.kit import BatchSource
+from sslab.streaming import StreamingFeed, decide_placement, feed_memory_bound
+
+GIB = 2**30
+
+
+def mapped_images(folder: Path, n: int, shape: tuple[int, int, int], seed: int = 0, chunk: int = 512) -> torch.Tensor:
+    """Random uint8 images (n, *shape) written chunk by chunk to a raw file and memory-mapped, as a cache is."""
+    rng = np.random.default_rng(seed)
+    path = folder / "images.u8"
+    with open(path, "wb") as f:
+        for i in range(0, n, chunk):
+            f.write(rng.integers(0, 256, (min(chunk, n - i), *shape), dtype=np.uint8).tobytes())
+    per_image = int(np.prod(shape))
+    return torch.from_file(str(path), shared=False, size=n * per_image, dtype=torch.uint8).view(n, *shape)
+
+
+def test_feed_gives_the_resident_batches_in_the_loops_order(tmp_path):
+    images = mapped_images(tmp_path, 103, (3, 8, 8))
+    resident = images.clone()
+    source = BatchSource(len(images), 16, seed=0, device=torch.device("cpu"))
+    with StreamingFeed(images, "cpu", depth=2) as feed:
+        for _ in range(3):  # epochs
+            order = source.order()
+            steps = [source.indices(order, i) for i in range(source.steps_per_epoch)]
+            feed.prefetch(steps[0])
+            for i, indices in enumerate(steps):
+                if i + 1 < len(steps):
+                    feed.prefetch(steps[i + 1])  # the next step's batch, gathered while this one runs
+                assert torch.equal(feed.batch(indices), resident[indices])
+        # a batch that was not prefetched next (a resume, an evaluation) is gathered at once
+        feed.prefetch(torch.arange(16))
+        odd = torch.tensor([5, 0, 102, 5])
+        assert torch.equal(feed.batch(odd), resident[odd])
+        assert torch.equal(feed.batch(torch.arange(3)), resident[:3])
+
+
+def test_feed_over_rows_of_a_cache_and_errors_reach_the_step(tmp_path):
+    images = mapped_images(tmp_path, 50, (1, 4, 4))
+    rows = ImageRows(images, torch.arange(1, 50, 2))  # a held-out split that was not copied
+    with StreamingFeed(rows, "cpu") as feed:
+        wanted = torch.tensor([3, 0, 24])
+        feed.prefetch(wanted)
+        assert torch.equal(feed.batch(wanted), images[torch.tensor([7, 1, 49])])
+        feed.prefetch(torch.tensor([25]))  # outside the 25 rows: the background thread fails...
+        with pytest.raises((IndexError, RuntimeError)):
+            feed.batch(torch.tensor([25]))  # ...and the step sees the error
+
+
+def test_rows_index_and_copy_like_the_tensor_they_stand_for(tmp_path):
+    images = mapped_images(tmp_path, 40, (3, 2, 2))
+    index = torch.tensor([39, 2, 2, 17, 0])
+    rows = ImageRows(images, index)
+    assert rows.shape == (5, 3, 2, 2) and len(rows) == 5 and rows.dtype == torch.uint8
+    assert torch.equal(rows.to("cpu"), images[index]) and torch.equal(rows[1:4], images[index[1:4]])
+    assert torch.equal(rows[torch.tensor([4, 0])], images[torch.tensor([0, 39])]) and torch.equal(rows[3], images[17])
+
+
+@pytest.mark.parametrize("mode, free, resident", [("auto", 40, True), ("auto", 20, False), ("always", 1, True),
+                                                  ("never", 80, False)])
+def test_placement_by_size_with_the_reason(mode, free, resident):
+    # 16 GiB of images on an 80 GiB GPU: the margin kept for the model is 25% of it (20 GiB)
+    placement = decide_placement(mode, 16 * GIB, torch.device("cuda", 0), free_and_total=(free * GIB, 80 * GIB))
+    assert placement.resident is resident
+    assert "16.0 GiB" in placement.reason and ("--data-on-device" in placement.reason)
+    if mode == "auto":
+        assert f"{free:.1f} GiB free" in placement.reason and "20.0 GiB is kept" in placement.reason
+
+
+def test_placement_on_the_cpu_and_a_bad_mode():
+    cpu = torch.device("cpu")
+    assert decide_placement("auto", 10 * GIB, cpu).resident  # the cache is used in place: nothing to copy
+    assert not decide_placement("auto", 10 * GIB, cpu, rows_of_cache=True).resident  # a selection would be a copy
+    with pytest.raises(ConfigError, match="auto, always, never"):
+        decide_placement("sometimes", 1, cpu)
+
+
+@pytest.mark.parametrize("as_rows", [False, True])
+def test_features_from_the_map_equal_features_of_resident_images(tmp_path, as_rows):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    images = mapped_images(tmp_path, 70, (3, 6, 6))
+    source = ImageRows(images, torch.arange(69, -1, -1)) if as_rows else images
+    resident = source.to("cpu") if as_rows else images.clone()
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+
+    class OtherDevice(ImageRows):  # what the model sees when the images are not on its device: the feed path
+        @property
+        def device(self):
+            return torch.device("meta")
+
+    streamed = OtherDevice(images, source.rows if as_rows else torch.arange(70))
+    expected = extract_features(net, resident, mean, std, batch_size=16)
+    assert expected.shape == (70, 4)
+    assert torch.equal(extract_features(net, streamed, mean, std, batch_size=16), expected)  # chunks fed a chunk ahead
+    assert torch.equal(extract_features(net, source, mean, std, batch_size=16, out_device="cpu"), expected)
+
+
+def test_bounded_knn_bank_is_a_stated_stratified_seeded_subset():
+    labels = torch.tensor([0] * 600 + [1] * 300 + [2] * 100)
+    assert bank_rows(labels, None, 0) == (None, None) and bank_rows(labels, 1000, 0) == (None, None)
+    rows, note = bank_rows(labels, 100, seed=3)
+    assert len(rows) == 100 and torch.equal(rows, rows.sort().values) and len(set(rows.tolist())) == 100
+    assert torch.bincount(labels[rows]).tolist() == [60, 30, 10]  # each class keeps its share
+    assert torch.equal(bank_rows(labels, 100, seed=3)[0], rows) and not torch.equal(bank_rows(labels, 100, 4)[0], rows)
+    assert "stratified subset of 100 of the 1,000 training images (seed 3)" in note
+
+
+# ---- memory: anonymous memory follows the batch, the data's pages are file-backed --------------------------
+def rss_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def stream_everything(images: torch.Tensor, batch: int) -> tuple[int, int, int]:
+    """Stream every image once in a random order; (peak RssAnon growth, RssFile growth, bound), in bytes."""
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
+    steps = [order[i:i + batch] for i in range(0, len(order) - batch + 1, batch)]
+    bound = feed_memory_bound(batch, images.shape[1:], depth=2)
+    file0 = rss_kib("RssFile")
+    with StreamingFeed(images, "cpu", depth=2) as feed:
+        feed.batch(steps[0])  # the feed's thread and buffers exist: what is measured from here is the data
+        anon0 = rss_kib("RssAnon")
+        peak = anon0
+        feed.prefetch(steps[1])
+        for i, indices in enumerate(steps[1:], start=1):
+            if i + 1 < len(steps):
+                feed.prefetch(steps[i + 1])
+            x = feed.batch(indices)
+            assert x.shape[0] == batch
+            peak = max(peak, rss_kib("RssAnon"))
+        grown_file = rss_kib("RssFile") - file0
+    return 1024 * (peak - anon0), 1024 * grown_file, bound
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RssAnon is Linux's")
+def test_streaming_a_cache_holds_a_few_batches_of_anonymous_memory(tmp_path):
+    images = mapped_images(tmp_path, 2400, (3, 96, 96))  # 66 MB: 37 batches of 64
+    anon, file_backed, bound = stream_everything(images, batch=64)
+    assert anon <= bound + 16 * 2**20, (anon, bound)  # a few batches (+ allocator slack), not the 66 MB
+    assert file_backed >= 0.8 * images.numel()  # the images were read through the map: page-cache pages
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RssAnon is Linux's")
+def test_streaming_a_3_gb_cache_holds_a_few_batches_of_anonymous_memory(tmp_path):
+    import shutil
+
+    if shutil.disk_usage(tmp_path).free < 4 * GIB:
+        pytest.skip("needs 4 GB of free disk for a 3 GB cache")
+    images = mapped_images(tmp_path, 20_000, (3, 224, 224))  # 3.0 GB, 224 px
+    anon, file_backed, bound = stream_everything(images, batch=128)
+    assert anon <= bound + 32 * 2**20, (anon, bound)
+    print(f"3.0 GB cache streamed in batches of 128: RssAnon grew {anon / 2**20:.0f} MiB (bound {bound / 2**20:.0f} "
+          f"MiB), RssFile {file_backed / 2**30:.2f} GiB")

@@ -78,7 +78,7 @@ def list_folder(root: Path) -> FolderListing:
         classes, train, train_labels, skipped = list_classes(root)
         return FolderListing(classes, train, train_labels, [], [], skipped)
     classes, train, train_labels, skipped = list_classes(train_dir)
-    held_out = [name for name in TEST_SPLITS if (root / name).is_dir()]
+    held_out = [name for name in TEST_SPLITS if _has_subfolders(root / name)]  # ImageNet's test/ has no classes
     _report_unused_top_level(root, held_out[:1])
     if not held_out:
         return FolderListing(classes, train, train_labels, [], [], skipped)
@@ -93,6 +93,13 @@ def list_folder(root: Path) -> FolderListing:
     return FolderListing(classes, train, train_labels, test, test_labels, skipped + test_skipped)
 
 
+def _has_subfolders(folder: Path) -> bool:
+    try:
+        return any(e.is_dir() and not e.name.startswith(".") for e in os.scandir(folder))
+    except OSError:
+        return False
+
+
 def _report_unused_top_level(root: Path, used_test: list[str]) -> None:
     """Beside train/, anything but the test split used is left out: say so (an ImageNet download also holds
     test/ without labels, devkits, CSV files; a misspelt split folder must not vanish silently)."""
@@ -101,7 +108,8 @@ def _report_unused_top_level(root: Path, used_test: list[str]) -> None:
                     if e.name not in used and not e.name.startswith("."))
     if unused:
         shown = ", ".join(unused[:_SHOW_AT_MOST]) + (f" and {len(unused) - _SHOW_AT_MOST} more" if len(unused) > _SHOW_AT_MOST else "")
-        test = f"{used_test[0]}/ as the test split" if used_test else "no test split (none of test/, val/, validation/)"
+        test = (f"{used_test[0]}/ as the test split" if used_test else
+                "no test split (none of test/, val/, validation/ has class folders; one is held out of train/)")
         log.warning("%s: using train/ and %s; left out the other top-level entries: %s", root, test, shown)
 
 

@@ -1,7 +1,9 @@
 """Decoding on every core: an ordered map over worker processes, and the progress line of a long decode.
 
-PIL holds the GIL in parts of decoding, so threads of one process use about one core; worker processes
-(started with `spawn`, safe in a process that has threads and on every OS) use them all. Results come back in
+PIL holds the GIL in parts of decoding, so threads of one process use about one core; worker processes use
+them all. They are forked from a fork server (Linux, macOS) that imported the decoding modules once, so a
+worker starts in milliseconds instead of importing torch again; where there is none (Windows) they are
+spawned. Neither forks the training process itself, whose threads make a plain fork unsafe. Results come back in
 task order with at most `window` tasks in flight, so the parent can append them to the cache as they arrive
 and its memory follows the window, not the dataset. Workers ignore SIGINT: Ctrl-C reaches the parent, which
 records how far it got (data/cache.py) and stops them.
@@ -14,7 +16,7 @@ import sys
 import time
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
-from multiprocessing import get_context
+import multiprocessing
 from typing import Any, Callable, Iterable, Iterator, TextIO
 
 WORKERS_ENV = "SSLAB_DECODE_WORKERS"
@@ -39,6 +41,15 @@ def _worker_init() -> None:
     torch.set_num_threads(1)  # one core per worker: the processes are the parallelism
 
 
+def _context(fn: Callable[[Any], Any]) -> multiprocessing.context.BaseContext:
+    """A fork server that has imported `fn`'s module (and with it torch), else spawn."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([fn.__module__])
+    return context
+
+
 def ordered_map(fn: Callable[[Any], Any], tasks: Iterable[Any], workers: int, window: int | None = None) -> Iterator[Any]:
     """`fn(task)` for every task, yielded in task order. `workers` <= 1: in this process; otherwise that many
     spawned processes (`fn` must be a module-level function) with at most `window` (default 2 x workers)
@@ -47,7 +58,7 @@ def ordered_map(fn: Callable[[Any], Any], tasks: Iterable[Any], workers: int, wi
         yield from map(fn, tasks)
         return
     window = window or 2 * workers
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=_worker_init)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=_context(fn), initializer=_worker_init)
     pending: deque[Future] = deque()
     remaining = iter(tasks)
     finished = False

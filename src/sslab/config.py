@@ -26,6 +26,7 @@ class DataConfig:
     download: bool = False  # fetch from the official source (with checksum) when missing
     train_split: str = "train"  # which STL-10 images to train on
     image_size: Optional[int] = None  # resize every image to this size; None: native (folders: most common)
+    store_size: Optional[int] = None  # cache images this large; training crops --image-size from them (256 for 224); None: the training size
     test_fraction: float = 0.2  # sets without a test split: share held out, stratified and seeded
     strict: bool = False  # refuse a folder with corrupt images instead of skipping and listing them
     limit_train: Optional[int] = None  # keep N training images, stratified (quick runs and tests)

@@ -74,7 +74,8 @@ def load_from_config(cfg: DataConfig, seed: int) -> ImageData:
         cfg.cache_dir = str(cache_folder())
     return load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download, train_split=cfg.train_split,
                         image_size=cfg.image_size, test_fraction=cfg.test_fraction, seed=seed, strict=cfg.strict,
-                        limit_train=cfg.limit_train, limit_test=cfg.limit_test, cache_dir=cfg.cache_dir)
+                        limit_train=cfg.limit_train, limit_test=cfg.limit_test, cache_dir=cfg.cache_dir,
+                        store_size=cfg.store_size)
 
 
 def decode_cached(name: str, source: Source, image_size: Optional[int], folder: Path) -> ImageData:

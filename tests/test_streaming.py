@@ -172,3 +172,19 @@ def test_streaming_a_3_gb_cache_holds_a_few_batches_of_anonymous_memory(tmp_path
     assert anon <= bound + 32 * 2**20, (anon, bound)
     print(f"3.0 GB cache streamed in batches of 128: RssAnon grew {anon / 2**20:.0f} MiB (bound {bound / 2**20:.0f} "
           f"MiB), RssFile {file_backed / 2**30:.2f} GiB")
+
+
+def test_bench_scale_runs_in_miniature(tmp_path):
+    """bench/scale.py --smoke (feed and memory stages) cannot rot between the measurements for the docs."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("scale", Path(__file__).resolve().parents[1] / "bench" / "scale.py")
+    scale = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(scale)
+    out = tmp_path / "scale.json"
+    assert scale.main(["--smoke", "--stages", "feed,memory", "--work", str(tmp_path / "work"), "--out", str(out)]) == 0
+    stages = json.loads(out.read_text())["stages"]
+    assert stages["feed"]["224px"]["streamed_images_per_s"] > 0 and stages["memory"]["images"] > 0
+    if sys.platform.startswith("linux"):
+        assert stages["memory"]["rss_anon_peak_growth_mib"] <= stages["memory"]["bound_mib"] + 16

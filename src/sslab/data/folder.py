@@ -1,10 +1,11 @@
 """An image folder: `ROOT/<class>/**/*.{png,jpg,jpeg,bmp,webp,tif,tiff,gif}`, or `ROOT/train/<class>/...` with
-`ROOT/test/<class>/...` (without `test/`, load_dataset holds out a stratified, seeded share). As with
-torchvision's `ImageFolder`, images in sub-folders of a class folder belong to that class; a GIF or a
-multi-page TIFF gives its first frame.
+`ROOT/test/<class>/...`, `ROOT/val/<class>/...` or `ROOT/validation/<class>/...` (ImageNet's layout; without
+any, load_dataset holds out a stratified, seeded share). As with torchvision's `ImageFolder`, images in
+sub-folders of a class folder belong to that class; a GIF or a multi-page TIFF gives its first frame.
 
-Images are decoded in a thread pool (PIL releases the GIL while decoding); with `image_size` a large image
-is decoded reduced (JPEG DCT scaling, else an integer box reduction) to no less than that size, so memory
+Images are decoded on worker processes (data/parallel.py), in order, chunk by chunk, straight into the cache
+(`build_cache`, resumable) or into memory (`decode`); first the headers fix the stored size and channels
+(`plan_folder`). With `image_size` a large image is decoded reduced (JPEG DCT scaling, else an integer box reduction) to no less than that size, so memory
 follows the training size, not the file's. Grey images stay one channel when every image is grey; otherwise
 all become RGB, transparent ones composited on white. Images of another size than the most common one (or
 than `image_size`) are resized, with a warning. Every file that is not used is listed in one warning with

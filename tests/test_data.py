@@ -748,6 +748,31 @@ def test_a_stopped_folder_build_continues_where_it_stopped(tmp_path, monkeypatch
     assert np.allclose(data.mean, reference.mean, atol=1e-4) and not list(home_cache.glob("*.partial"))
 
 
+def test_a_stopped_build_whose_files_lost_recorded_images_starts_again(tmp_path, monkeypatch, home_cache, caplog):
+    colour_folder(tmp_path, per_class=12)
+    monkeypatch.setattr(folder, "_FILES_PER_TASK", 8)
+    monkeypatch.setattr(cache, "CHECKPOINT_SECONDS", 0)
+    real_task, decoded = folder._decode_task, []
+
+    def stop_after_two(task):
+        if len(decoded) == 2:
+            raise KeyboardInterrupt
+        decoded.append(len(task[0]))
+        return real_task(task)
+
+    monkeypatch.setattr(folder, "_decode_task", stop_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        load_dataset("folder", tmp_path, test_fraction=0)
+    (partial,) = home_cache.glob("folder-*.partial")
+    (partial / "train_x.u8").write_bytes(b"")  # cut below what progress.json recorded: it cannot be trusted
+    decoded.clear()
+    monkeypatch.setattr(folder, "_decode_task", lambda task: decoded.append(len(task[0])) or real_task(task))
+    with caplog.at_level(logging.WARNING, logger="sslab.data"):
+        data = load_dataset("folder", tmp_path, test_fraction=0)
+    assert "lost data it had recorded; starting it again" in caplog.text and sum(decoded) == 24
+    assert torch.equal(data.train_x, load_dataset("folder", tmp_path, test_fraction=0, cache=False).train_x)
+
+
 SLOW_DECODE = """
 import time
 import sslab.data.folder as folder

@@ -155,6 +155,9 @@ class EntryWriter:
         self.entry, self.path = entry, entry.with_name(entry.name + ".partial")
         self.path.mkdir(parents=True, exist_ok=True)
         self.state = self._read_progress() if resume else None
+        if self.state is not None and not self._files_hold_what_was_recorded():
+            log.warning("the stopped cache build in %s lost data it had recorded; starting it again", self.path)
+            self.state = None
         if self.state is None:
             self.state = {"format": CACHE_FORMAT, "splits": {}, "plan": None, "skipped": [], "sizes": {}}
         self.state["owner"] = {"host": socket.gethostname(), "pid": os.getpid()}
@@ -167,6 +170,16 @@ class EntryWriter:
             return state if state.get("format") == CACHE_FORMAT else None
         except (OSError, ValueError):
             return None
+
+    def _files_hold_what_was_recorded(self) -> bool:
+        """Every recorded image and label is still in its file (a file deleted or cut short by hand is not)."""
+        for split, s in self.state["splits"].items():
+            widths = {f"{split}_x": int(np.prod(s["shape"])), f"{split}_y": 8}
+            for key, width in widths.items():
+                file = self.path / ARRAYS[key][0]
+                if (file.stat().st_size if file.exists() else -1) < int(s["rows"]) * width:
+                    return False
+        return True
 
     @property
     def plan(self) -> Any:
@@ -368,7 +381,7 @@ def load_or_build(entry: Path, build: Build, uncached: Callable[[], ImageData], 
         except OSError as e:
             return _uncached_after(e, entry, uncached)
         _build_entry(writer, build, entry, resumable)
-    return _loaded(entry)
+    return _loaded(entry, quiet=True)  # the build logged its warnings as it went
 
 
 def _build_entry(writer: EntryWriter, build: Build, entry: Path, resumable: bool) -> None:
@@ -427,9 +440,9 @@ def _as_data_error(e: OSError, writer: EntryWriter, kept: bool) -> DataError:
                      f"--cache-dir (or set {CACHE_ENV}) to another one")
 
 
-def _loaded(entry: Path) -> ImageData:
+def _loaded(entry: Path, quiet: bool = False) -> ImageData:
     data, warnings = read_entry(entry)
-    for message in warnings:
+    for message in warnings if not quiet else ():
         log.warning(message)
     log.debug("loaded %s from the cache %s", data.name, entry)
     return data

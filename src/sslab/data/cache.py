@@ -145,7 +145,45 @@ def file_sha256(file: Path) -> str:
 
 
 # ---- building an entry ----------------------------------------------------------------------------------
-class EntryWriter:
+class DecodeSink:
+    """Where a decoder puts its images, split by split and in order, and what it records on the way: its
+    `plan` (decided before writing), how many images and source files of each split are done, the files it
+    `skipped` (path, why) and the decoded sizes it saw ("HxW": count). Subclasses keep the images."""
+
+    def __init__(self, state: dict[str, Any] | None = None):
+        self.state = state or {"format": CACHE_FORMAT, "splits": {}, "plan": None, "skipped": [], "sizes": {}}
+
+    @property
+    def plan(self) -> Any:
+        """What the decoder decided before writing (image size, channels, totals); kept for a resume."""
+        return self.state["plan"]
+
+    def set_plan(self, plan: Any) -> None:
+        self.state["plan"] = plan
+
+    def done(self, split: str) -> tuple[int, int]:
+        """(images, source files) of `split` already written: where a resumed build continues."""
+        s = self.state["splits"].get(split, {})
+        return int(s.get("rows", 0)), int(s.get("files", 0))
+
+    def reserve(self, total_bytes: int, what: str) -> None:
+        """Raise when there is no room for `total_bytes` (memory is not checked ahead: numpy and torch fail)."""
+
+    def start_split(self, split: str, image_shape: Sequence[int]) -> None:
+        rows, files = self.done(split)
+        self.state["splits"][split] = {"rows": rows, "files": files, "shape": [int(s) for s in image_shape]}
+
+    def _count(self, split: str, images: int, files_done: int, skipped: Sequence[tuple[str, str]],
+               sizes: dict[str, int] | None) -> None:
+        s = self.state["splits"][split]
+        s["rows"] += images
+        s["files"] += files_done
+        self.state["skipped"] += [list(item) for item in skipped]
+        for size, n in (sizes or {}).items():
+            self.state["sizes"][size] = self.state["sizes"].get(size, 0) + n
+
+
+class EntryWriter(DecodeSink):
     """Writes a cache entry into `<entry>.partial/`: each split's images and labels appended in order, and
     `progress.json` (how many images and source files are written, plus the builder's own `plan` and notes)
     every CHECKPOINT_SECONDS after an fsync of the data, so a build stopped at any point continues from
@@ -154,12 +192,10 @@ class EntryWriter:
     def __init__(self, entry: Path, resume: bool = True):
         self.entry, self.path = entry, entry.with_name(entry.name + ".partial")
         self.path.mkdir(parents=True, exist_ok=True)
-        self.state = self._read_progress() if resume else None
-        if self.state is not None and not self._files_hold_what_was_recorded():
+        super().__init__(self._read_progress() if resume else None)
+        if self.state["splits"] and not self._files_hold_what_was_recorded():
             log.warning("the stopped cache build in %s lost data it had recorded; starting it again", self.path)
-            self.state = None
-        if self.state is None:
-            self.state = {"format": CACHE_FORMAT, "splits": {}, "plan": None, "skipped": [], "sizes": {}}
+            super().__init__()
         self.state["owner"] = {"host": socket.gethostname(), "pid": os.getpid()}
         self._files: dict[str, Any] = {}
         self._last_checkpoint = time.monotonic()
@@ -181,19 +217,9 @@ class EntryWriter:
                     return False
         return True
 
-    @property
-    def plan(self) -> Any:
-        """What the builder decided before writing (image size, channels, totals); kept for a resume."""
-        return self.state["plan"]
-
     def set_plan(self, plan: Any) -> None:
-        self.state["plan"] = plan
+        super().set_plan(plan)
         self.checkpoint(force=True)
-
-    def done(self, split: str) -> tuple[int, int]:
-        """(images, source files) of `split` already written: where a resumed build continues."""
-        s = self.state["splits"].get(split, {})
-        return int(s.get("rows", 0)), int(s.get("files", 0))
 
     def reserve(self, total_bytes: int, what: str) -> None:
         """A one-line DataError when the cache's disk has no room for the rest of the entry."""
@@ -207,8 +233,8 @@ class EntryWriter:
     def start_split(self, split: str, image_shape: Sequence[int]) -> None:
         """Open `split`'s files for appending, cut back to the last recorded image (a build stopped mid-chunk
         leaves a tail that was never recorded)."""
-        rows, files = self.done(split)
-        self.state["splits"][split] = {"rows": rows, "files": files, "shape": [int(s) for s in image_shape]}
+        super().start_split(split, image_shape)
+        rows = self.done(split)[0]
         row_bytes = int(np.prod(image_shape))
         for key, width in ((f"{split}_x", row_bytes), (f"{split}_y", 8)):
             file = self.path / ARRAYS[key][0]
@@ -226,12 +252,7 @@ class EntryWriter:
         assert len(x) == len(y) and list(x.shape[1:]) == self.state["splits"][split]["shape"]
         self._files[f"{split}_x"].write(x.tobytes() if x.size == 0 else memoryview(x.reshape(-1)))
         self._files[f"{split}_y"].write(y.tobytes() if y.size == 0 else memoryview(y.view(np.uint8)))
-        s = self.state["splits"][split]
-        s["rows"] += len(x)
-        s["files"] += files_done
-        self.state["skipped"] += [list(item) for item in skipped]
-        for size, n in (sizes or {}).items():
-            self.state["sizes"][size] = self.state["sizes"].get(size, 0) + n
+        self._count(split, len(x), files_done, skipped, sizes)
         self.checkpoint()
 
     def write_data(self, data: ImageData) -> None:

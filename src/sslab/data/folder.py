@@ -5,12 +5,12 @@ sub-folders of a class folder belong to that class; a GIF or a multi-page TIFF g
 
 Images are decoded on worker processes (data/parallel.py), in order, chunk by chunk, straight into the cache
 (`build_cache`, resumable) or into memory (`decode`); first the headers fix the stored size and channels
-(`plan_folder`). With `image_size` a large image is decoded reduced (JPEG DCT scaling, else an integer box reduction) to no less than that size, so memory
-follows the training size, not the file's. Grey images stay one channel when every image is grey; otherwise
-all become RGB, transparent ones composited on white. Images of another size than the most common one (or
-than `image_size`) are resized, with a warning. Every file that is not used is listed in one warning with
-the reason (not an image extension, unreadable, symlink loop, ...), or with `strict` an unreadable one
-stops the load.
+(`plan_folder`). With `image_size` a large image is decoded reduced (JPEG DCT scaling, else an integer box
+reduction) to no less than that size, so memory follows the training size, not the file's. Grey images stay
+one channel when every image is grey; otherwise all become RGB, transparent ones composited on white. Images
+of another size than the most common one (or than `image_size`) are resized, with a warning. Every file that
+is not used is listed in one warning with the reason (not an image extension, unreadable, symlink loop, ...),
+or with `strict` an unreadable one stops the load.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from sslab.data.base import ImageData
-from sslab.data.cache import collect_warnings
+from sslab.data.cache import DecodeSink, collect_warnings
 from sslab.data.parallel import BuildProgress, default_workers, ordered_map
 from sslab.data.prepare import resize_images
 from sslab.data.source import LoadRequest, Source
@@ -39,7 +39,7 @@ log = logging.getLogger("sslab.data")
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 LAYOUT_HINT = "ROOT/<class>/<image>.png, or ROOT/train/<class>/... and ROOT/test/<class>/... (or ROOT/val/<class>/...)"
-TEST_SPLITS = ("test", "val", "validation")  # beside train/, the first of these that exists is the test split
+TEST_SPLITS = ("test", "val", "validation")  # beside train/, the first of these with class folders is the test split
 _EXIF_ORIENTATION = 0x0112
 _EXIF_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
                    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
@@ -225,7 +225,7 @@ def build_cache(root: Path, listing: FolderListing, image_size: int | None, stri
     return "folder", listing.classes, warnings
 
 
-def decode_into(sink: Any, root: Path, listing: FolderListing, image_size: int | None, strict: bool,
+def decode_into(sink: DecodeSink, root: Path, listing: FolderListing, image_size: int | None, strict: bool,
                 workers: int | None = None) -> None:
     """Decode every image of `listing` in order into `sink` (an EntryWriter or a MemorySink), on `workers`
     processes (default: every core; folders under PROCESS_MIN_FILES files: this process), chunk by chunk.
@@ -265,7 +265,7 @@ def decode_into(sink: Any, root: Path, listing: FolderListing, image_size: int |
     _report(sink, root, listing, size, image_size)
 
 
-def _report(sink: Any, root: Path, listing: FolderListing, size: tuple[int, int], image_size: int | None) -> None:
+def _report(sink: DecodeSink, root: Path, listing: FolderListing, size: tuple[int, int], image_size: int | None) -> None:
     """The warnings of a finished decode: files left out, images resized; a DataError when nothing was readable."""
     paths = listing.train + listing.test
     failed = [(Path(path), why) for path, why in sink.state["skipped"]]
@@ -339,40 +339,22 @@ def _decode_task(task: tuple[list[str], int | None, int, tuple[int, int]]) -> tu
     return x, [r if isinstance(r, str) else None for r in results], dict(sizes)
 
 
-class MemorySink:
+class MemorySink(DecodeSink):
     """Where `decode_into` puts the images when there is no cache: lists of chunks, joined at the end."""
 
     def __init__(self) -> None:
-        self.state: dict[str, Any] = {"splits": {}, "plan": None, "skipped": [], "sizes": {}}
+        super().__init__()
         self.chunks: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
 
-    @property
-    def plan(self) -> Any:
-        return self.state["plan"]
-
-    def set_plan(self, plan: Any) -> None:
-        self.state["plan"] = plan
-
-    def done(self, split: str) -> tuple[int, int]:
-        s = self.state["splits"].get(split, {})
-        return int(s.get("rows", 0)), int(s.get("files", 0))
-
-    def reserve(self, total_bytes: int, what: str) -> None:
-        """Memory is not checked ahead: the decode fails as numpy and torch fail."""
-
     def start_split(self, split: str, image_shape: tuple[int, ...]) -> None:
-        self.state["splits"][split] = {"rows": 0, "files": 0, "shape": list(image_shape)}
+        super().start_split(split, image_shape)
         self.chunks[split] = ([np.zeros((0, *image_shape), np.uint8)], [np.zeros(0, np.int64)])
 
     def append(self, split: str, x: np.ndarray, y: np.ndarray, files_done: int, skipped: Any = (),
                sizes: dict[str, int] | None = None) -> None:
         self.chunks[split][0].append(x)
         self.chunks[split][1].append(y)
-        self.state["splits"][split]["rows"] += len(x)
-        self.state["splits"][split]["files"] += files_done
-        self.state["skipped"] += [list(item) for item in skipped]
-        for size, n in (sizes or {}).items():
-            self.state["sizes"][size] = self.state["sizes"].get(size, 0) + n
+        self._count(split, len(x), files_done, skipped, sizes)
 
     def data(self, name: str, classes: list[str]) -> ImageData:
         def joined(split: str, i: int) -> torch.Tensor:

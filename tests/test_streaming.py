@@ -51,6 +51,22 @@ def test_feed_gives_the_resident_batches_in_the_loops_order(tmp_path):
         assert torch.equal(feed.batch(torch.arange(3)), resident[:3])
 
 
+def test_streamed_images_index_like_the_tensor_from_any_step_of_an_epoch(tmp_path):
+    from sslab.streaming import StreamedImages
+
+    images = mapped_images(tmp_path, 70, (1, 4, 4))
+    source = BatchSource(len(images), 8, seed=3, device=torch.device("cpu"))
+    with StreamingFeed(images, "cpu") as feed:
+        streamed = StreamedImages(feed, source.indices, source.steps_per_epoch)
+        for first in (0, 5, 0):  # a fresh epoch, one resumed at its step 5, another fresh one
+            order = source.order()
+            streamed.start_epoch(order, first)
+            for i in range(first, source.steps_per_epoch):
+                indices = source.indices(order, i)
+                assert torch.equal(streamed[indices], images[indices])
+            assert feed._expected == []  # nothing prefetched past the epoch's end
+
+
 def test_feed_over_rows_of_a_cache_and_errors_reach_the_step(tmp_path):
     images = mapped_images(tmp_path, 50, (1, 4, 4))
     rows = ImageRows(images, torch.arange(1, 50, 2))  # a held-out split that was not copied
@@ -111,6 +127,17 @@ def test_features_from_the_map_equal_features_of_resident_images(tmp_path, as_ro
     assert expected.shape == (70, 4)
     assert torch.equal(extract_features(net, streamed, mean, std, batch_size=16), expected)  # chunks fed a chunk ahead
     assert torch.equal(extract_features(net, source, mean, std, batch_size=16, out_device="cpu"), expected)
+
+
+def test_features_of_images_stored_larger_are_those_of_their_centre_crop():
+    from sslab.eval.features import center_crop
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten())  # sees every pixel's position
+    stored = torch.randint(0, 256, (5, 1, 10, 10), dtype=torch.uint8)
+    assert torch.equal(center_crop(stored, 8), stored[..., 1:9, 1:9]) and center_crop(stored, 12) is stored
+    cropped = extract_features(net, stored, (0.5,), (0.2,), crop=8)
+    assert torch.equal(cropped, extract_features(net, stored[..., 1:9, 1:9].clone(), (0.5,), (0.2,)))
 
 
 def test_bounded_knn_bank_is_a_stated_stratified_seeded_subset():

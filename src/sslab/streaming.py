@@ -204,8 +204,40 @@ class StreamingFeed:
         self.close()
 
 
+class StreamedImages:
+    """The training images as the train step indexes them (`images[indices]`), streamed a batch ahead.
+
+    The epoch loop announces each epoch's sample order (`start_epoch(order, first_step)`, also after a resume in
+    the middle of an epoch); every `images[indices]` is then the next step's batch, and the batch of the step after
+    it is prefetched while this one runs. `indices_of(order, step) -> indices` is `BatchSource.indices`: the
+    batch's indices are taken from the CPU order, so reading them never waits for the GPU."""
+
+    def __init__(self, feed: StreamingFeed, indices_of: Any, steps_per_epoch: int):
+        self.feed, self.indices_of, self.steps_per_epoch = feed, indices_of, steps_per_epoch
+        self.order: torch.Tensor | None = None
+        self.step = 0
+        self.shape = feed.images.shape
+
+    def __len__(self) -> int:
+        return len(self.feed.images)
+
+    def start_epoch(self, order: torch.Tensor, first_step: int) -> None:
+        self.order, self.step = order.cpu(), first_step
+        if first_step < self.steps_per_epoch:
+            self.feed.prefetch(self.indices_of(self.order, first_step))
+
+    def __getitem__(self, indices: torch.Tensor) -> torch.Tensor:
+        if self.order is None:  # no order announced: gather what was asked, now
+            return self.feed.batch(indices)
+        if self.step + 1 < self.steps_per_epoch:
+            self.feed.prefetch(self.indices_of(self.order, self.step + 1))  # gathered while this step runs
+        self.step += 1
+        return self.feed.batch(self.indices_of(self.order, self.step - 1))  # = `indices`, from the CPU order
+
+
 def _cpu_indices(indices: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(indices, dtype=torch.int64).cpu()
 
 
-__all__ = ["PLACEMENTS", "PLACEMENT_HELP", "Placement", "decide_placement", "StreamingFeed", "feed_memory_bound"]
+__all__ = ["PLACEMENTS", "PLACEMENT_HELP", "Placement", "decide_placement", "StreamingFeed", "StreamedImages",
+           "feed_memory_bound"]

@@ -51,6 +51,12 @@ class ImageData:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    def labels_to(self, device: torch.device | str) -> "ImageData":
+        """The same images where they are (a streamed run keeps them in the host's mapped cache), the labels on
+        `device` (the kNN monitor compares them with features there)."""
+        return ImageData(self.name, self.train_x, self.train_y.to(device), self.test_x, self.test_y.to(device),
+                         self.classes, self.mean, self.std)
+
     def to(self, device: torch.device | str) -> "ImageData":
         """The same data on `device` (the GPU holds it once; augmentation runs there)."""
         return ImageData(self.name, self.train_x.to(device), self.train_y.to(device), self.test_x.to(device),

@@ -35,9 +35,11 @@ def autocast_for(device: torch.device, bf16: bool | None = None):
 @torch.no_grad()
 def extract_features(backbone: nn.Module, images: Images, mean: Sequence[float], std: Sequence[float],
                      batch_size: int = 1024, bf16: bool | None = None, channels_last: bool = False,
-                     out_device: torch.device | str | None = None) -> torch.Tensor:
+                     out_device: torch.device | str | None = None, crop: int | None = None) -> torch.Tensor:
     """Backbone features (N, D) float32, in eval mode (BN running stats), on `out_device` (default: the
-    model's device; pass "cpu" when N x D would not fit there). `images`: uint8 (N, C, H, W) anywhere."""
+    model's device; pass "cpu" when N x D would not fit there). `images`: uint8 (N, C, H, W) anywhere.
+    `crop`: the centre crop x crop of images stored larger than the training size (`--store-size 256
+    --image-size 224`: the ImageNet evaluation's resize to 256, then centre crop 224)."""
     device = next(backbone.parameters()).device
     resident = isinstance(images, torch.Tensor) and images.device == device
     starts = range(0, len(images), batch_size)
@@ -56,7 +58,7 @@ def extract_features(backbone: nn.Module, images: Images, mean: Sequence[float],
                     if k + 1 < len(chunks):
                         feed.prefetch(chunks[k + 1])  # gathered and copied while this chunk runs
                     x = feed.batch(rows)
-                x = normalize_images(x, mean, std)
+                x = normalize_images(center_crop(x, crop), mean, std)
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with autocast_for(device, bf16):
@@ -67,6 +69,14 @@ def extract_features(backbone: nn.Module, images: Images, mean: Sequence[float],
     if not out:
         return torch.zeros(0, 0, device=device if out_device is None else out_device)
     return torch.cat(out)
+
+
+def center_crop(x: torch.Tensor, size: int | None) -> torch.Tensor:
+    """The central size x size of (B, C, H, W) images (torchvision's CenterCrop offsets); as is when not larger."""
+    if size is None or (x.shape[-2] <= size and x.shape[-1] <= size):
+        return x
+    top, left = round((x.shape[-2] - size) / 2), round((x.shape[-1] - size) / 2)
+    return x[..., top:top + size, left:left + size]
 
 
 def bank_rows(labels: torch.Tensor, limit: int | None, seed: int) -> tuple[torch.Tensor | None, str | None]:

@@ -2,7 +2,7 @@
 
 Writes synthetic STL-10 binaries (`stl10_binary/unlabeled_X.bin`: N x 3 x 96 x 96 uint8, 2.76 GB at the real
 N = 100,000; plus a small labelled test split), then trains `sslab train --dataset stl10 --train-split
-unlabeled` in a child process for a few steps (stopped after --steps by the SSLAB_TEST_SIGNAL_AT_STEP hook, as
+unlabeled` in a child process for a few steps (stopped after --steps by tests/hooks's SSLAB_TEST_SIGNAL_AT_STEP hook, as
 Ctrl-C would: a mid-epoch checkpoint is written) and reads the child's peak RSS (os.wait4). Each size is
 trained twice: the first run decodes the binaries and writes the data cache, the second loads the cache.
 A small dataset (--baseline-n) trained the same way gives the memory that is not data (torch, model,
@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 SRC = Path(__file__).resolve().parents[1] / "src"
+HOOKS = Path(__file__).resolve().parents[1] / "tests" / "hooks"  # the step-signal hook that stops the run
 IMAGE_BYTES = 3 * 96 * 96
 CLASSES = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"]
 
@@ -54,7 +55,7 @@ def train_once(root: Path, out: Path, args: argparse.Namespace) -> dict:
            "--train-split", "unlabeled", "--backbone", args.backbone, "--batch-size", str(args.batch_size),
            "--epochs", "1", "--knn-k", "20", "--no-progress", "--device", args.device, "--out", str(out),
            "--cache-dir", str(root / "decoded-cache")]  # beside the synthetic data, removed with it
-    env = {**os.environ, "PYTHONPATH": str(SRC), "SSLAB_TEST_SIGNAL_AT_STEP": str(args.steps)}
+    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{HOOKS}", "SSLAB_TEST_SIGNAL_AT_STEP": str(args.steps)}
     t0 = time.perf_counter()
     with tempfile.TemporaryFile("w+") as out_file, tempfile.TemporaryFile("w+") as err_file:
         proc = subprocess.Popen(cmd, env=env, stdout=out_file, stderr=err_file, text=True)

@@ -28,7 +28,7 @@ from sslab.config import Config  # noqa: E402
 from sslab.data import load_dataset  # noqa: E402
 from sslab.eval.baselines import pixel_knn_accuracy  # noqa: E402
 from sslab.methods import METHODS  # noqa: E402
-from sslab.train import fit  # noqa: E402
+from sslab.pretrain import fit  # noqa: E402
 
 KNN_K, KNN_T = 200, 0.1  # the training loop's kNN monitor defaults (docs/methods.md, evaluation)
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import platform
 import runpy
 import statistics
@@ -40,15 +39,17 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "hooks"))
 
 from sslab.cli import main as sslab_main  # noqa: E402
-from sslab.config import Config, TrainConfig  # noqa: E402
+from sslab.config import Config  # noqa: E402
 from sslab.data import load_dataset  # noqa: E402
 from sslab.data.base import ImageData  # noqa: E402
 from sslab.device import device_name, peak_memory_gib, pick_device, reset_peak_memory  # noqa: E402
 from sslab.run import RunDir  # noqa: E402
-from sslab.kit import TEST_SIGNAL_ENV, Interrupted  # noqa: E402
-from sslab.train import fit  # noqa: E402
+from sslab.kit import Interrupted  # noqa: E402
+from signal_at_step import signal_at_step  # noqa: E402
+from sslab.pretrain import fit  # noqa: E402
 
 STAGES = ("speed", "methods", "stl96", "accuracy", "after", "resume")
 # seconds per stage on one H100/H200 (465; the data load takes the rest of 8 minutes). The accuracy stage gets
@@ -129,8 +130,8 @@ class Suite:
         t0 = time.perf_counter()
         stopped = False
         try:
-            summary = fit(Config.from_dict(cfg), data=data if data is not None else self.data, log=log,
-                          time_limit=max(budget, 1.0))
+            summary = fit(Config.from_dict(cfg).with_values(time_limit=max(budget, 1.0)),
+                          data=data if data is not None else self.data, log=log)
             run_dir = Path(summary["run_dir"])
         except Interrupted as e:
             stopped, run_dir = True, Path(e.run_dir)
@@ -139,8 +140,8 @@ class Suite:
                 "peak_gpu_gib": peak_memory_gib(self.device), **epoch_figures(run_dir, cfg["train"]["batch_size"])}
 
     def compile_setting(self) -> Any:
-        """`train.compile` as this version of the config spells it: a mode name, or True (older: a bool)."""
-        return True if isinstance(TrainConfig().compile, bool) else self.args.compile_mode
+        """`train.compile`: the mode name asked for."""
+        return self.args.compile_mode
 
     def left(self) -> float:
         return self.args.budget - (time.perf_counter() - self.started)
@@ -372,13 +373,13 @@ def stage_resume(suite: Suite, budget: float) -> dict[str, Any]:
         cfg = suite.base_config("simsiam", s.resume_epochs, f"resume-{name}", knn_every=1)
         runs[name] = suite.train(cfg, share(3 - i), data=data)["run_dir"]
     cfg = suite.base_config("simsiam", s.resume_epochs, "resume-interrupted", knn_every=1)
-    with environment(TEST_SIGNAL_ENV, str(at)):
+    with signal_at_step(at):  # SIGINT after step `at`, as Ctrl-C would (the tests' step hook)
         first = suite.train(cfg, share(1), data=data)
     if not first["stopped_at_budget"] or first["epochs"] != 1:
         raise RuntimeError(f"the run was not interrupted at step {at} (epochs done: {first['epochs']})")
     try:
         fit(resume=first["run_dir"], data=data, log=lambda m: print(f"[resume] {m}", flush=True),
-            time_limit=max(share(1), 1.0))
+            changes={"time_limit": max(share(1), 1.0)})
     except Interrupted:
         raise RuntimeError("the resumed run did not finish within the stage's budget (--budget-resume)") from None
     runs["resumed"] = first["run_dir"]
@@ -401,19 +402,6 @@ def resume_verdict(reference: str, second: str, resumed: str) -> dict[str, Any]:
                      "knn_gap": knn_gap, "ok": abs(c["loss"] - a["loss"]) <= limit and knn_gap <= 0.02})
     ok = len(rows) == len(ref) == len(res) > 0 and all(r["ok"] for r in rows)
     return {"epochs": rows, "within_tolerance": ok}
-
-
-@contextlib.contextmanager
-def environment(key: str, value: str):
-    old = os.environ.get(key)
-    os.environ[key] = value
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = old
 
 
 def subset(data: ImageData, n: int, seed: int = 0) -> ImageData:

@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from sslab.config import Config  # noqa: E402
-from sslab.train import Interrupted, fit  # noqa: E402
+from sslab.pretrain import Interrupted, fit  # noqa: E402
 
 
 def run_name(method: str, tag: str) -> str:

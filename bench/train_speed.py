@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from sslab.config import Config  # noqa: E402
-from sslab.train import fit  # noqa: E402
+from sslab.pretrain import fit  # noqa: E402
 
 
 def main() -> None:

@@ -17,6 +17,8 @@ from hypothesis import strategies as st
 
 from sslab.augment import (
     PRESETS,
+    preset,
+    preset_names,
     AugmentParams,
     Augmenter,
     adjust_brightness,
@@ -35,15 +37,24 @@ from sslab.augment import (
     random_grayscale,
     random_resized_crop,
     resized_crop,
-    resolve_augment,
     rgb_to_grayscale,
     sample_crop_boxes,
     sample_jitter_params,
     solarize,
     to_float,
 )
-from sslab.config import AugmentConfig
+from sslab.augment.presets import check_params
+from sslab.config import AugmentConfig, Config
 from sslab.errors import ConfigError
+from sslab.recipe import auto_preset, fit_to_data
+
+
+def resolve_augment(method: str | None, size: int, dataset: str | None = None, **settings) -> AugmentConfig:
+    """The augmentation a run of `method` (None: simsiam) on `dataset` at `size` px trains with, the augmentation
+    `settings` given (checked as a run checks them)."""
+    spec = Config.from_values({"method": method or "simsiam", "dataset": dataset or "cifar10", **settings})
+    spec.check()
+    return fit_to_data(spec, size).augment
 
 RATIO = (3 / 4, 4 / 3)
 
@@ -243,7 +254,7 @@ def test_bicubic_center_resize_is_a_sharper_resampling_kept_in_range():
 
 
 def test_clean_view_is_bicubic():
-    aug = Augmenter(resolve_augment(AugmentConfig(), "phinet", 32), 32, (0.0,), (1.0,))
+    aug = Augmenter(resolve_augment("phinet", 32), 32, (0.0,), (1.0,))
     x = torch.randint(0, 256, (2, 1, 32, 32), dtype=torch.uint8)
     torch.testing.assert_close(aug.clean(x), center_resize(x, 32, mode="bicubic"))
 
@@ -445,7 +456,7 @@ def test_normalize():
 
 # ---- determinism ----------------------------------------------------------------------------------
 def simsiam(out: int = 32, **fields) -> Augmenter:
-    params = resolve_augment(AugmentConfig(**fields), "simsiam", out)
+    params = resolve_augment("simsiam", out, **fields)
     return Augmenter(params, out, (0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
 
 
@@ -466,7 +477,7 @@ def test_augmenter_shapes_channels_and_sizes(shape):
     x = torch.randint(0, 256, shape, dtype=torch.uint8)
     C = shape[1]
     mean, std = (0.5,) * C, (0.25,) * C
-    params = resolve_augment(AugmentConfig(), "byol", 64)  # every op on, solarize included
+    params = resolve_augment("byol", 64)  # every op on, solarize included
     for dtype in (torch.float32, torch.bfloat16):
         aug = Augmenter(dataclasses.replace(params, blur_p=0.5), 32, mean, std, dtype=dtype)
         out = aug(x, gen())
@@ -487,7 +498,7 @@ def test_augmenter_normalises_mean_valued_images_to_zero():
 
 def test_augmenter_pipeline_equals_ops_in_order():
     """crop (+ flip in the same resampling) -> jitter -> grayscale -> blur -> solarize -> normalise."""
-    params = dataclasses.replace(resolve_augment(AugmentConfig(), "byol", 96), blur_p=0.5)
+    params = dataclasses.replace(resolve_augment("byol", 96), blur_p=0.5)
     aug = Augmenter(params, 24, (0.5,) * 3, (0.25,) * 3)
     x = torch.randint(0, 256, (32, 3, 30, 30), dtype=torch.uint8)
     g = gen(5)
@@ -506,7 +517,7 @@ def test_augmenter_never_reads_tensor_values_on_the_host():
     (each a host-device sync on a GPU) would raise here."""
     x = torch.empty(8, 3, 40, 48, dtype=torch.uint8, device="meta")
     for method, size in [("simsiam", 32), ("byol", 96)]:
-        aug = Augmenter(resolve_augment(AugmentConfig(), method, size), size, (0.5,) * 3, (0.25,) * 3)
+        aug = Augmenter(resolve_augment(method, size), size, (0.5,) * 3, (0.25,) * 3)
         assert aug(x).shape == (8, 3, size, size) and aug.clean(x).shape == (8, 3, size, size)
 
 
@@ -523,62 +534,68 @@ def test_augmenter_on_cuda_matches_its_own_seed():
 
 # ---- presets --------------------------------------------------------------------------------------
 def test_simsiam_preset_is_the_methods_md_cifar_recipe():
-    p = resolve_augment(AugmentConfig(), "simsiam", 32)
+    p = resolve_augment("simsiam", 32)
     assert (p.crop_scale, p.flip_p, p.jitter, p.jitter_p, p.grayscale_p, p.blur_p, p.solarize_p) == \
         ((0.2, 1.0), 0.5, (0.4, 0.4, 0.4, 0.1), 0.8, 0.2, 0.0, 0.0)
     assert p.crop_ratio == pytest.approx(RATIO)
     for method in ("phinet", "xphinet", None):  # PhiNet and X-PhiNet declare SimSiam's augmentation
-        assert dataclasses.replace(resolve_augment(AugmentConfig(), method, 32), preset="") == \
+        assert dataclasses.replace(resolve_augment(method, 32), preset="") == \
             dataclasses.replace(p, preset="")
     with pytest.raises(ConfigError, match="unknown method 'something-new'"):  # no silent fallback
-        resolve_augment(AugmentConfig(), "something-new", 32)
-    large = resolve_augment(AugmentConfig(), "simsiam", 96)
+        resolve_augment("something-new", 32)
+    large = resolve_augment("simsiam", 96)
     assert (large.blur_p, large.blur_sigma) == (0.5, (0.1, 2.0))
     assert dataclasses.replace(large, preset="", blur_p=0.0) == dataclasses.replace(p, preset="")
 
 
 def test_other_method_presets():
-    simclr = resolve_augment(AugmentConfig(), "simclr", 32)
+    simclr = resolve_augment("simclr", 32)
     assert (simclr.crop_scale, simclr.jitter, simclr.blur_p, simclr.solarize_p) == ((0.08, 1.0), (0.4, 0.4, 0.4, 0.1), 0, 0)
-    byol = resolve_augment(AugmentConfig(), "byol", 32)
+    byol = resolve_augment("byol", 32)
     assert (byol.crop_scale, byol.jitter, byol.jitter_p, byol.grayscale_p, byol.solarize_p, byol.blur_p) == \
         ((0.08, 1.0), (0.4, 0.4, 0.2, 0.1), 0.8, 0.2, 0.1, 0.0)
     # solo-learn's CIFAR MoCo v2+: saturation 0.4, no solarization, no blur
-    moco = resolve_augment(AugmentConfig(), "mocov2", 32)
+    moco = resolve_augment("mocov2", 32)
     assert (moco.crop_scale, moco.jitter, moco.jitter_p, moco.grayscale_p, moco.solarize_p, moco.blur_p) == \
         ((0.08, 1.0), (0.4, 0.4, 0.4, 0.1), 0.8, 0.2, 0.0, 0.0)
     for method in ("byol", "mocov2"):
-        assert resolve_augment(AugmentConfig(), method, 224).blur_p == 0.5
-    assert resolve_augment(AugmentConfig(), "simclr", 64).preset == "simclr-small"
-    assert resolve_augment(AugmentConfig(), "simclr", 65).preset == "simclr-large"
+        assert resolve_augment(method, 224).blur_p == 0.5
+    for size, name in ((64, "simclr-small"), (65, "simclr-large")):
+        assert auto_preset(Config.from_values({"method": "simclr"}), size) == name
+        assert dataclasses.replace(resolve_augment("simclr", size), preset=name) == preset(name)
 
 
 def test_digit_datasets_get_no_flips_unless_asked():
     for dataset in ("digits", "mnist"):
-        assert resolve_augment(AugmentConfig(), "simsiam", 28, dataset).flip_p == 0.0
-        assert resolve_augment(AugmentConfig(flip_p=0.5), "simsiam", 28, dataset).flip_p == 0.5
-        assert resolve_augment(AugmentConfig(preset="simclr-small"), "simsiam", 28, dataset).flip_p == 0.5
+        assert resolve_augment("simsiam", 28, dataset).flip_p == 0.0
+        assert resolve_augment("simsiam", 28, dataset, flip_p=0.5).flip_p == 0.5
+        assert resolve_augment("simsiam", 28, dataset, preset="simclr-small").flip_p == 0.5
     for dataset in ("fashion-mnist", "fashion-mnist-mini", "cifar10", None):  # a mirrored shirt is a shirt
-        assert resolve_augment(AugmentConfig(), "simsiam", 28, dataset).flip_p == 0.5
+        assert resolve_augment("simsiam", 28, dataset).flip_p == 0.5
 
 
 def test_explicit_fields_and_preset_names_override():
-    p = resolve_augment(AugmentConfig(crop_scale=(0.5, 1.0), blur_p=0.3, jitter_p=0.0), "simsiam", 32)
+    p = resolve_augment("simsiam", 32, crop_scale=(0.5, 1.0), blur_p=0.3, jitter_p=0.0)
     assert (p.crop_scale, p.blur_p, p.jitter_p, p.grayscale_p) == ((0.5, 1.0), 0.3, 0.0, 0.2)
-    q = resolve_augment(AugmentConfig(preset="byol-large"), "simsiam", 32)
-    assert q == PRESETS["byol-large"]
+    q = resolve_augment("simsiam", 32, preset="byol-large")
+    assert q == preset("byol-large") and q.preset == "byol-large" and q.blur_p == 0.5 and q.solarize_p == 0.1
 
 
 def test_bad_presets_and_values_raise_config_errors():
     with pytest.raises(ConfigError, match="simsiam-small"):
-        resolve_augment(AugmentConfig(preset="simsam"), "simsiam", 32)
+        resolve_augment("simsiam", 32, preset="simsam")
     for bad in ({"flip_p": 1.5}, {"crop_scale": (0.5, 0.2)}, {"jitter": (0.4, 0.4, 0.4, 0.7)}, {"blur_sigma": (0.0, 1.0)}):
         with pytest.raises(ConfigError):
-            resolve_augment(AugmentConfig(**bad), "simsiam", 32)
+            resolve_augment("simsiam", 32, **bad)
 
 
-def test_params_have_every_config_field():
+def test_every_preset_has_every_setting_within_its_range():
     config_fields = {f.name for f in dataclasses.fields(AugmentConfig)}
     assert {f.name for f in dataclasses.fields(AugmentParams)} == config_fields
-    for p in PRESETS.values():
-        assert all(getattr(p, name) is not None for name in config_fields)
+    names = preset_names()
+    assert {"crop-flip", "simsiam-small", "simsiam-large", "byol-large", "mocov2-small"} <= set(names)
+    assert not any(n.startswith(("phinet", "xphinet")) for n in names)  # they use SimSiam's augmentation
+    for name in names:
+        p = preset(name)
+        assert p.preset == name and all(getattr(p, f) is not None for f in config_fields)
+        check_params(p)

@@ -7,7 +7,7 @@ import pytest
 
 from sslab.demo import demo_config, learning_verdict
 from sslab.eval.baselines import pixel_knn_accuracy
-from sslab.train import fit
+from sslab.pretrain import fit
 
 
 def knn_curve(summary: dict) -> list[float]:

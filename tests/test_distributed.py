@@ -16,11 +16,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from sslab.config import MethodConfig
 from sslab.distributed import SyncBatchNorm, convert_sync_batchnorm
 from sslab.methods import METHODS
 
 SRC = Path(__file__).resolve().parents[1] / "src"
+HOOKS = Path(__file__).resolve().parent / "hooks"  # the test signal hook (SSLAB_TEST_SIGNAL_AT_STEP)
 WORLD = 2
 GLOBAL_BATCH = 16
 METHOD_SETTINGS = {
@@ -45,7 +45,7 @@ class TinyBackbone(torch.nn.Sequential):
 
 def build(name: str) -> torch.nn.Module:
     torch.manual_seed(0)  # BatchNorm2d in the backbone, BatchNorm1d in the heads
-    return METHODS.create(name, TinyBackbone(), MethodConfig(method=name, **METHOD_SETTINGS[name]))
+    return METHODS.create(name, TinyBackbone(), METHODS.get(name).Settings(**METHOD_SETTINGS[name]))
 
 
 def global_batch(name: str) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -121,7 +121,7 @@ def test_sync_batchnorm_is_batchnorm_in_one_process_and_keeps_the_state_dict():
 
 # ---- torchrun, end to end --------------------------------------------------------------------------------
 def _env(**extra: str) -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", **extra}
+    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{HOOKS}", "OMP_NUM_THREADS": "1", **extra}
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
     return env

@@ -4,18 +4,20 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sslab.augment import Augmenter, resolve_augment
+from sslab.augment.views import ViewMaker
 from sslab.config import Config
+from sslab.errors import ConfigError
 from sslab.kit import BatchSource, accumulate, epoch_means
-from sslab.methods.build import build_method, resolve
-from sslab.train import build_optimizer, compiled, train_step
+from sslab.methods.build import build_method
+from sslab.pretrain import TrainStep, build_optimizer, compiled
+from sslab.recipe import fit_to_data
 
 
 def tiny(compile_mode: str = "off"):
     cfg = Config.from_dict({"data": {"dataset": "digits"}, "model": {"backbone": "simple-cnn"},
                             "method": {"method": "simsiam", "proj_hidden": 16, "proj_dim": 16, "pred_hidden": 8},
                             "train": {"batch_size": 16, "epochs": 1, "compile": compile_mode}})
-    cfg = resolve(cfg, 8)
+    cfg = fit_to_data(cfg, 8)
     torch.manual_seed(0)
     return cfg, build_method(cfg, 1, 8)
 
@@ -24,10 +26,11 @@ def one_step(forward_of, seed: int = 0) -> tuple[float, float]:
     """The losses of the first two training steps on fixed batches, the model called through `forward_of(model)`."""
     cfg, model = tiny()
     opt, lr_at = build_optimizer(model, cfg, steps_per_epoch=4)
-    augment = Augmenter(resolve_augment(cfg.augment, "simsiam", 8), 8, (0.5,), (0.25,))
+    views = ViewMaker(model.view_specs(8), cfg.augment, 8, (0.5,), (0.25,))
     images = torch.randint(0, 256, (64, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
-    step = train_step(model, forward_of(model), opt, augment, torch.Generator().manual_seed(1), images, lr_at,
-                      torch.autocast("cpu", enabled=False), False, 4, 0.05)
+    step = TrainStep(model=model, forward=forward_of(model), opt=opt, views=views, aug_gen=torch.Generator().manual_seed(1),
+                     images=images, lr_at=lr_at, peak_lr=0.05, autocast=torch.autocast("cpu", enabled=False),
+                     channels_last=False, steps_per_epoch=4, total_steps=4)
     first = step(torch.arange(16), 0)["loss"].item()
     second = step(torch.arange(16, 32), 1)["loss"].item()  # after one optimiser step through the compiled graph
     return first, second
@@ -51,11 +54,12 @@ def test_compile_default_mode_matches_eager():
 
 
 def test_compile_modes_and_old_yaml_values():
-    assert Config.from_dict({"train": {"compile": True}}).train.compile == "default"
-    assert Config.from_dict({"train": {"compile": False}}).train.compile == "off"
+    old = {"method": {"method": "simsiam"}, "optim": {}}  # sslab 0.1's layout wrote compile: true/false
+    assert Config.from_dict({**old, "train": {"compile": True}}).train.compile == "default"
+    assert Config.from_dict({**old, "train": {"compile": False}}).train.compile == "off"
     cfg = Config.from_dict({"train": {"compile": "fast"}, "method": {"method": "simsiam"}})
-    with pytest.raises(Exception, match="--compile must be one of off, default, max-autotune, reduce-overhead"):
-        resolve(cfg, 8).validate()
+    with pytest.raises(ConfigError, match="--compile 'fast': must be one of off, default, max-autotune or reduce-overhead"):
+        cfg.check()
 
 
 def test_batch_source_slices_each_global_batch_over_ranks():
@@ -95,22 +99,27 @@ def test_help_names_the_choices_and_says_what_each_flag_does(command, options):
             assert action.help and not action.help.startswith("default:"), f"{command} {flag} has no description"
 
 
-def test_a_method_owns_its_augmentation_and_an_unknown_one_is_an_error():
-    from sslab.augment import auto_preset
+def test_a_method_owns_its_augmentation_and_one_that_declares_none_gets_the_standard_one():
+    from sslab.augment import AugmentConfig, preset, preset_names
     from sslab.errors import ConfigError
-    from sslab.methods.base import Method
+    from sslab.methods.base import Method, MethodSettings
+    from sslab.recipe import auto_preset
     from sslab.registry import METHODS
 
-    assert auto_preset("phinet", 32) == "simsiam-small" and auto_preset("byol", 96) == "byol-large"
+    def spec(method):
+        return Config.from_values({"method": method})
+
+    assert auto_preset(spec("phinet"), 32) == "simsiam-small" and auto_preset(spec("byol"), 96) == "byol-large"
     with pytest.raises(ConfigError, match="unknown method 'moco'"):
-        auto_preset("moco", 32)  # no silent fallback to SimSiam's augmentation
+        spec("moco")  # no silent fallback to SimSiam's augmentation
 
     class Plain(Method):  # registered without saying how it augments
         pass
 
     METHODS.register("test-plain")(Plain)
     try:
-        with pytest.raises(ConfigError, match="declares no augmentation"):
-            auto_preset("test-plain", 32)
+        assert Plain.Settings is not MethodSettings and Plain.Settings.method == "test-plain"
+        assert auto_preset(spec("test-plain"), 32) == "test-plain-small" and "test-plain-large" in preset_names()
+        assert preset("test-plain-small") == AugmentConfig("test-plain-small")  # the standard augmentation
     finally:
         METHODS._entries.pop("test-plain", None)

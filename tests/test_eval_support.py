@@ -23,7 +23,7 @@ def trained_run(base: Path) -> Path:
     """Train the tiny run once per session (about 2 s on 2 cores)."""
     if "run" not in _TRAINED:
         from sslab.config import Config
-        from sslab.train import fit
+        from sslab.pretrain import fit
 
         cfg = Config.from_dict(TINY_RUN)
         cfg.update({"train": {"out": str(base)}})

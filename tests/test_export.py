@@ -32,9 +32,10 @@ def _recorder():
 
 def resnet_run(tmp_path: Path, backbone: str = "resnet18", channels: int = 1, size: int = 8) -> Path:
     """A run folder holding an untrained SimSiam model (export only needs the checkpoint; any backbone)."""
-    from sslab.train import build_method, resolve
+    from sslab.methods.build import build_method
+    from sslab.recipe import fit_to_data
 
-    cfg = resolve(Config.from_dict({"data": {"dataset": "digits"}, "model": {"backbone": backbone},
+    cfg = fit_to_data(Config.from_dict({"data": {"dataset": "digits"}, "model": {"backbone": backbone},
                                     "method": {"method": "simsiam", "proj_hidden": 32, "proj_dim": 32,
                                                "pred_hidden": 8}}), size)
     model = build_method(cfg, channels, size)
@@ -224,7 +225,7 @@ def test_completion_offers_the_flags_of_a_command(tmp_path):
 
 def test_import_sslab_is_lazy_and_the_api_is_there():
     done = _sslab_process("import sys, sslab; print('torch' in sys.modules); "
-                          "import sslab.train; print(callable(sslab.train), callable(sslab.train.fit)); "
+                          "import sslab.pretrain; print(callable(sslab.train), callable(sslab.pretrain.fit)); "
                           "print(sslab.METHODS.names() == sorted(sslab.METHODS.names()), callable(sslab.export))")
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["False", "True", "True", "True", "True"]

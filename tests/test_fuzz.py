@@ -18,13 +18,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from sslab.augment import Augmenter, resolve_augment
-from sslab.config import FIELD_TYPES, SECTIONS, Config, add_config_flags, config_from_args
+from sslab.augment import Augmenter
+from sslab.commands.train import add_run_flags, spec_from_args
+from sslab.config import FIXED, SECTIONS, Config
 from sslab.data import load_dataset
 from sslab.errors import ConfigError, DataError
 from sslab.methods import METHODS
 from sslab.device import pick_device
-from sslab.methods.build import check_names, resolve
+from sslab.recipe import fit_to_data
+from sslab.settings import types_of
+
+FIELD_TYPES = {**{s: types_of(c) for s, c in FIXED.items()},  # section -> setting -> type, every method's settings
+               "method": {"method": str, **{k: v for m in METHODS.names() for k, v in types_of(METHODS.get(m).Settings).items()}}}
 
 FUZZ = settings(deadline=None, max_examples=40, database=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -44,14 +49,12 @@ config_dicts = st.one_of(st.lists(sections, max_size=6).map(dict),  # known sect
 
 
 def check_like_fit(cfg: Config) -> None:
-    """What fit() does with a config before it touches data: names, device, recipe, augmentation, validation."""
-    cfg.validate()
-    check_names(cfg)
+    """What fit() does with a config before it touches data: ranges, device, recipe, augmentation."""
+    cfg.check()
     pick_device(cfg.train.device)
-    if cfg.method.method is not None:
-        resolved = resolve(cfg, 8)
-        resolved.validate()
-        Augmenter(resolve_augment(resolved.augment, resolved.method.method, 8), 8, (0.5,), (0.25,))
+    resolved = fit_to_data(cfg, 8)
+    resolved.check()
+    Augmenter(resolved.augment, 8, (0.5,), (0.25,))
 
 
 def assert_clean(fn) -> None:
@@ -91,7 +94,8 @@ FLAGS = sorted(name for s in SECTIONS for name in FIELD_TYPES[s])
 @given(st.dictionaries(st.sampled_from(FLAGS), scalars.map(str), max_size=6))
 def test_flag_values_give_a_config_or_a_config_error(flags):
     parser = argparse.ArgumentParser()
-    add_config_flags(parser)
+    parser.add_argument("--config")
+    add_run_flags(parser)
     argv = []
     for name, value in flags.items():
         tp = FIELD_TYPES[next(s for s in SECTIONS if name in FIELD_TYPES[s])][name]
@@ -99,12 +103,13 @@ def test_flag_values_give_a_config_or_a_config_error(flags):
             argv.append(f"--{'' if value.lower() in ('true', '1') else 'no-'}{name.replace('_', '-')}")
         else:
             argv.append(f"--{name.replace('_', '-')}={value}")
-    assert_clean(lambda: check_like_fit(config_from_args(parser.parse_args(argv))))
+    assert_clean(lambda: check_like_fit(spec_from_args(parser.parse_args(argv))))
 
 
 def test_every_method_resolves_to_a_valid_config():
     for name in METHODS.names():
         check_like_fit(Config.from_dict({"method": {"method": name}}))
+        check_like_fit(Config.from_values({"method": name}))
 
 
 # ---- image folders -------------------------------------------------------------------------------------
@@ -213,7 +218,7 @@ FILE_FUZZ = settings(FUZZ, max_examples=10)
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:
-    from sslab.train import fit
+    from sslab.pretrain import fit
 
     out = tmp_path_factory.mktemp("fuzz-run")
     threads = torch.get_num_threads()

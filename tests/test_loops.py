@@ -16,6 +16,7 @@ import pytest
 from sslab import cli
 
 SRC = Path(__file__).resolve().parents[1] / "src"
+HOOKS = Path(__file__).resolve().parent / "hooks"  # the test signal hook (SSLAB_TEST_SIGNAL_AT_STEP)
 TIMING = {"epoch_seconds", "seconds", "mine", "kmeans", "cluster", "selflabel"}
 
 SCAN = ["--device", "cpu", "--heads", "2", "--cluster-epochs", "3", "--batch-size", "64", "--neighbors", "5",
@@ -35,7 +36,7 @@ SIGNALS = {"SIGINT": 2, "SIGTERM": 15}
 
 
 def sslab(args: list[str], **env: str) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", **env}
+    full_env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{HOOKS}", "OMP_NUM_THREADS": "1", **env}
     if "SSLAB_TEST_SIGNAL_AT_STEP" not in env:
         full_env.pop("SSLAB_TEST_SIGNAL_AT_STEP", None)
     return subprocess.run([sys.executable, "-m", "sslab", *args], env=full_env, capture_output=True, text=True,

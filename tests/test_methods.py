@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sslab.config import Config, MethodConfig
+from sslab.config import Config
 from sslab.distributed import gather_no_grad, gather_with_grad, is_distributed, rank, world_size
 from sslab.methods import METHODS
 from sslab.methods.byol import byol_loss, byol_momentum
@@ -18,24 +18,31 @@ from sslab.methods.simclr import nt_xent
 from sslab.methods.simsiam import simsiam_loss
 from sslab.models import create_backbone
 from sslab.optim import LARS
-from sslab.methods.build import build_method, resolve
+from sslab.methods.base import StepProgress
+from sslab.methods.build import build_method
 from sslab.optim import set_lr
-from sslab.train import build_optimizer
+from sslab.pretrain import build_optimizer
+from sslab.recipe import fit_to_data
+from sslab.settings import names_of
 
 IMAGE = 16  # simple-cnn on 16 px: 64 * 2 * 2 = 256-d features
 SMALL = {"proj_hidden": 32, "proj_dim": 16, "pred_hidden": 8, "queue_size": 40}
 
 
 def build(name: str, seed: int = 0, backbone: str = "simple-cnn", **method):
-    """A method as the training loop builds it (recipe + augmentation resolved), with small heads."""
-    cfg = Config()
-    cfg.data.dataset, cfg.model.backbone, cfg.train.epochs = "cifar10", backbone, 2
-    cfg.method.method = name
-    for k, v in {**SMALL, **method}.items():
-        setattr(cfg.method, k, v)
-    cfg = resolve(cfg, IMAGE)
+    """A method as the training loop builds it (recipe + augmentation fitted to the data), with small heads."""
+    own = names_of(METHODS.get(name).Settings)
+    small = {k: v for k, v in SMALL.items() if k in own}
+    cfg = Config.from_values({"method": name, "dataset": "cifar10", "backbone": backbone, "epochs": 2, **small,
+                              **method})
+    cfg = fit_to_data(cfg, IMAGE)
     torch.manual_seed(seed)
     return cfg, build_method(cfg, 3, IMAGE)
+
+
+def at(done: float, total: int = 10) -> StepProgress:
+    """The progress after which `done` of a `total`-step run is done."""
+    return StepProgress(round(done * total) - 1, steps_per_epoch=total, total_steps=total)
 
 
 def inputs(model, n: int = 8, seed: int = 1):
@@ -175,7 +182,7 @@ def test_ema_update_is_one_step_of_the_moving_average(name, progress):
             for b in m.buffers():
                 b.copy_(torch.rand_like(b.float()).to(b.dtype) * 5 if b.is_floating_point() else b + 7)
     before = [[p.clone() for p in f.parameters()] for f in frozen]
-    model.after_step(progress)
+    model.after_step(at(progress))
     m = byol_momentum(cfg.method.ema, progress) if name == "byol" else cfg.method.ema
     for f, o, old in zip(frozen, online, before):
         for p_t, p_o, p_old in zip(f.parameters(), o.parameters(), old):
@@ -246,7 +253,7 @@ def test_method_trains_one_step_and_round_trips_a_checkpoint(name):
     model.train()
     views, clean = inputs(model)
     opt, lr_at = build_optimizer(model, cfg, steps_per_epoch=1)
-    set_lr(opt, lr_at(0), cfg.optim.lr * cfg.train.batch_size / 256)
+    set_lr(opt, lr_at(0), cfg.method.lr * cfg.method.batch_size / 256)
     out = model(views, clean)
     assert torch.isfinite(out["loss"]) and out["loss"].ndim == 0
     assert out["z"].shape == (8, cfg.method.proj_dim) and not out["z"].requires_grad
@@ -263,7 +270,7 @@ def test_method_trains_one_step_and_round_trips_a_checkpoint(name):
     for n, p in trainable:
         if p.grad.abs().sum() > 0:
             assert not torch.equal(p, before[n]), f"{n} did not move"
-    model.after_step(0.5)
+    model.after_step(at(0.5))
 
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
@@ -278,17 +285,16 @@ def test_method_trains_one_step_and_round_trips_a_checkpoint(name):
 
 
 @pytest.mark.parametrize("name", METHODS.names())
-def test_recipe_alone_builds_and_runs_the_method(name):
-    """The recipe sets every field the method reads (real head sizes, small backbone and batch)."""
+def test_settings_alone_build_and_run_the_method(name):
+    """The settings' defaults (the published recipe) set everything the method reads (real head sizes, small
+    backbone and batch), and name the method."""
     cls = METHODS.get(name)
-    recipe = cls.recipe("cifar10", 32)
-    assert recipe["method"].get("proj_dim") and recipe["train"]["batch_size"] and recipe["train"]["epochs"]
-    optim_fields = ("optimizer", "lr", "momentum", "weight_decay", "warmup_epochs")
-    assert all(recipe["optim"].get(k) is not None for k in optim_fields)
+    settings = cls.Settings()
+    assert settings.method == name and settings.epochs >= 1 and settings.batch_size >= 2
     torch.manual_seed(0)
-    model = cls(create_backbone("simple-cnn", 3, 8), MethodConfig(method=name, **recipe["method"]))
+    model = cls(create_backbone("simple-cnn", 3, 8), settings)
     g = torch.Generator().manual_seed(0)
-    views = [torch.randn(4, 3, 8, 8, generator=g) for _ in range(model.num_views)]
+    views = [torch.randn(4, 3, s.size, s.size, generator=g) for s in model.view_specs(8)]
     clean = torch.randn(4, 3, 8, 8, generator=g) if model.needs_clean else None
     with torch.no_grad():
         assert torch.isfinite(model(views, clean)["loss"])

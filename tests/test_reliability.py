@@ -22,10 +22,13 @@ from sslab.methods.base import negative_cosine
 from sslab.methods.simsiam import SimSiam
 from sslab.models.heads import mlp
 from sslab.registry import METHODS
+from sslab.resume import read_config
 from sslab.run import RunDir
-from sslab.train import Interrupted, NonFiniteLoss, SignalFlag, fit
+from sslab.kit import StopFlag as SignalFlag
+from sslab.pretrain import Interrupted, NonFiniteLoss, fit
 
 SRC = Path(__file__).resolve().parents[1] / "src"
+HOOKS = Path(__file__).resolve().parent / "hooks"  # the test signal hook (SSLAB_TEST_SIGNAL_AT_STEP)
 TIMING = {"epoch_seconds", "knn_seconds", "images_per_second"}  # wall-clock: differ between any two runs
 N_TRAIN, BATCH = 1200, 64
 STEPS = N_TRAIN // BATCH  # 18 steps per epoch
@@ -52,7 +55,7 @@ def train_args(data: Path, out: Path, name: str, epochs: int = 3) -> list[str]:
 
 def sslab(args: list[str], wait: bool = True, **env: str):
     """`python -m sslab ARGS` in a subprocess (a CompletedProcess, or with wait=False the running Popen)."""
-    full_env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", **env}
+    full_env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{HOOKS}", "OMP_NUM_THREADS": "1", **env}
     if "SSLAB_TEST_SIGNAL_AT_STEP" not in env:
         full_env.pop("SSLAB_TEST_SIGNAL_AT_STEP", None)
     cmd = [sys.executable, "-m", "sslab", *args]
@@ -263,15 +266,27 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, tes
     assert [r["epoch"] for r in run.read_metrics()] == [0, 1]
 
 
-def test_absurd_lr_gives_one_line_and_exit_2(tmp_path, capsys):
-    code = cli.main(["train", "--method", "simsiam", "--backbone", "simple-cnn", "--proj-hidden", "64", "--proj-dim",
-                     "64", "--pred-hidden", "16", "--batch-size", "64", "--epochs", "2", "--knn-every", "0",
-                     "--no-progress", "--device", "cpu", "--lr", "1e30", "--out", str(tmp_path), "--name", "r"])
+def test_absurd_lr_gives_one_line_and_exit_2(tmp_path, capsys, test_method):
+    args = ["train", "--backbone", "simple-cnn", "--proj-hidden", "64", "--proj-dim", "64", "--pred-hidden", "16",
+            "--batch-size", "64", "--epochs", "2", "--knn-every", "0", "--no-progress", "--device", "cpu", "--out",
+            str(tmp_path), "--name", "r"]
+    code = cli.main([*args, "--method", "simsiam", "--lr", "1e30"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == "sslab: error: --lr 1e+30: must be in (0, 100]"  # refused before any work
+    test_method("test-nan", NaNFromTheStart)  # a loss that becomes NaN: stopped in one line, the start kept
+    code = cli.main([*args, "--method", "test-nan"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.count("\n") == 0
     assert err.startswith("sslab: error: the loss became nan in epoch 1; stopped; the last good checkpoint "
                           "(the initial weights) is kept")
     assert load_checkpoint(tmp_path / "r")["loop"]["epoch"] == 0
+
+
+class NaNFromTheStart(SimSiam):
+    def forward(self, views, clean=None):
+        out = super().forward(views, clean)
+        out["loss"] = out["loss"] * float("nan")
+        return out
 
 
 def test_collapse_monitor_warns_when_representations_collapse(tmp_path, test_method):
@@ -408,16 +423,16 @@ DIGITS = ["--dataset", "digits"]
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["--epochs", "-1"], "--epochs must be >= 1"),
-    (["--epochs", "ten"], "train.epochs: 'ten' is not a valid int"),
+    (["--epochs", "-1"], "--epochs -1: must be in [1, 100000]"),
+    (["--epochs", "ten"], "--epochs: 'ten' is not a valid int"),
     (["--batch-size", "5000"], "--batch-size 5000 is larger than the 1438 training images; lower it"),
-    (["--lr", "-0.1"], "--lr must be > 0"),
-    (["--crop-scale", "0.9,0.1"], "--crop-scale must be two numbers 0 < min <= max <= 1"),
+    (["--lr", "-0.1"], "--lr -0.1: must be in (0, 100]"),
+    (["--crop-scale", "0.9,0.1"], "--crop-scale 0.9,0.1: must be two numbers min,max with min <= max"),
     (["--method", "simsaim"], "unknown method 'simsaim'; choose one of: byol,"),
-    (["--backbone", "resnet19"], "unknown backbone 'resnet19'; choose one of:"),
-    (["--dataset", "cifar11"], "unknown dataset 'cifar11'; choose one of:"),
-    (["--optimizer", "adam"], "unknown --optimizer 'adam'; use sgd, adamw or lars"),
-    (["--precision", "fp8"], "--precision must be auto, bf16 or fp32"),
+    (["--backbone", "resnet19"], "--backbone 'resnet19': must be one of resnet18,"),
+    (["--dataset", "cifar11"], "--dataset 'cifar11': must be one of cifar10,"),
+    (["--optimizer", "adam"], "--optimizer 'adam': must be one of sgd, adamw or lars"),
+    (["--precision", "fp8"], "--precision 'fp8': must be one of auto, bf16 or fp32"),
     (["--no-such-flag"], "sslab train: error: unrecognized arguments: --no-such-flag; see `sslab train --help`"),
     (["--dataset", "npz", "--data-dir", "/nonexistent/x.npz"], "/nonexistent/x.npz not found; pass --data-dir"),
 ])
@@ -430,8 +445,8 @@ def test_invalid_config_values_are_one_line_errors(args, expected, tmp_path, cap
 
 
 def test_unknown_fields_and_wrong_types_in_a_yaml_config(tmp_path, capsys):
-    for text, expected in [("train: {epochs: 2, speed: 3}", "unknown field train.speed"),
-                           ("train: {batch_size: [1, 2]}", "train.batch_size: [1, 2] is not a valid int"),
+    for text, expected in [("train: {epochs: 2, speed: 3}", "unknown setting train.'speed'"),
+                           ("method: {batch_size: [1, 2]}", "method.batch_size: [1, 2] is not a valid int"),
                            ("train: {epochs: [", "is not valid YAML")]:
         (tmp_path / "c.yaml").write_text(text)
         assert_one_line(*run_cli(quick(DIGITS, tmp_path / "runs", "--config", str(tmp_path / "c.yaml")), capsys),
@@ -439,10 +454,10 @@ def test_unknown_fields_and_wrong_types_in_a_yaml_config(tmp_path, capsys):
 
 
 def test_unwritable_or_full_run_folder_is_refused_before_loading_data(tmp_path, capsys, monkeypatch):
-    import sslab.train
+    import sslab.pretrain
 
     loads = []
-    monkeypatch.setattr(sslab.train, "load_from_config", lambda *a: loads.append(1))
+    monkeypatch.setattr(sslab.pretrain, "load_from_config", lambda *a: loads.append(1))
     (tmp_path / "file").write_text("not a folder")
     assert_one_line(*run_cli(quick(DIGITS, tmp_path / "file"), capsys), f"cannot write to --out folder {tmp_path / 'file'}")
     monkeypatch.setattr("sslab.run.disk_free", lambda path: 50 * 2**20)
@@ -476,12 +491,12 @@ def test_cuda_without_a_gpu_is_one_line(tmp_path, capsys):
 
 
 def test_out_of_memory_is_one_line_with_advice(tmp_path, capsys, monkeypatch):
-    import sslab.train
+    import sslab.pretrain
 
     def oom(*a, **k):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    monkeypatch.setattr(sslab.train.Augmenter, "__call__", oom)
+    monkeypatch.setattr(sslab.pretrain.ViewMaker, "__call__", oom)
     assert_one_line(*run_cli(quick(DIGITS, tmp_path / "runs", "--knn-every", "0"), capsys),
                     "sslab: error: out of memory on the GPU; lower --batch-size")
 
@@ -580,7 +595,8 @@ def test_ctrl_c_while_starting_is_one_line_and_exit_130(where, monkeypatch, caps
     if where == "import":  # the subcommands' modules import scikit-learn, scipy and torch: Ctrl-C lands there
         (tmp_path / "slow_commands.py").write_text("raise KeyboardInterrupt\n")
         monkeypatch.syspath_prepend(str(tmp_path))
-        monkeypatch.setattr(cli, "COMMAND_MODULES", [*cli.COMMAND_MODULES, "slow_commands"])
+        modules = cli.command_modules
+        monkeypatch.setattr(cli, "command_modules", lambda: [*modules(), __import__("slow_commands")])
     else:
         monkeypatch.setattr(cli.Parser, "parse_known_args", interrupt)
     code, err = run_cli(["train", "--help"], capsys)
@@ -633,7 +649,7 @@ def test_run_folders_made_at_once_are_distinct(tmp_path):
 def test_a_name_that_leaves_out_is_refused(name, tmp_path, capsys):
     out = tmp_path / "deep" / "runs"
     assert_one_line(*run_cli(quick(DIGITS, out, "--name", name), capsys),
-                    f"--name {name!r} must be a plain folder name (no '/', '\\' or '..')")
+                    f"--name {name!r}: must be a plain folder name (no '/', '\\' or '..')")
     assert not (tmp_path / "deep" / "escaped").exists() and not list(tmp_path.glob("deep/runs/*"))
 
 
@@ -653,7 +669,7 @@ def test_flags_given_with_resume_are_applied_and_announced_or_refused(finished_r
     assert code == 0
     assert "resuming with --epochs 2 (was 1); the learning-rate schedule is stretched" in out
     assert "resuming with --knn-every 1 (was 0)" in out
-    assert RunDir(finished_run).config().train.epochs == 2  # holds for the next resume too
+    assert read_config(finished_run).method.epochs == 2  # holds for the next resume too
     assert [r["epoch"] for r in metrics(finished_run)] == [0, 1, 2]  # 0: the baselines before training
     assert metrics(finished_run)[1]["knn_top1"] is None and metrics(finished_run)[2]["knn_top1"] > 0.3
     assert_one_line(*run_cli(["train", "--resume", str(finished_run), "--epochs", "1"], capsys),
@@ -817,15 +833,15 @@ def test_analyze_on_a_split_smaller_than_the_classes_is_one_line(tmp_path, capsy
 
 
 def test_out_of_memory_names_a_huge_image_size_or_folder_images(tmp_path, capsys, monkeypatch):
-    import sslab.train
+    import sslab.pretrain
 
     def oom(*a, **k):
         raise MemoryError
 
-    monkeypatch.setattr(sslab.train, "load_from_config", oom)
-    assert_one_line(*run_cli(quick(DIGITS, tmp_path / "runs", "--image-size", "100000"), capsys),
-                    "sslab: error: out of memory; --image-size 100000 makes every image 100000x100000 pixels "
-                    "(28,610 MiB in colour, held for the whole dataset); use a smaller --image-size")
+    monkeypatch.setattr(sslab.pretrain, "load_from_config", oom)
+    assert_one_line(*run_cli(quick(DIGITS, tmp_path / "runs", "--image-size", "4096"), capsys),
+                    "sslab: error: out of memory; --image-size 4096 makes every image 4096x4096 pixels "
+                    "(48 MiB in colour, held for the whole dataset); use a smaller --image-size")
     folder = image_folder(tmp_path / "imgs")
     assert_one_line(*run_cli(quick(["--dataset", "folder", "--data-dir", str(folder)], tmp_path / "runs"), capsys),
                     "out of memory; without --image-size the images of a folder are kept at their own size; if they "

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from sslab.checkpoint import load_checkpoint, save_checkpoint
-from sslab.config import replace, Config
+from sslab.config import Config
 from sslab.errors import CheckpointError, RunFolderError
 from sslab.run import RunDir
 
@@ -54,7 +54,7 @@ def test_failed_write_leaves_the_old_checkpoint(tmp_path, monkeypatch):
 
 
 def test_run_folder_layout_metrics_and_truncation(tmp_path):
-    cfg = replace(Config(), train={"out": str(tmp_path), "name": "r1"}, method={"method": "simsiam"})
+    cfg = Config.from_values({"out": str(tmp_path), "name": "r1", "method": "simsiam"})
     run = RunDir.create(cfg)
     assert Config.load(run.config_path) == cfg
     for e in range(1, 5):
@@ -74,6 +74,6 @@ def test_run_folder_layout_metrics_and_truncation(tmp_path):
 def test_unwritable_run_folder_is_refused_before_training(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    cfg = replace(Config(), train={"out": str(blocker), "name": "r"})
+    cfg = Config.from_values({"out": str(blocker), "name": "r", "method": "simsiam"})
     with pytest.raises(RunFolderError, match="cannot write to --out folder"):
         RunDir.create(cfg)

@@ -318,8 +318,9 @@ def blob_images(n_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def make_run(tmp_path, backbone: str = "simple-cnn"):
     """A run folder as `sslab train` leaves it (config + checkpoint), for an untrained backbone on blob images."""
     from sslab.data import load_from_config
-    from sslab.methods.build import build_method, resolve
-    from sslab.train import data_info
+    from sslab.methods.build import build_method
+    from sslab.pretrain import data_info
+    from sslab.recipe import fit_to_data
 
     xtr, ytr = blob_images(60, 0)
     xte, yte = blob_images(20, 1)
@@ -327,7 +328,7 @@ def make_run(tmp_path, backbone: str = "simple-cnn"):
     cfg = Config.from_dict({"data": {"dataset": "npz", "data_dir": str(tmp_path / "blobs.npz")},
                             "model": {"backbone": backbone}, "method": {"method": "simsiam"},
                             "augment": {"flip_p": 0.0}, "train": {"epochs": 1, "batch_size": 32, "device": "cpu"}})
-    cfg = resolve(cfg, 8)
+    cfg = fit_to_data(cfg, 8)
     data = load_from_config(cfg.data, 0)
     torch.manual_seed(0)
     model = build_method(cfg, data.channels, data.image_size)

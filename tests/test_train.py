@@ -9,7 +9,7 @@ import torch
 import sslab.methods.simsiam as simsiam_module
 from sslab.config import Config
 from sslab.methods.base import negative_cosine
-from sslab.train import fit
+from sslab.pretrain import fit
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 PROJ_DIM = 256
@@ -91,4 +91,4 @@ def test_run_folder_holds_the_contract(runs):
     assert summary["knn_top1"] == records[-1]["knn_top1"] and summary["knn_top1_init"] == before["knn_top1_init"]
     assert summary["knn_top1_pixels"] == before["knn_top1_pixels"]
     saved = Config.load(run / "config.yaml")
-    assert saved.optim.momentum == 0.9 and saved.augment.crop_scale == (0.2, 1.0)  # recipe values written out
+    assert saved.method.momentum == 0.9 and saved.augment.crop_scale == (0.2, 1.0)  # recipe values written out

@@ -14,39 +14,34 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from sslab.config import FLAG_TO_FIELD, Config
+from sslab.config import Config
 from sslab.errors import ConfigError
+from sslab.pretrain import fit
 from sslab.pretrained import TrainedRun, load_trained
 
 RunLike = str | Path | TrainedRun  # a run folder, a checkpoint file in one, or what load() returned
 
 
-def make_config(cfg: Config | None = None, **fields: Any) -> Config:
-    """A Config with fields set by their names (the flag names with `_`): `make_config(method="simsiam", epochs=5)`.
-    Starts from a copy of `cfg` when given; fields left out keep their defaults (the method's recipe)."""
-    out = Config.from_dict(cfg.to_dict()) if cfg is not None else Config()
-    sections: dict[str, dict[str, Any]] = {}
-    for name, value in fields.items():
-        if name not in FLAG_TO_FIELD:
-            raise ConfigError(f"unknown config field {name!r}; the fields are the flags of `sslab train --help` "
-                              f"with '_' for '-', e.g. {', '.join(sorted(FLAG_TO_FIELD)[:4])}")
-        section, key = FLAG_TO_FIELD[name]
-        sections.setdefault(section, {})[key] = value
-    out.update(sections, where="sslab.make_config()")
-    return out
+def make_config(cfg: Config | None = None, **settings: Any) -> Config:
+    """A run spec with settings set by name (the flags of `sslab train --help` with `_` for `-`):
+    `make_config(method="simsiam", epochs=5)`. Starts from a copy of `cfg` when given; the settings left out
+    keep the method's recipe (adapted to the data when training starts: sslab/recipe.py)."""
+    if cfg is None:
+        return Config.from_values(settings, where="sslab.make_config()")
+    return cfg.with_values("sslab.make_config()", **settings)
 
 
 def train(cfg: Config | None = None, *, resume: str | Path | None = None, data: Any = None,
-          log: Callable[[str], None] = print, time_limit: float | None = None, **fields: Any) -> dict[str, Any]:
+          log: Callable[[str], None] = print, **settings: Any) -> dict[str, Any]:
     """Train as `sslab train` does and return summary.json's dict (`run_dir`, `knn_top1`, `knn_top1_init`, ...).
-    `fields` set config fields by name on top of `cfg`: `train(method="byol", dataset="digits", epochs=2)`.
-    `resume`: a run folder to continue with its own config (then no `cfg` or fields)."""
-    from sslab.train import fit
-
-    if resume is not None and (cfg is not None or fields):
-        raise ConfigError("resume= continues a run with the config saved in its folder; drop cfg and the fields")
-    return fit(make_config(cfg, **fields) if resume is None else None, resume=resume, data=data, log=log,
-               time_limit=time_limit)
+    `settings` set by name on top of `cfg`: `train(method="byol", dataset="digits", epochs=2)`. `resume`: a run
+    folder to continue with its own spec; then `settings` are the changes `--resume` allows (epochs, time_limit,
+    device, ...)."""
+    if resume is not None:
+        if cfg is not None:
+            raise ConfigError("resume= continues a run with the config saved in its folder; drop cfg")
+        return fit(resume=resume, data=data, log=log, changes=settings)
+    return fit(make_config(cfg, **settings), data=data, log=log)
 
 
 def load(run: RunLike, device: str | torch.device = "auto") -> TrainedRun:

@@ -1,22 +1,28 @@
 # PYTHON_ARGCOMPLETE_OK  (argcomplete: `eval "$(register-python-argcomplete sslab)"` completes commands and flags)
-"""The `sslab` command. Thin: parse flags, build the config, call the library, turn user errors into one line.
+"""The `sslab` command. Thin: parse flags, build the run spec, call the library, turn user errors into one line.
 
-Each feature module adds its subcommands with `add_commands(subparsers)`; a handler takes the parsed
-arguments and returns an exit code.
+Each module of sslab/commands adds its subcommands with `add_commands(subparsers)`; a handler takes the parsed
+arguments and returns an exit code. Errors are printed here: a `UserError` or a stop with a checkpoint
+(`Interrupted`) as one line, never a traceback.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
 import sys
+from types import ModuleType
 from typing import NoReturn, Sequence
 
-from sslab.errors import UserError
+from sslab.errors import Interrupted, UserError
 
-# modules that add subcommands, in the order `sslab --help` lists them
-COMMAND_MODULES = ["sslab.commands.train", "sslab.commands.demo", "sslab.commands.scan", "sslab.commands.evaluate", "sslab.commands.look", "sslab.commands.data_tools", "sslab.commands.export", "sslab.commands.datasets"]
+
+def command_modules() -> list[ModuleType]:
+    """The modules that add subcommands, in the order `sslab --help` lists them. Imported here, inside main()'s
+    Ctrl-C handling: they import torch and the library, which takes seconds."""
+    from sslab.commands import data_tools, datasets, demo, evaluate, export, look, scan, train
+
+    return [train, demo, scan, evaluate, look, data_tools, export, datasets]
 
 
 class Parser(argparse.ArgumentParser):
@@ -32,8 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "train, evaluate, look, cluster.")
     parser.add_argument("--version", action="version", version=version_line())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).add_commands(sub)
+    for module in command_modules():
+        module.add_commands(sub)
     return parser
 
 
@@ -84,6 +90,9 @@ def _main(argv: Sequence[str] | None) -> int:
         return int(args.handler(args) or 0)
     except UserError as e:
         print_error(f"sslab: error: {one_line(e)}")
+        return e.exit_code
+    except Interrupted as e:  # a signal or the time limit, after a checkpoint: how to continue
+        print_error(f"sslab: {e}")
         return e.exit_code
     except KeyboardInterrupt:
         print_error("sslab: stopped")

@@ -1,394 +1,310 @@
-"""One dataclass tree for a run. Every field is a command-line flag (`--batch-size 256`) and a YAML key
-(`train: {batch_size: 256}`); the resolved tree is saved as `config.yaml` in every run folder.
+"""The run spec: what `sslab train` runs, in five sections, every setting a flag (`--batch-size 256`) and a YAML
+key (`method: {batch_size: 256}`), declared once (sslab/settings.py):
 
-A field left at `None` means "the method's recipe for this dataset decides" (docs/methods.md); `resolve()`
-fills those in, so the saved config always shows the values that were really used.
+    data      DataConfig          the images (here)
+    model     ModelConfig         the backbone (here)
+    method    <Method>Settings    the method's settings, defaults = its published recipe (its own file)
+    augment   AugmentConfig       the augmentation (sslab/augment/presets.py)
+    train     TrainConfig         seed, device, monitors, where the run goes (here)
+
+`Config.given` holds the names of the settings the user gave (flags, YAML, the API); sslab/recipe.py adapts the
+others to the data (image size, a short run), in one place. The saved `config.yaml` of a run holds every value
+used. A `config.yaml` of sslab 0.1 (sections data, augment, model, method, optim, train, one MethodConfig
+shared by every method) is translated once, by `upgrade_layout`.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import types
-import typing
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
-import yaml
-
+from sslab.augment.presets import AugmentConfig
+from sslab.data import TRAIN_SPLITS  # importing sslab.data registers the datasets the data settings name
+from sslab.device import PRECISIONS
 from sslab.errors import ConfigError
+from sslab.methods import METHODS, MethodSettings
+from sslab.registry import BACKBONES, DATASETS
+from sslab.settings import Rule, check, coerce, dump_yaml, flag, names_of, read_yaml_file, setting, shown, to_dict, \
+    types_of
+
+COMPILE_MODES = ("off", "default", "max-autotune", "reduce-overhead")  # reduce-overhead: CUDA graphs
+STEMS = ("auto", "cifar", "imagenet")
+KNN_T_MIN = 0.02  # below it exp(similarity / t) overflows float32 and the vote breaks (1/t > 88)
 
 
+def is_device(name: str) -> bool:
+    kind, _, index = name.partition(":")
+    return name in ("auto", "cpu", "cuda") or (kind == "cuda" and index.isdigit())
+
+
+def is_folder_name(name: Optional[str]) -> bool:
+    """A plain folder name: no path separators, not '.' or '..', at most 255 bytes (the file systems' limit)."""
+    return name is None or (name not in ("", ".", "..") and not any(c in name for c in ("/", "\\", "\0", os.sep))
+                            and len(name.encode("utf-8", errors="replace")) <= 255)
+
+
+# ---- declarations several commands share (train, eval, scan) ------------------------------------------------
+def device_setting() -> Any:
+    return setting("auto", "where to run: auto (a GPU when there is one), cpu, cuda or cuda:N (under torchrun, cuda "
+                   "is each process's own GPU)", rule=Rule(is_device, "auto, cpu, cuda or cuda:N"))
+
+
+def precision_setting() -> Any:
+    return setting("auto", "numeric precision: auto (bf16 autocast on a GPU, fp32 on the CPU), bf16 (also on the "
+                   "CPU) or fp32", choices=PRECISIONS)
+
+
+def channels_last_setting() -> Any:
+    return setting(None, "channels-last memory format for the convolutions; none: on a GPU only")
+
+
+def progress_setting() -> Any:
+    return setting(True, "a progress bar on a terminal; elsewhere a plain line every --progress-every seconds")
+
+
+def progress_every_setting() -> Any:
+    return setting(30.0, "seconds between plain progress lines when stderr is not a terminal", gt=0, le=86_400)
+
+
+def time_limit_setting(what: str) -> Any:
+    return setting(None, f"stop {what} with a checkpoint after this many seconds; rerunning continues; none: no limit",
+                   gt=0, le=10**8)
+
+
+def knn_k_setting(default: Optional[int], help: str) -> Any:
+    return setting(default, help, ge=1, le=100_000)
+
+
+def knn_t_setting(default: Optional[float], help: str) -> Any:
+    return setting(default, help, ge=KNN_T_MIN, le=1000)
+
+
+# ---- the sections --------------------------------------------------------------------------------------------
 @dataclass
 class DataConfig:
-    dataset: str = "digits"  # the images to learn from
-    data_dir: Optional[str] = None  # where the dataset lives; None: ~/.cache/sslab/data/<dataset>
-    download: bool = False  # fetch from the official source (with checksum) when missing
-    train_split: str = "train"  # which STL-10 images to train on
-    image_size: Optional[int] = None  # resize every image to this size; None: native (folders: most common)
-    store_size: Optional[int] = None  # cache images this large; training crops --image-size from them (256 for 224); None: the training size
-    test_fraction: float = 0.2  # sets without a test split: share held out, stratified and seeded
-    strict: bool = False  # refuse a folder with corrupt images instead of skipping and listing them
-    limit_train: Optional[int] = None  # keep N training images, stratified (quick runs and tests)
-    limit_test: Optional[int] = None  # keep N test images, stratified
-    # where decoded datasets are cached; None: $SSLAB_CACHE_DIR, else $XDG_CACHE_HOME/sslab/cache, else
-    # ~/.cache/sslab/cache (never the data folder unless given here); the run's config.yaml records the one used
-    cache_dir: Optional[str] = None
-
-
-@dataclass
-class AugmentConfig:
-    preset: str = "auto"  # auto: the method's preset for this image size; or a preset name
-    crop_scale: Optional[tuple[float, float]] = None  # random resized crop: min,max share of the image area
-    crop_ratio: Optional[tuple[float, float]] = None  # random resized crop: min,max aspect ratio
-    flip_p: Optional[float] = None  # probability of a horizontal flip
-    jitter: Optional[tuple[float, float, float, float]] = None  # brightness, contrast, saturation, hue
-    jitter_p: Optional[float] = None  # probability of the colour jitter
-    grayscale_p: Optional[float] = None  # probability of turning a view grey
-    blur_p: Optional[float] = None  # probability of a Gaussian blur
-    blur_sigma: Optional[tuple[float, float]] = None  # blur sigma range min,max in pixels
-    solarize_p: Optional[float] = None  # probability of solarizing a view
-    solarize_threshold: Optional[float] = None  # solarize pixels above this (0-1)
+    dataset: str = setting("digits", "the images to learn from", choices=DATASETS.names)
+    data_dir: Optional[str] = setting(None, "where the dataset lives; none: $SSLAB_DATA/<dataset>, else "
+                                      "~/.cache/sslab/data/<dataset>")
+    download: bool = setting(False, "fetch the dataset from its official source (checksum checked) when it is missing")
+    train_split: str = setting("train", "which images to train on (stl10: also its unlabelled images)",
+                               choices=lambda: sorted({"train", *(s for splits in TRAIN_SPLITS.values() for s in splits)}))
+    image_size: Optional[int] = setting(None, "resize every image to this side in pixels; none: the native size "
+                                        "(image folders: the most common one)", ge=8, le=4096)
+    store_size: Optional[int] = setting(None, "cache images with this side in pixels and random-resized-crop "
+                                        "--image-size from them on the device (256 for 224 keeps 1.3x the bytes); "
+                                        "none: the training size", ge=8, le=4096)
+    test_fraction: float = setting(0.2, "datasets without a test split: the share held out as test images, "
+                                   "stratified and seeded", ge=0, lt=1)
+    strict: bool = setting(False, "refuse an image folder with unreadable images instead of skipping and listing them")
+    limit_train: Optional[int] = setting(None, "keep this many training images, stratified (quick runs and tests); "
+                                         "none: all", ge=2, le=10**9)
+    limit_test: Optional[int] = setting(None, "keep this many test images, stratified; none: all", ge=0, le=10**9)
+    cache_dir: Optional[str] = setting(None, "where decoded datasets are cached; none: $SSLAB_CACHE_DIR, else "
+                                       "$XDG_CACHE_HOME/sslab/cache, else ~/.cache/sslab/cache (config.yaml records "
+                                       "the folder used)")
 
 
 @dataclass
 class ModelConfig:
-    backbone: str = "resnet18"  # the encoder whose features are learned
-    stem: str = "auto"  # first layers; auto: cifar stem (3x3, no max-pool) at <= 64 px, imagenet stem above
-
-
-@dataclass
-class MethodConfig:
-    method: Optional[str] = None  # the self-supervised method (`sslab methods` shows their recipes)
-    proj_layers: Optional[int] = None  # layers of the projector MLP
-    proj_hidden: Optional[int] = None  # hidden width of the projector
-    proj_dim: Optional[int] = None  # output width of the projector (the embedding z)
-    pred_hidden: Optional[int] = None  # hidden width of the predictor (SimSiam, PhiNet, BYOL)
-    fixed_predictor_lr: Optional[bool] = None  # SimSiam/PhiNet: predictor h keeps the base lr
-    temperature: Optional[float] = None  # contrastive methods
-    ema: Optional[float] = None  # EMA momentum of target/slow/key encoders
-    lam: Optional[float] = None  # PhiNet/X-PhiNet weight of the MSE term
-    third_view: Optional[str] = None  # PhiNet's x0: the clean image or a third strong view
-    queue_size: Optional[int] = None  # MoCo v2
-
-
-@dataclass
-class OptimConfig:
-    optimizer: Optional[str] = None  # the optimiser
-    lr: Optional[float] = None  # base lr for batch 256; the run uses lr * batch_size / 256
-    momentum: Optional[float] = None  # SGD/LARS momentum
-    weight_decay: Optional[float] = None  # L2 weight decay
-    warmup_epochs: Optional[int] = None  # linear lr warm-up before the cosine decay
-    min_lr: float = 0.0  # cosine schedule floor, as a fraction of the peak lr
-    fused: Optional[bool] = None  # fused SGD/AdamW kernel (one launch for all parameters); None: on GPU only; LARS: none
+    backbone: str = setting("resnet18", "the encoder whose features are learned", choices=BACKBONES.names)
+    stem: str = setting("auto", "the backbone's first layers; auto: the CIFAR stem (3x3 conv, no max-pool) up to "
+                        "64 px, the ImageNet stem above", choices=STEMS)
 
 
 @dataclass
 class TrainConfig:
-    epochs: Optional[int] = None  # passes over the training images
-    batch_size: Optional[int] = None  # images per step, over all processes (the last partial batch is dropped)
-    seed: int = 0  # seed of the model init, the sample order and the augmentations
-    device: str = "auto"  # where to train (auto: a GPU when there is one; cuda:N under torchrun is per rank)
-    precision: str = "auto"  # auto: bf16 autocast on a GPU, fp32 on the CPU; bf16 also on the CPU
-    channels_last: Optional[bool] = None  # channels-last memory format; None: on a GPU only
-    compile: str = "off"  # torch.compile the model's step; reduce-overhead adds CUDA graphs (GPU)
-    knn_every: int = 1  # kNN monitor every N epochs (0: off)
-    knn_k: int = 200  # neighbours of the kNN monitor
-    knn_t: float = 0.1  # temperature of the kNN monitor's weighted vote
-    step_loss_every: int = 50  # TensorBoard train/step_loss every N steps (0: off; each reads the loss from the device)
-    checkpoint_every: int = 0  # keep checkpoints/epoch_NNNN.pt every N epochs (last.pt is always written)
-    collapse_threshold: float = 0.25  # warn when z_std * sqrt(d) falls below this (1.0 when healthy)
-    out: str = "runs"  # where run folders are created
-    name: Optional[str] = None  # run folder name; None: <method>-<dataset>-<backbone>-<timestamp>
-    progress: bool = True  # progress bar on a terminal; elsewhere a plain line every progress_every seconds
-    progress_every: float = 30.0  # seconds between plain progress lines when stderr is not a terminal
-    time_limit: Optional[float] = None  # stop with a checkpoint after this many seconds of training; --resume continues
+    seed: int = setting(0, "seed of the initial weights, the sample order and the augmentations", ge=0, lt=2**32)
+    device: str = device_setting()
+    precision: str = precision_setting()
+    channels_last: Optional[bool] = channels_last_setting()
+    compile: str = setting("off", "torch.compile the model's step (reduce-overhead adds CUDA graphs, GPU only)",
+                           choices=COMPILE_MODES)
+    fused: Optional[bool] = setting(None, "the fused SGD/AdamW kernel (one launch for all parameters; LARS has none); "
+                                    "none: on a GPU only")
+    knn_every: int = setting(1, "run the kNN monitor every N epochs (0: off)", ge=0, le=100_000)
+    knn_k: int = knn_k_setting(200, "neighbours in the kNN monitor's vote")
+    knn_t: float = knn_t_setting(0.1, "temperature of the kNN monitor's weighted vote")
+    step_loss_every: int = setting(50, "log the loss to TensorBoard every N steps (0: off; each read waits for the "
+                                   "device)", ge=0, le=10**9)
+    checkpoint_every: int = setting(0, "also keep checkpoints/epoch_NNNN.pt every N epochs (0: only last.pt)", ge=0,
+                                    le=100_000)
+    collapse_threshold: float = setting(0.25, "warn when z_std * sqrt(d) falls below this (about 1 when healthy, 0 "
+                                        "on collapse)", ge=0, le=10)
+    out: str = setting("runs", "the folder run folders are made in")
+    name: Optional[str] = setting(None, "the run folder's name inside --out; none: <method>-<dataset>-<backbone>-<time>",
+                                  rule=Rule(is_folder_name, "a plain folder name (no '/', '\\' or '..') of at most "
+                                                            "255 bytes"))
+    progress: bool = progress_setting()
+    progress_every: float = progress_every_setting()
+    time_limit: Optional[float] = time_limit_setting("training")
 
 
+FIXED = {"data": DataConfig, "model": ModelConfig, "augment": AugmentConfig, "train": TrainConfig}
+SECTIONS = ("data", "model", "method", "augment", "train")  # the order of config.yaml
+FIELD_SECTION: dict[str, str] = {}  # setting name -> its section, for the sections every run has
+for _section, _cls in FIXED.items():
+    for _name in names_of(_cls):
+        assert _name not in FIELD_SECTION, f"setting {_name} is declared in two sections"
+        FIELD_SECTION[_name] = _section
+
+
+def method_settings(name: str) -> type[MethodSettings]:
+    """The settings class of method `name` (ConfigError for an unknown name); its settings must not share a name
+    with a setting of the other sections (the flags are one namespace)."""
+    settings = METHODS.get(name).Settings
+    clash = sorted(set(names_of(settings)) & (set(FIELD_SECTION) | {"method"}))
+    if clash:
+        raise AssertionError(f"method {name}'s setting(s) {', '.join(clash)} clash with {FIELD_SECTION.get(clash[0])} "
+                             "settings of the same name; rename them")
+    return settings
+
+
+# ---- the run spec --------------------------------------------------------------------------------------------
 @dataclass
 class Config:
+    method: MethodSettings
     data: DataConfig = field(default_factory=DataConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    method: MethodConfig = field(default_factory=MethodConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-
-    # ---- dict / YAML ------------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        def plain(v: Any) -> Any:
-            return list(v) if isinstance(v, tuple) else v
-
-        return {s.name: {f.name: plain(getattr(getattr(self, s.name), f.name)) for f in fields(getattr(self, s.name))}
-                for s in fields(self)}
+    given: frozenset[str] = field(default=frozenset(), compare=False, repr=False)  # set by the user
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Config":
-        cfg = cls()
-        cfg.update(d)
+    def from_values(cls, values: Mapping[str, Any], where: str | Mapping[str, str] = "config") -> "Config":
+        """A run spec from settings by name (`method` the method's name), the others at their defaults. A setting
+        that the chosen method does not have is refused, naming the method's settings. `where` says where the values
+        come from, for messages: "command line" (they name the flags), a file's name, or one of those per setting."""
+        if not isinstance(values, Mapping) or any(not isinstance(k, str) for k in values):
+            raise ConfigError(f"{where}: expected settings by name, got {shown(values)}")
+        if values.get("method") is None:
+            raise ConfigError(f"no method given; pass --method ({', '.join(METHODS.names())})")
+        name = coerce(values["method"], str, _label("method", where))
+        settings_cls = method_settings(name)
+        cfg = cls(method=settings_cls(), given=frozenset(values))
+        for key, value in values.items():
+            if key != "method":
+                obj = cfg.section_of(key, where if isinstance(where, str) else where.get(key, "config"))
+                setattr(obj, key, coerce(value, types_of(type(obj))[key], _label(key, where)))
         return cfg
 
-    def update(self, d: dict[str, Any], where: str = "config") -> None:
-        """Set fields from a nested dict ({section: {field: value}}), type-checked."""
-        if not isinstance(d, dict):
-            raise ConfigError(f"{where}: expected a mapping of sections ({', '.join(SECTIONS)}), got {type(d).__name__}")
-        for section, values in d.items():
-            if section not in SECTIONS:
-                raise ConfigError(f"{where}: unknown section {section!r}; sections are {', '.join(SECTIONS)}")
-            if not isinstance(values, dict):
-                raise ConfigError(f"{where}: section {section!r} must be a mapping of field: value")
-            obj = getattr(self, section)
-            known = {f.name: f for f in fields(obj)}
-            for key, value in values.items():
-                if key not in known:
-                    raise ConfigError(f"{where}: unknown field {section}.{key}; known: {', '.join(known)}")
-                if (section, key) == ("train", "compile") and isinstance(value, bool):
-                    value = "default" if value else "off"  # the YAML of older runs: compile: true/false
-                setattr(obj, key, coerce(value, FIELD_TYPES[section][key], f"{section}.{key}"))
+    def section_of(self, name: str, where: str = "config") -> Any:
+        """The section object that holds setting `name` (ConfigError naming the method's settings if none does)."""
+        if name in FIELD_SECTION:
+            return getattr(self, FIELD_SECTION[name])
+        if name in names_of(self.method):
+            return self.method
+        method = self.method.method
+        owners = [m for m in METHODS.names() if name in names_of(METHODS.get(m).Settings)]
+        own = ", ".join(flag(n) for n in names_of(self.method))
+        at = "" if where == "command line" else f"{where}: "
+        if owners:
+            raise ConfigError(f"{at}{flag(name)} is not a setting of {method} (it is one of {', '.join(owners)}); "
+                              f"{method}'s settings: {own}")
+        raise ConfigError(f"{at}unknown setting {shown(name)}; {method}'s settings: {own}; the others: "
+                          "`sslab train --help`")
+
+    def values(self) -> dict[str, Any]:
+        """Every setting by name, `method` the method's name."""
+        out = {"method": self.method.method}
+        for section in SECTIONS:
+            out.update({f.name: getattr(getattr(self, section), f.name) for f in fields(getattr(self, section))})
+        return out
+
+    def with_values(self, where: str = "config", **values: Any) -> "Config":
+        """A copy with some settings changed (and marked given). A new method keeps only the given settings."""
+        if values.get("method", self.method.method) == self.method.method:
+            base = self.values()
+        else:
+            base = {k: v for k, v in self.values().items() if k in self.given}
+        new = Config.from_values({**base, **values}, where)
+        return dataclasses.replace(new, given=self.given | frozenset(values))
+
+    def check(self) -> None:
+        """Every setting within its range, in one pass: the first that is not raises one line naming its flag."""
+        for section in SECTIONS:
+            check(getattr(self, section))
+
+    # ---- dict / YAML ---------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        out = {s: to_dict(getattr(self, s)) for s in SECTIONS}
+        out["method"] = {"method": self.method.method, **out["method"]}
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "config") -> "Config":
+        """From {section: {setting: value}} (a YAML file's layout; sslab 0.1's is translated first). The settings
+        present are the given ones."""
+        return cls.from_values(flatten(upgrade_layout(d, where), where), where)
 
     def save(self, path: Path) -> None:
-        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        path.write_bytes(dump_yaml(self.to_dict()))
 
     @classmethod
     def load(cls, path: str | Path) -> "Config":
-        d = read_yaml_file(path)
-        cfg = cls()
-        cfg.update(d, where=str(path))
-        return cfg
-
-    # ---- checks -----------------------------------------------------------------------------------
-    def validate(self) -> None:
-        """Reject values that cannot work, with the flag to fix. Called after `resolve()`."""
-        t, o = self.train, self.optim
-        checks = [
-            (t.epochs is None or t.epochs >= 1, "--epochs must be >= 1"),
-            (t.batch_size is None or t.batch_size >= 2, "--batch-size must be >= 2 (the losses compare samples)"),
-            (o.lr is None or o.lr > 0, "--lr must be > 0"),
-            (o.weight_decay is None or o.weight_decay >= 0, "--weight-decay must be >= 0"),
-            (o.warmup_epochs is None or o.warmup_epochs >= 0, "--warmup-epochs must be >= 0"),
-            (0 <= self.data.test_fraction < 1, "--test-fraction must be in [0, 1)"),
-            (self.data.limit_train is None or self.data.limit_train >= 2, "--limit-train must be >= 2"),
-            (self.data.image_size is None or self.data.image_size >= 8, "--image-size must be >= 8"),
-            (t.knn_every >= 0 and t.checkpoint_every >= 0 and t.step_loss_every >= 0,
-             "--knn-every, --checkpoint-every and --step-loss-every must be >= 0"),
-            (t.knn_k >= 1 and t.knn_t > 0, "--knn-k must be >= 1 and --knn-t > 0"),
-            (t.time_limit is None or t.time_limit > 0, "--time-limit must be > 0 seconds"),
-            (t.progress_every > 0, "--progress-every must be > 0 seconds"),
-            (t.precision in ("auto", "bf16", "fp32"), "--precision must be auto, bf16 or fp32"),
-            (t.compile in COMPILE_MODES, f"--compile must be one of {', '.join(COMPILE_MODES)}"),
-            (self.model.stem in STEMS, f"--stem must be {one_of(STEMS)}"),
-            (t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"), "--device must be auto, cpu or cuda[:N]"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
+        return cls.from_dict(read_yaml_file(path), where=str(path))
 
 
-def one_of(choices: typing.Sequence[str]) -> str:
-    """"a, b or c": the choices of an option, for messages and help texts."""
-    choices = list(choices)
-    return choices[0] if len(choices) == 1 else ", ".join(choices[:-1]) + " or " + choices[-1]
+def _label(key: str, where: str | Mapping[str, str]) -> str:
+    """How a message names a setting: its flag for the command line, else where it is and its name."""
+    place = where if isinstance(where, str) else where.get(key, "config")
+    return flag(key) if place == "command line" else f"{place}: {FIELD_SECTION.get(key, 'method')}.{key}"
 
 
-def read_yaml_file(path: str | Path) -> Any:
-    """The contents of a YAML config file ({} when empty); ConfigError when missing or malformed."""
-    path = Path(path)
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} not found; pass an existing YAML file to --config") from None
-    except IsADirectoryError:
-        raise ConfigError(f"config file {path} is a folder; pass a YAML file") from None
-    except OSError as e:
-        raise ConfigError(f"config file {path} cannot be read ({e.strerror or e}); pass a readable YAML file") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"config file {path} is not text (not UTF-8); pass a YAML file") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML ({str(e).splitlines()[0]}); fix the file") from None
-    except RecursionError:  # YAML nested thousands of levels deep
-        raise ConfigError(f"config file {path} is nested too deeply to be a config; fix the file") from None
+def flatten(d: dict[str, Any], where: str) -> dict[str, Any]:
+    """{section: {setting: value}} -> {setting: value}, every setting in its own section."""
+    out: dict[str, Any] = {}
+    for section, values in d.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"{where}: unknown section {shown(section)}; sections are {', '.join(SECTIONS)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{where}: section {section!r} must be a mapping of setting: value")
+        for key, value in values.items():
+            if not isinstance(key, str):
+                raise ConfigError(f"{where}: {section}.{shown(key)} is not a setting name")
+            home = FIELD_SECTION.get(key, "method")
+            if home != section and section != "method" and key not in FIELD_SECTION and not any(
+                    key in names_of(METHODS.get(m).Settings) for m in METHODS.names()):
+                raise ConfigError(f"{where}: unknown setting {section}.{shown(key)}; the {section} settings: "
+                                  f"{', '.join(names_of(FIXED[section]))}")
+            if home != section:
+                raise ConfigError(f"{where}: {section}.{shown(key)} belongs in section {home}")
+            out[key] = value
+    return out
 
 
-COMPILE_MODES = ("off", "default", "max-autotune", "reduce-overhead")  # reduce-overhead: CUDA graphs
-STEMS = ("auto", "cifar", "imagenet")
-# the fields a method's recipe fills in when left at None (METHODS.md)
-RECIPE_FIELDS = {*(f.name for f in fields(AugmentConfig) if f.name != "preset"),
-                 *(f.name for f in fields(MethodConfig) if f.name != "method"),
-                 *(f.name for f in fields(OptimConfig) if f.name != "min_lr"), "epochs", "batch_size"}
-THIRD_VIEWS = ("clean", "strong")
-SECTIONS = [f.name for f in fields(Config)]
-_SECTION_TYPES = {f.name: f.default_factory for f in fields(Config)}  # type: ignore[misc]
-FIELD_TYPES: dict[str, dict[str, Any]] = {
-    s: typing.get_type_hints(_SECTION_TYPES[s]) for s in SECTIONS
-}
-FLAG_TO_FIELD: dict[str, tuple[str, str]] = {}
-for _s in SECTIONS:
-    for _f in FIELD_TYPES[_s]:
-        assert _f not in FLAG_TO_FIELD, f"config field name {_f} is used in two sections"
-        FLAG_TO_FIELD[_f] = (_s, _f)
+# ---- sslab 0.1's layout ---------------------------------------------------------------------------------------
+# where sslab 0.1 kept the settings that moved: the optimiser's and the run length in the method's settings
+MOVED = {("optim", "optimizer"): "method", ("optim", "lr"): "method", ("optim", "momentum"): "method",
+         ("optim", "weight_decay"): "method", ("optim", "warmup_epochs"): "method", ("optim", "min_lr"): "method",
+         ("optim", "fused"): "train", ("train", "epochs"): "method", ("train", "batch_size"): "method"}
+# sections whose None meant "the method's recipe decides" (the settings another method has were None too)
+RECIPE_NONE = ("method", "optim", "augment")
 
 
-def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return args[0], True
-    return tp, False
-
-
-def coerce(value: Any, tp: Any, name: str) -> Any:
-    """Convert a YAML or flag value to the field's type, or raise a ConfigError naming the field."""
-    base, optional = _unwrap_optional(tp)
-    if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and optional):
-        if optional:
-            return None
-        raise ConfigError(f"{name} cannot be empty")
-    try:
-        if base is bool:
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
-                return True
-            if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        if base is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            return int(value)
-        if base is float:
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        if base is str:
-            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-                raise ValueError
-            return str(value)
-        if typing.get_origin(base) is tuple:
-            items = value.split(",") if isinstance(value, str) else value
-            if not isinstance(items, (list, tuple)):
-                raise ValueError
-            args = typing.get_args(base)
-            if len(args) == 2 and args[1] is Ellipsis:  # tuple[float, ...]: any length, at least one
-                args = (args[0],) * len(items) if items else ()
-            if len(items) != len(args) or not items:
-                raise ValueError
-            return tuple(coerce(v, a, name) for v, a in zip(items, args))
-    except (ValueError, TypeError, OverflowError):
-        pass
-    else:
-        raise AssertionError(f"unsupported config type {tp} for {name}")
-    raise ConfigError(f"{name}: {value!r} is not a valid {_type_name(tp)}")
-
-
-def _type_name(tp: Any) -> str:
-    base, optional = _unwrap_optional(tp)
-    if typing.get_origin(base) is tuple:
-        name = "comma-separated list of " + ", ".join(a.__name__ for a in typing.get_args(base) if a is not Ellipsis)
-    else:
-        name = base.__name__
-    return name + (" (or none)" if optional else "")
-
-
-def field_help(cls: type) -> dict[str, str]:
-    """What each field of a dataclass does: its `metadata["help"]`, else the comment after it in the class
-    body (so each setting is described once, beside its default)."""
-    import inspect
-    import re
-
-    comments, above = {}, []  # a field's trailing comment, else the comment lines just above it
-    for line in inspect.getsource(cls).splitlines():
-        if line.strip().startswith("#"):
-            above.append(line.strip().lstrip("#").strip())
+def upgrade_layout(d: Any, where: str) -> dict[str, Any]:
+    """A config dict in today's layout: sslab 0.1's (sections optim, train.epochs, ...; None for "the recipe
+    decides" and for the settings of other methods; compile as true/false) translated, today's returned as is."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where}: expected a mapping of sections ({', '.join(SECTIONS)}), got {type(d).__name__}")
+    train = d.get("train")
+    old = "optim" in d or (isinstance(train, dict) and any(("train", k) in MOVED for k in train))
+    if not old:
+        return d
+    out: dict[str, Any] = {}
+    for section, values in d.items():
+        if not isinstance(values, dict):
+            out[section] = values  # flatten() names the problem
             continue
-        m = re.match(r"\s+(\w+): [^#]*?(?:#\s*(.+))?$", line)
-        if m:
-            comments[m.group(1)] = (m.group(2) or " ".join(above)).strip()
-        above = []
-    return {f.name: f.metadata.get("help") or comments.get(f.name, "") for f in fields(cls)}
+        for key, value in values.items():
+            if value is None and (section in RECIPE_NONE or (section, key) in MOVED):
+                continue
+            if (section, key) == ("train", "compile") and isinstance(value, bool):
+                value = "default" if value else "off"
+            out.setdefault(MOVED.get((section, key), section), {})[key] = value
+    return out
 
 
-def add_dataclass_flags(group: Any, cls: type, choices: dict[str, typing.Sequence[str]] | None = None,
-                        from_recipe: typing.Collection[str] = (), skip: typing.Collection[str] = ()) -> None:
-    """One flag per field of the dataclass `cls` (`--batch-size`, `--download`/`--no-download`), with the
-    field's help, its choices and its default (for the fields in `from_recipe`: "from the method recipe")."""
-    choices = choices or {}
-    helps, types_ = field_help(cls), typing.get_type_hints(cls)
-    instance = cls()
-    for f in fields(cls):
-        if f.name in skip:
-            continue
-        tp, flag = types_[f.name], "--" + f.name.replace("_", "-")
-        base, _ = _unwrap_optional(tp)
-        default = getattr(instance, f.name)
-        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-        parts = [helps[f.name]] if helps[f.name] else []
-        if f.name in choices:
-            parts.append(f"choices: {', '.join(choices[f.name])}")
-        parts.append(f"default: {'from the method recipe' if f.name in from_recipe else shown}")
-        text = "; ".join(parts).replace("%", "%%")
-        if base is bool:
-            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                               help=text)
-        else:
-            metavar = f.name.upper() if f.name not in choices else "{" + ",".join(choices[f.name]) + "}"
-            group.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, help=text,
-                               metavar=metavar if len(metavar) <= 48 else f.name.upper())
-
-
-def dataclass_from_args(cls: type, args: argparse.Namespace, base: Any = None) -> Any:
-    """An instance of `cls` (or `base`) with the fields whose flags were given, converted to the field types."""
-    obj = base if base is not None else cls()
-    types_ = typing.get_type_hints(cls)
-    for f in fields(cls):
-        if f.name in vars(args):
-            setattr(obj, f.name, coerce(getattr(args, f.name), types_[f.name], "--" + f.name.replace("_", "-")))
-    return obj
-
-
-def config_choices() -> dict[str, typing.Sequence[str]]:
-    """The choices of the fields that have them (registries read when a parser is built)."""
-    import sslab.data  # noqa: F401  (registration)
-    import sslab.methods  # noqa: F401
-    import sslab.models  # noqa: F401
-    from sslab.augment import preset_names
-    from sslab.data.stl10 import TRAIN_SPLITS
-    from sslab.device import PRECISIONS
-    from sslab.optim import OPTIMIZERS
-    from sslab.registry import BACKBONES, DATASETS, METHODS
-
-    return {"dataset": DATASETS.names(), "method": METHODS.names(), "backbone": BACKBONES.names(),
-            "optimizer": OPTIMIZERS, "precision": PRECISIONS, "compile": COMPILE_MODES, "stem": STEMS,
-            "preset": ["auto", *preset_names()], "third_view": THIRD_VIEWS, "train_split": TRAIN_SPLITS,
-            "device": ("auto", "cpu", "cuda", "cuda:N")}
-
-
-def add_config_flags(parser: argparse.ArgumentParser, sections: typing.Sequence[str] = tuple(SECTIONS)) -> None:
-    """One flag per config field of `sections` (default: all): `--batch-size`, `--download`/`--no-download`."""
-    parser.add_argument("--config", help="YAML file with config sections; flags override it")
-    choices = config_choices()
-    for section in sections:
-        add_dataclass_flags(parser.add_argument_group(f"{section} config"), _SECTION_TYPES[section], choices,
-                            RECIPE_FIELDS)
-
-
-def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Config:
-    """The config from `--config FILE` (if given) overridden by the flags that were set."""
-    cfg = base if base is not None else (Config.load(args.config) if getattr(args, "config", None) else Config())
-    overrides: dict[str, dict[str, Any]] = {}
-    for key, value in vars(args).items():
-        if key in FLAG_TO_FIELD:
-            section, name = FLAG_TO_FIELD[key]
-            overrides.setdefault(section, {})[name] = value
-    cfg.update(overrides, where="command line")
-    return cfg
-
-
-def replace(cfg: Config, **sections: dict[str, Any]) -> Config:
-    """A copy of `cfg` with some fields changed: `replace(cfg, train={"epochs": 5})`."""
-    new = Config.from_dict(cfg.to_dict())
-    new.update(sections, where="replace")
-    return new
-
-
-__all__ = ["Config", "DataConfig", "AugmentConfig", "ModelConfig", "MethodConfig", "OptimConfig", "TrainConfig",
-           "add_config_flags", "config_from_args", "replace", "dataclasses"]
+__all__ = ["Config", "DataConfig", "ModelConfig", "AugmentConfig", "TrainConfig", "MethodSettings", "SECTIONS",
+           "FIELD_SECTION", "COMPILE_MODES", "STEMS", "method_settings", "flatten", "upgrade_layout"]

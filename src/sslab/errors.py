@@ -1,4 +1,9 @@
-"""User-facing errors: one line saying what went wrong and what to do, exit code 2, no traceback."""
+"""User-facing errors: one line saying what went wrong and what to do, exit code 2, no traceback; and the stop of
+a loop with a checkpoint (`Interrupted`), which says how to continue."""
+from __future__ import annotations
+
+import signal
+from pathlib import Path
 
 
 class UserError(Exception):
@@ -21,3 +26,24 @@ class CheckpointError(UserError):
 
 class RunFolderError(UserError):
     """A run folder cannot be created or written, or the disk is full."""
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM or the time limit: a checkpoint was written (or the loop had not started); running
+    `resume` (a command line) continues."""
+
+    def __init__(self, run_dir: Path | None, signum: int, resume: str | None = None):
+        name = signal.Signals(signum).name
+        resume = resume or f"sslab train --resume {run_dir}"
+        if signum == signal.SIGALRM and run_dir is not None:
+            message = f"stopped at the --time-limit; checkpoint saved; continue with: {resume}"
+        elif run_dir is None:
+            message = f"interrupted by {name} before training started; no checkpoint was written"
+        else:
+            message = f"interrupted by {name}; checkpoint saved; continue with: {resume}"
+        super().__init__(message)
+        self.run_dir, self.signum = run_dir, signum
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.signum == signal.SIGALRM else 128 + self.signum  # the time limit is a planned stop

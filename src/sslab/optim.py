@@ -15,7 +15,7 @@ from typing import Any, Iterable
 import torch
 
 from sslab.device import fused_options
-from sslab.config import one_of
+from sslab.settings import one_of
 from sslab.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adamw", "lars")

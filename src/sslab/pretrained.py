@@ -9,14 +9,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import dataclasses
+
 import torch
 
 from sslab.checkpoint import load_checkpoint
 from sslab.config import Config
 from sslab.data import load_from_config
 from sslab.data.base import ImageData
+from sslab.device import pick_device
 from sslab.errors import CheckpointError
 from sslab.methods import Method
+from sslab.methods.build import build_method
+from sslab.resume import trained_spec
 
 
 @dataclass
@@ -37,10 +42,7 @@ class TrainedRun:
 
     def load_data(self, **changes: Any) -> ImageData:
         """The run's dataset (same folder, split and size), optionally with DataConfig fields changed."""
-        data_cfg = Config.from_dict(self.cfg.to_dict()).data
-        for k, v in changes.items():
-            setattr(data_cfg, k, v)
-        return load_from_config(data_cfg, self.cfg.train.seed)
+        return load_from_config(dataclasses.replace(self.cfg.data, **changes), self.cfg.train.seed)
 
 
 def run_folder(path: str | Path) -> Path:
@@ -53,23 +55,14 @@ def run_folder(path: str | Path) -> Path:
 
 def load_trained(path: str | Path, device: str | torch.device = "auto") -> TrainedRun:
     """A run folder (or a checkpoint file inside one) -> its trained model. CheckpointError if there is none."""
-    from sslab.device import pick_device
-    from sslab.methods.build import build_method
-
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path} does not exist; pass a run folder made by `sslab train` or `sslab demo`")
     state = load_checkpoint(path)
     run_dir = run_folder(path)
-    try:
-        cfg = Config.from_dict(state["config"])
-        info = state["data"]
-        channels, image_size = int(info["channels"]), int(info["image_size"])
-    except (KeyError, TypeError, ValueError, AttributeError):
-        raise CheckpointError(f"checkpoint {path} lacks its config or data description; pass a checkpoint written "
-                              "by `sslab train`") from None
+    cfg, info = trained_spec(state, path)
     dev = pick_device(str(device))
-    model = build_method(cfg, channels, image_size)
+    model = build_method(cfg, int(info["channels"]), int(info["image_size"]))
     try:
         model.load_state_dict(state["model"])
     except (RuntimeError, KeyError, TypeError, AttributeError) as e:

@@ -19,12 +19,9 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-import torch
-import yaml
-
 from sslab.checkpoint import atomic_write_bytes
 from sslab.config import Config
-from sslab.errors import CheckpointError, ConfigError, DataError, RunFolderError
+from sslab.errors import CheckpointError, RunFolderError
 from sslab.jsonl import append_jsonl, finite
 
 log = logging.getLogger("sslab.run")
@@ -154,15 +151,6 @@ class RunDir:
         atomic_write_bytes(path, (json.dumps(finite(data), indent=2) + "\n").encode())
         return path
 
-    def config(self) -> Config:
-        return Config.load(self.config_path)
-
-    def save_config(self, cfg: Config) -> None:
-        """Rewrite config.yaml (atomically) when `cfg` differs from it: what `--resume --epochs N` changed
-        holds for later resumes too."""
-        if config_changes(self.config(), cfg):
-            atomic_write_bytes(self.config_path, yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
-
 
 LOCK_FILE = ".lock"
 _HELD: dict[str, int] = {}  # run folders this process holds the lock of -> the lock file's descriptor
@@ -212,83 +200,6 @@ def _make_folder(out: Path, name: str, suffix: bool) -> Path:
         raise RunFolderError(f"run folder {path} already exists and is not empty; "
                              f"choose another --name, or continue it with --resume {path}")
     raise RunFolderError(f"could not make a new run folder {out / name}-N; choose another --name")
-
-
-# ---- resume policy ------------------------------------------------------------------------------------------
-# What `--resume` may change: how long and where the run goes on, and what it logs; not what it computes.
-RESUME_CHANGES = {"epochs": "train", "time_limit": "train", "device": "train", "progress": "train",
-                  "knn_every": "train", "checkpoint_every": "train", "compile": "train", "cache_dir": "data"}
-# what a hand edit of RUN/config.yaml may change besides those: where the data lives, where runs go
-EDITABLE_ON_RESUME = {**RESUME_CHANGES, "data_dir": "data", "download": "data", "out": "train", "name": "train"}
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def config_changes(old: Config, new: Config, ignore_none: bool = False) -> dict[str, tuple[Any, Any]]:
-    """field -> (old value, new value) for every field that differs (`ignore_none`: a None in `new` is "not
-    given", as in an unresolved config)."""
-    a, b = old.to_dict(), new.to_dict()
-    return {name: (a[section][name], value) for section in b for name, value in b[section].items()
-            if value != a[section][name] and not (ignore_none and value is None)}
-
-
-def resume_config(saved: Config, given: Config | None = None) -> tuple[Config, list[str]]:
-    """The config a resumed run continues with: the run's saved config, with the changes `--resume` allows
-    taken from `given`, and one line per change to announce. Any other difference is refused with one line
-    naming the flags (the run would silently become another one)."""
-    cfg = Config.from_dict(saved.to_dict())
-    cfg.train.time_limit = None  # a limit applies to the session that set it
-    if given is None:
-        return cfg, []
-    changes = config_changes(cfg, given, ignore_none=True)
-    refused = [name for name in changes if name not in RESUME_CHANGES]
-    if refused:
-        allowed = ", ".join(_flag(n) for n in RESUME_CHANGES)
-        raise ConfigError(f"{', '.join(_flag(n) for n in refused)} cannot change when resuming (the run goes on with "
-                          f"its config.yaml); with --resume only {allowed} apply; start a new run to change the others")
-    notes = []
-    for name, (old, new) in changes.items():
-        setattr(getattr(cfg, RESUME_CHANGES[name]), name, new)
-        note = "; the learning-rate schedule is stretched to the new length" if name == "epochs" else ""
-        notes.append(f"resuming with {_flag(name)} {new} (was {'none' if old is None else old}){note}")
-    return cfg, notes
-
-
-def check_resume_state(state: dict[str, Any], cfg: Config, data_info: dict[str, Any]) -> None:
-    """The checkpoint fits the run's config.yaml and its dataset as loaded now; else one line saying what changed."""
-    loop = state.get("loop") if isinstance(state.get("loop"), dict) else {}
-    where = "mid-epoch" if loop.get("step_in_epoch") else "at an epoch's end"
-    if isinstance(state.get("config"), dict):
-        edited = {k: v for k, v in config_changes(Config.from_dict(state["config"]), cfg).items()
-                  if k not in EDITABLE_ON_RESUME}
-        if edited:
-            what = ", ".join(f"{k} {new!r} (the checkpoint has {old!r})" for k, (old, new) in list(edited.items())[:4])
-            raise ConfigError(f"config.yaml was changed after the checkpoint ({where}) was taken: {what}; set the "
-                              "value(s) back to resume, or start a new run with the new values")
-    done = loop.get("epoch")
-    if isinstance(done, int) and cfg.train.epochs is not None and cfg.train.epochs < done:
-        raise ConfigError(f"--epochs {cfg.train.epochs} but the run has finished {done} epochs; pass --epochs {done} "
-                          "or more")
-    _check_same_data(state, data_info)
-
-
-def _check_same_data(state: dict[str, Any], now: dict[str, Any]) -> None:
-    then = state.get("data") if isinstance(state.get("data"), dict) else {}
-    labels = {"dataset": "dataset", "train_images": "training images", "test_images": "test images",
-              "channels": "channels", "image_size": "image size"}
-    differences = [f"{label} {then[key]} then, {now[key]} now" for key, label in labels.items()
-                   if key in then and key in now and then[key] != now[key]]
-    if "classes" in then and list(then["classes"]) != list(now.get("classes", [])):
-        differences.append(f"{len(then['classes'])} classes then, {len(now['classes'])} now")
-    perm = state["loop"].get("perm") if isinstance(state.get("loop"), dict) else None
-    if (isinstance(perm, torch.Tensor) and "train_images" not in then and "train_images" in now
-            and len(perm) != now["train_images"]):  # a checkpoint from before the counts were kept
-        differences.append(f"training images {len(perm)} then, {now['train_images']} now")
-    if differences:
-        raise DataError(f"the dataset changed since the checkpoint ({'; '.join(differences)}); "
-                        "restore the data as it was to resume, or start a new run on the new data")
 
 
 # what every record of an epoch >= 1 has (the curves need them); the epoch-0 record (before training) holds

@@ -6,28 +6,41 @@ by the same `Augmenter` on a batch, so the picture shows what training will see.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
+from sslab.augment.views import ViewMaker
 from sslab.config import Config
 from sslab.data.base import ImageData
+from sslab.methods.build import build_method
+from sslab.recipe import fit_to_data
+from sslab.settings import Rule, setting
 
 
-def preview_views(cfg: Config, data: ImageData, num_images: int = 8, seed: int = 0) -> dict[str, Any]:
+@dataclass
+class PreviewOptions:
+    """The settings of `sslab preview-augment` besides the run spec's."""
+
+    out: str = setting("augment-preview.png", "the PNG file to write", rule=Rule(lambda p: p.lower().endswith(".png"),
+                                                                                 "a file name ending in .png"))
+    num_images: int = setting(8, "how many images to show (one column each)", ge=1, le=64)
+    seed: int = setting(0, "seed of the images picked and of their views", ge=0, lt=2**32)
+
+
+def preview_views(cfg: Config, data: ImageData, num_images: int, seed: int) -> dict[str, Any]:
     """Images, their views and clean views (normalisation undone), as display arrays, plus what made them."""
     from dataclasses import asdict
 
     from sslab.analysis.attention import pick_images
     from sslab.analysis.figures import to_display
-    from sslab.augment import Augmenter, resolve_augment
-    from sslab.methods.build import build_method, resolve
 
-    resolved = resolve(cfg, data.image_size)
+    resolved = fit_to_data(cfg, data.image_size)
     method = build_method(resolved, data.channels, data.image_size)
-    params = resolve_augment(resolved.augment, resolved.method.method, data.image_size)
-    augment = Augmenter(params, data.image_size, data.mean, data.std)
+    params = resolved.augment
+    views_of = ViewMaker(method.view_specs(data.image_size), params, data.image_size, data.mean, data.std)
     labels = data.train_y if len(data.train_x) else data.test_y
     pool = data.train_x if len(data.train_x) else data.test_x
     rows = torch.from_numpy(pick_images(labels, num_images, seed))
@@ -41,10 +54,10 @@ def preview_views(cfg: Config, data: ImageData, num_images: int = 8, seed: int =
         return (v.float().cpu() * std + mean).clamp(0, 1).mul(255).round().to(torch.uint8)
 
     size = max(64, data.image_size)
-    views = [to_display(unnormalise(augment(x, gen)), size) for _ in range(method.num_views)]
-    names = [f"view {i + 1}" for i in range(method.num_views)]
+    views = [to_display(unnormalise(v), size) for v in views_of(x, gen)]
+    names = [f"view {i + 1}" for i in range(len(views))]
     if method.needs_clean:
-        views.append(to_display(unnormalise(augment.clean(x)), size))
+        views.append(to_display(unnormalise(views_of.clean(x)), size))
         names.append("clean view")
     return {"original": to_display(x, size), "views": views, "view_names": names,
             "labels": [data.classes[int(y)] if int(y) >= 0 else "unlabelled" for y in labels[rows]],
@@ -77,14 +90,13 @@ def preview_figure(preview: dict[str, Any], path: Path, title: str) -> None:
     save_figure(fig, path)
 
 
-def preview_augment(cfg: Config, out: str | Path, num_images: int = 8, seed: int = 0,
-                    log: Callable[[str], None] = print) -> Path:
+def preview_augment(cfg: Config, opts: PreviewOptions, log: Callable[[str], None] = print) -> Path:
     from sslab.data import load_from_config
     from sslab.plots import run_title
 
-    data = load_from_config(cfg.data, seed)
-    preview = preview_views(cfg, data, num_images, seed)
-    path = Path(out).expanduser()
+    data = load_from_config(cfg.data, opts.seed)
+    preview = preview_views(cfg, data, opts.num_images, opts.seed)
+    path = Path(opts.out).expanduser()
     preview_figure(preview, path, f"augmented views: {run_title(preview['config'])}")
-    log(f"wrote {path} ({preview['method']}, {len(preview['views'])} views of {num_images} images)")
+    log(f"wrote {path} ({preview['method']}, {len(preview['views'])} views of {opts.num_images} images)")
     return path

@@ -115,3 +115,21 @@ def write_projector(log_dir: Path, emb: Embeddings, classes: list[str], max_poin
     finally:
         writer.close()
     return {"points": int(len(rows)), "dir": str(log_dir)}
+
+
+def embed_run(trained: Any, split: str, max_points: int, seed: int) -> dict[str, Any]:
+    """`sslab embed`: the features of a split to RUN/embeddings.npz and a TensorBoard projector of at most
+    `max_points` of them (a seeded subset) to RUN/projector/; returns what was written."""
+    info = trained.data_info
+    data = trained.load_data().to(trained.device)
+    emb = compute_embeddings(trained.backbone, data, split, info["mean"], info["std"])
+    path = trained.run_dir / EMBEDDINGS_FILE
+    save_embeddings(path, emb.arrays())
+    projector = write_projector(trained.run_dir / PROJECTOR_DIR, emb, list(data.classes), max_points, seed)
+    return {"path": path, "points": len(emb.labels), "dim": emb.features.shape[1], "projector": projector}
+
+
+def describe_embed(record: dict[str, Any]) -> str:
+    projector = record["projector"]
+    return (f"wrote {record['points']} x {record['dim']} features to {record['path']}; projector with "
+            f"{projector['points']} points in {projector['dir']} (tensorboard --logdir {projector['dir']})")

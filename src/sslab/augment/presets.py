@@ -1,119 +1,94 @@
-"""Augmentation recipes (docs/methods.md) and the `Augmenter` that applies one to a batch of uint8 images.
+"""Augmentation settings (`AugmentConfig`), the presets built from them, and the `Augmenter` that applies them
+to a batch of uint8 images.
 
-`resolve_augment(cfg, method, image_size)` turns an `AugmentConfig` (fields at None mean "the preset
-decides") into concrete `AugmentParams`; `Augmenter(params, out_size, mean, std)` is the callable the
-training loop runs on device-resident uint8 batches: crop -> flip -> colour jitter -> grayscale ->
-blur -> solarize -> normalise, every op batched with per-sample random parameters.
+`AugmentConfig`'s defaults are the standard augmentation of SimCLR-style methods; a method changes it with its
+settings' `augment` (and `large_augment` above 64 px): its family's presets `<family>-small` and `<family>-large`.
+Which preset a run uses, and for which image size, is decided in sslab/recipe.py. `Augmenter(params, out_size,
+mean, std)` is the callable the training loop runs on device-resident uint8 batches: crop -> flip -> colour
+jitter -> grayscale -> blur -> solarize -> normalise, every op batched with per-sample random parameters.
 """
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, fields
-from typing import Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
 from sslab.augment import ops
-from sslab.config import AugmentConfig
-from sslab.errors import ConfigError
+from sslab.methods import METHODS, MethodSettings
+from sslab.settings import Rule, check, setting
 
-SMALL_IMAGE_MAX = 64  # images up to this side use the CIFAR-style recipes (no blur)
-
-
-@dataclass(frozen=True)
-class AugmentParams:
-    """Concrete values of every augmentation setting (the fields of `AugmentConfig`, none left None)."""
-
-    preset: str  # the preset the values came from (before any explicit overrides)
-    crop_scale: tuple[float, float] = (0.08, 1.0)
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    flip_p: float = 0.5
-    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation, hue
-    jitter_p: float = 0.8
-    grayscale_p: float = 0.2
-    blur_p: float = 0.0
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
-    solarize_p: float = 0.0
-    solarize_threshold: float = 0.5
+PROBABILITY = {"ge": 0, "le": 1}
+ORDERED = Rule(lambda pair: pair[0] <= pair[1], "two numbers min,max with min <= max")
+JITTER = Rule(lambda j: j[3] <= 0.5, "brightness, contrast, saturation >= 0 and hue in [0, 0.5]")
 
 
-def _with_blur(p: AugmentParams, name: str) -> AugmentParams:
-    """The large-image (> 64 px) variant of a recipe: Gaussian blur p 0.5, sigma (0.1, 2.0)."""
-    return dataclasses.replace(p, preset=name, blur_p=0.5, blur_sigma=(0.1, 2.0))
+@dataclass
+class AugmentConfig:
+    """Every augmentation setting; the defaults are the standard augmentation (SimCLR's, small images)."""
+
+    preset: str = setting("auto", "the preset the other settings start from; auto: the method's own for the image "
+                          "size (sslab/recipe.py)", choices=lambda: ["auto", *preset_names()])
+    crop_scale: tuple[float, float] = setting((0.08, 1.0), "random resized crop: min,max share of the image area",
+                                              gt=0, le=1, rule=ORDERED)
+    crop_ratio: tuple[float, float] = setting((3 / 4, 4 / 3), "random resized crop: min,max aspect ratio", gt=0,
+                                              le=100, rule=ORDERED)
+    flip_p: float = setting(0.5, "probability of a horizontal flip", **PROBABILITY)
+    jitter: tuple[float, float, float, float] = setting((0.4, 0.4, 0.4, 0.1), "colour jitter strengths: "
+                                                        "brightness, contrast, saturation, hue", ge=0, le=10,
+                                                        rule=JITTER)
+    jitter_p: float = setting(0.8, "probability of the colour jitter", **PROBABILITY)
+    grayscale_p: float = setting(0.2, "probability of turning a view grey", **PROBABILITY)
+    blur_p: float = setting(0.0, "probability of a Gaussian blur", **PROBABILITY)
+    blur_sigma: tuple[float, float] = setting((0.1, 2.0), "Gaussian blur sigma range min,max in pixels", gt=0, le=100,
+                                              rule=ORDERED)
+    solarize_p: float = setting(0.0, "probability of solarizing a view", **PROBABILITY)
+    solarize_threshold: float = setting(0.5, "solarize pixels above this value (0-1)", **PROBABILITY)
 
 
-# SimSiam CIFAR-10 (docs/methods.md): RandomResizedCrop(scale 0.2-1.0), hflip, ColorJitter(0.4,0.4,0.4,0.1)
-# p=0.8, grayscale p=0.2, no blur at 32 px. PhiNet and X-PhiNet use SimSiam's augmentation.
-_SIMSIAM = AugmentParams("simsiam-small", crop_scale=(0.2, 1.0), jitter=(0.4, 0.4, 0.4, 0.1))
-# SimCLR small images (solo-learn cifar/simclr): scale 0.08-1, jitter 0.4,0.4,0.4,0.1 p 0.8, gray 0.2, no blur.
-_SIMCLR = AugmentParams("simclr-small", crop_scale=(0.08, 1.0), jitter=(0.4, 0.4, 0.4, 0.1))
-# BYOL small images: scale 0.08-1, jitter 0.4,0.4,0.2,0.1 p 0.8, gray 0.2, solarize p 0.1
-# (one symmetric recipe for both views; BYOL's paper uses asymmetric blur/solarize probabilities).
-_BYOL = AugmentParams("byol-small", crop_scale=(0.08, 1.0), jitter=(0.4, 0.4, 0.2, 0.1), solarize_p=0.1)
-# MoCo v2+ small images (solo-learn scripts/pretrain/cifar/mocov2plus.yaml): scale 0.08-1, jitter
-# 0.4,0.4,0.4,0.1 p 0.8, gray 0.2, no blur, no solarization.
-_MOCOV2 = AugmentParams("mocov2-small", crop_scale=(0.08, 1.0), jitter=(0.4, 0.4, 0.4, 0.1))
+AugmentParams = AugmentConfig  # the name of concrete values for an Augmenter: the same settings, none left open
+
+LARGE_IMAGE_BLUR = {"blur_p": 0.5}  # above 64 px every method's views are blurred (sigma: blur_sigma)
 # Crop and flip only: the standard linear-probe protocol's augmentation.
-_CROP_FLIP = AugmentParams("crop-flip", crop_scale=(0.08, 1.0), jitter_p=0.0, grayscale_p=0.0)
+CROP_FLIP = AugmentConfig("crop-flip", jitter_p=0.0, grayscale_p=0.0)
+PRESETS: dict[str, AugmentConfig] = {CROP_FLIP.preset: CROP_FLIP}  # presets that belong to no method
 
-PRESETS: dict[str, AugmentParams] = {p.preset: p for p in (_SIMSIAM, _SIMCLR, _BYOL, _MOCOV2, _CROP_FLIP)}
-PRESETS.update({name.replace("-small", "-large"): _with_blur(p, name.replace("-small", "-large"))
-                for name, p in list(PRESETS.items()) if name.endswith("-small")})
 
-# Grey digit datasets: a mirrored 2, 5 or 7 is not a digit (a mirrored shirt is still a shirt, so
-# Fashion-MNIST keeps its flips). `preset: auto` gives these the method's recipe without flips.
-NO_FLIP_DATASETS = frozenset({"digits", "mnist"})
+def augment_family(settings: type[MethodSettings]) -> str:
+    """The method whose augmentation a method's settings use: the nearest settings class (itself or a base) that
+    declares `augment` or `large_augment` (PhiNet: SimSiam's), else the method itself (the standard augmentation)."""
+    for klass in settings.__mro__:
+        if klass is MethodSettings:
+            break
+        if "augment" in vars(klass) or "large_augment" in vars(klass):
+            return klass.method
+    return settings.method
 
 
 def preset_names() -> list[str]:
-    return sorted(PRESETS)
+    families = sorted({augment_family(METHODS.get(m).Settings) for m in METHODS.names()})
+    return sorted([*PRESETS, *(f"{f}-{size}" for f in families for size in ("small", "large"))])
 
 
-def auto_preset(method: Optional[str], image_size: int) -> str:
-    """The preset `preset: auto` picks: the registered method's `augment_family` (SimSiam's without a
-    method), "-small" up to 64 px, "-large" above. An unregistered method, or one without a family, is an error."""
-    import sslab.methods  # noqa: F401  (registration)
-    from sslab.registry import METHODS
-
-    family = METHODS.get(method).augment_family if method is not None else "simsiam"
-    if not family:
-        raise ConfigError(f"method {method!r} declares no augmentation (augment_family); pass --preset "
-                          f"({', '.join(preset_names())})")
-    return f"{family}-{'small' if image_size <= SMALL_IMAGE_MAX else 'large'}"
-
-
-def resolve_augment(cfg: AugmentConfig, method: Optional[str], image_size: int,
-                    dataset: Optional[str] = None) -> AugmentParams:
-    """Fill the None fields of `cfg` from its preset ("auto": by method and image size, and no flips for
-    the digit datasets in NO_FLIP_DATASETS) and check them."""
-    name = auto_preset(method, image_size) if cfg.preset == "auto" else cfg.preset
-    if name not in PRESETS:
-        raise ConfigError(f"unknown augmentation preset {cfg.preset!r}; --preset must be auto or one of: "
-                          f"{', '.join(preset_names())}")
-    explicit = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name != "preset"}
-    explicit = {k: tuple(v) if isinstance(v, list) else v for k, v in explicit.items() if v is not None}
-    if cfg.preset == "auto" and dataset in NO_FLIP_DATASETS:
-        explicit.setdefault("flip_p", 0.0)
-    params = dataclasses.replace(PRESETS[name], **explicit)
-    check_params(params)
-    return params
+def preset(name: str) -> AugmentConfig:
+    """A preset by name: "crop-flip", or "<family>-small" (the standard augmentation with the method's `augment`)
+    and "<family>-large" (plus blur and its `large_augment`). KeyError for another name."""
+    if name in PRESETS:
+        return PRESETS[name]
+    family, _, size = name.rpartition("-")
+    if size not in ("small", "large") or family not in METHODS or augment_family(METHODS.get(family).Settings) != family:
+        raise KeyError(name)
+    settings = METHODS.get(family).Settings
+    changes: Mapping[str, Any] = settings.augment
+    if size == "large":
+        changes = {**changes, **LARGE_IMAGE_BLUR, **settings.large_augment}
+    return dataclasses.replace(AugmentConfig(name), **changes)
 
 
-def check_params(p: AugmentParams) -> None:
-    """Reject values the ops cannot use, naming the flag to fix."""
-    checks = [
-        (0 < p.crop_scale[0] <= p.crop_scale[1] <= 1, "--crop-scale must be two numbers 0 < min <= max <= 1"),
-        (0 < p.crop_ratio[0] <= p.crop_ratio[1], "--crop-ratio must be two numbers 0 < min <= max"),
-        (all(v >= 0 for v in p.jitter[:3]) and 0 <= p.jitter[3] <= 0.5,
-         "--jitter must be brightness, contrast, saturation >= 0 and hue in [0, 0.5]"),
-        (0 < p.blur_sigma[0] <= p.blur_sigma[1], "--blur-sigma must be two numbers 0 < min <= max"),
-        (0 <= p.solarize_threshold <= 1, "--solarize-threshold must be in [0, 1]"),
-    ]
-    for flag in ("flip_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p"):
-        checks.append((0 <= getattr(p, flag) <= 1, f"--{flag.replace('_', '-')} must be a probability in [0, 1]"))
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(message)
+def check_params(p: AugmentConfig) -> None:
+    """Every value within its range (one line naming the flag otherwise)."""
+    check(p, skip=("preset",))
 
 
 class Augmenter:
@@ -137,11 +112,6 @@ class Augmenter:
         self.std = tuple(float(s) for s in std)
         self.dtype = dtype
         self.blur_kernel = ops.default_blur_kernel(self.out_size)
-
-    @classmethod
-    def from_config(cls, cfg: AugmentConfig, method: Optional[str], out_size: int, mean: Sequence[float],
-                    std: Sequence[float], dtype: torch.dtype = torch.float32) -> "Augmenter":
-        return cls(resolve_augment(cfg, method, out_size), out_size, mean, std, dtype)
 
     def __repr__(self) -> str:
         return f"Augmenter({self.params}, out_size={self.out_size}, dtype={self.dtype})"

@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Callable
 
-from sslab.config import add_config_flags, config_from_args
+from sslab.analysis.augment_preview import PreviewOptions, preview_augment
+from sslab.analysis.export import export_folder, export_images
+from sslab.commands.train import add_run_flags, spec_from_args
+from sslab.config import DataConfig, TrainConfig
+from sslab.data import default_root, load_dataset
 from sslab.errors import ConfigError
+from sslab.settings import add_flags, check, from_dict, given_flags, names_of
 
-PREVIEW_SECTIONS = ("data", "augment", "method")  # the config flags preview-augment takes
+EXPORT_DATA = ("dataset", "data_dir", "download", "train_split", "image_size", "test_fraction")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -16,76 +20,46 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                        description="Export a dataset of the registry as PNG files in OUT/<split>/<class>/NNNNN.png "
                                    "(NNNNN = index in the split); an image folder keeps its file names, sub-folders "
                                    "and image sizes (OUT/<split>/<class>/<name>.png). `--dataset folder --data-dir "
-                                   "OUT` reads them back.")
-    p.add_argument("--dataset", required=True, help="a dataset name (cifar10, stl10, digits, folder, npz, ...)")
-    p.add_argument("--data-dir", help="where the dataset lives (default: $SSLAB_DATA/<name> or ~/.cache/sslab/data/<name>)")
+                                   "OUT` reads them back. The split is the one training makes.")
     p.add_argument("--out", required=True, help="an empty or new folder to write to")
-    p.add_argument("--download", action="store_true", help="download the dataset if missing")
-    p.add_argument("--train-split", default="train", help="stl10: train, unlabeled or train+unlabeled (default: train)")
-    p.add_argument("--image-size", type=int, default=None, help="resize every image to this square size first")
-    p.add_argument("--test-fraction", type=float, default=0.2,
-                   help="datasets without a test split: the share held out as test/, as training holds it out "
-                        "(default: 0.2; 0 writes everything to train/)")
-    p.add_argument("--seed", type=int, default=0, help="seed of that held-out split (default: 0, as training)")
+    add_flags(p, DataConfig, names=EXPORT_DATA)
+    add_flags(p, TrainConfig, names=["seed"])
     p.set_defaults(handler=export_command)
 
     p = sub.add_parser("preview-augment", help="a grid of a method's augmented views of some images (PNG)",
-                       description="Show the views a method would train on: the config is resolved as `sslab train` "
-                                   "does (method recipe, augmentation preset, flags), and the same batched augmenter "
-                                   "makes the views.")
-    p.add_argument("--out", default="augment-preview.png", help="PNG file to write (default: augment-preview.png)")
-    p.add_argument("--num-images", "-n", type=int, default=8, help="how many images (default: 8)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the images and views (default: 0)")
-    add_config_flags(p, PREVIEW_SECTIONS)  # not train's flags: --out is this command's own
+                       description="Show the views a method would train on: the run spec is read and adapted to the "
+                                   "data as `sslab train` does (method recipe, augmentation preset, flags), and the "
+                                   "same batched augmenters make the views. --method defaults to simsiam.")
+    add_flags(p, PreviewOptions, aliases={"num_images": ["-n"]})
+    add_run_flags(p, ("data", "method", "augment"))
     p.set_defaults(handler=preview_command)
 
 
 def export_command(args: argparse.Namespace, log: Callable[[str], None] = print) -> int:
-    from sslab.analysis.export import export_folder, export_images
-    from sslab.data import default_root, load_dataset
-
-    if args.dataset == "folder":
-        root = args.data_dir if args.data_dir is not None else default_root("folder")
-        export_folder(root, args.out, args.image_size, args.test_fraction, args.seed, progress=True, log=log)
+    given = given_flags(args, EXPORT_DATA)
+    if "dataset" not in given:
+        raise ConfigError("export-images needs --dataset NAME (`sslab datasets` lists them)")
+    data, seed = from_dict(DataConfig, given, "the flags"), from_dict(TrainConfig, given_flags(args, ["seed"]), "")
+    check(data)
+    check(seed)
+    if data.dataset == "folder":
+        root = data.data_dir if data.data_dir is not None else default_root("folder")
+        export_folder(root, args.out, data.image_size, data.test_fraction, seed.seed, progress=True, log=log)
         return 0
-    data = load_dataset(args.dataset, args.data_dir, download=args.download, train_split=args.train_split,
-                        image_size=args.image_size, test_fraction=args.test_fraction, seed=args.seed)
-    export_images(data, args.out, progress=True, log=log)
+    images = load_dataset(data.dataset, data.data_dir, download=data.download, train_split=data.train_split,
+                          image_size=data.image_size, test_fraction=data.test_fraction, seed=seed.seed)
+    export_images(images, args.out, progress=True, log=log)
     return 0
 
 
 def preview_command(args: argparse.Namespace, log: Callable[[str], None] = print) -> int:
-    from sslab.analysis.augment_preview import preview_augment
-
-    if args.num_images < 1:
-        raise ConfigError("--num-images must be >= 1")
-    cfg = config_from_args(args)
-    if cfg.method.method is None:
-        cfg.method.method = "simsiam"
-    out = Path(args.out)
-    if out.suffix.lower() != ".png":
-        raise ConfigError(f"--out {out} must end in .png")
-    preview_augment(cfg, out, args.num_images, args.seed, log)
+    opts = from_dict(PreviewOptions, given_flags(args, names_of(PreviewOptions)), "the flags")
+    check(opts)
+    for name in names_of(PreviewOptions):
+        vars(args).pop(name, None)  # not run-spec settings
+    vars(args).setdefault("method", "simsiam")
+    vars(args).setdefault("config", None)
+    cfg = spec_from_args(args)
+    cfg.check()
+    preview_augment(cfg, opts, log)
     return 0
-
-
-# ---- demo steps (sslab.demo.DEMO_STEPS) ---------------------------------------------------------------------------
-def demo_preview(run_dir: Path, log: Callable[[str], None]) -> None:
-    """The demo run's own views, as augment-preview.png in its folder (the report shows it)."""
-    from sslab.analysis.augment_preview import preview_augment
-    from sslab.run import RunDir
-
-    preview_augment(RunDir(run_dir).config(), run_dir / "augment-preview.png", 8, 0, log)
-
-
-def demo_export(run_dir: Path, log: Callable[[str], None]) -> None:
-    """The demo's dataset as PNG folders in RUN/exported-images/."""
-    from sslab.analysis.export import export_images
-    from sslab.data import load_from_config
-    from sslab.run import RunDir
-
-    cfg = RunDir(run_dir).config()
-    out = run_dir / "exported-images"
-    if out.exists():
-        return
-    export_images(load_from_config(cfg.data, cfg.train.seed), out, progress=False, log=log)

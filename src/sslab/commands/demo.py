@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from sslab.demo import run_demo
+
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="train, evaluate and report on the bundled Fashion-MNIST mini (CPU, no download, "
@@ -13,7 +15,5 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def demo_command(args: argparse.Namespace) -> int:
-    from sslab.demo import run_demo
-
     run_demo(args.out, **({"epochs": args.epochs} if args.epochs else {}))
     return 0

@@ -4,17 +4,37 @@ from __future__ import annotations
 import argparse
 import contextlib
 import signal
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Callable
 
+from sslab.analysis.embedding import describe_embed, embed_run
+from sslab.config import device_setting
 from sslab.errors import ConfigError
+from sslab.eval.evaluate import EvalOptions, evaluate_run
+from sslab.eval.table import format_results, written_line
+from sslab.pretrained import load_trained
 from sslab.run import check_output_folder
+from sslab.settings import add_flags, check, from_dict, given_flags, names_of, setting
 
 
-def add_run_arguments(p: argparse.ArgumentParser) -> None:
+@dataclass
+class OnRun:
+    """Where a command on a trained run computes, and its seed."""
+
+    device: str = device_setting()
+    seed: int = setting(0, "seed of every random choice", ge=0, lt=2**32)
+
+
+def add_run_arguments(p: argparse.ArgumentParser, seed: bool = True) -> None:
     p.add_argument("run", metavar="RUN", help="a run folder (or a checkpoint file inside one)")
-    p.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu, cuda, cuda:N (default: auto)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: 0)")
+    add_flags(p, OnRun, names=["device", "seed"] if seed else ["device"])
+
+
+def on_run(args: argparse.Namespace) -> OnRun:
+    """--device and --seed, checked."""
+    opts = from_dict(OnRun, given_flags(args, names_of(OnRun)), "the flags")
+    check(opts)
+    return opts
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -23,12 +43,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                        description="Evaluate a trained backbone with the protocols of docs/methods.md; writes "
                                    "RUN/eval.json, RUN/eval/*.png (confusion matrices, per-class accuracy) and "
                                    "RUN/probe.pt (the trained probes, used by `sslab attention` for Grad-CAM).")
-    add_run_arguments(p)
-    from sslab.config import add_dataclass_flags, config_choices
-    from sslab.eval.evaluate import CLASSIFIERS, PROTOCOLS, EvalOptions
-
-    choices = {"protocol": PROTOCOLS, "classifier": CLASSIFIERS, "transfer_dataset": config_choices()["dataset"]}
-    add_dataclass_flags(p.add_argument_group("evaluation options"), EvalOptions, choices, skip={"seed"})
+    add_run_arguments(p, seed=False)  # EvalOptions has its own --seed
+    add_flags(p.add_argument_group("evaluation options"), EvalOptions)
     p.set_defaults(handler=eval_command)
 
     p = sub.add_parser("embed", help="backbone features to RUN/embeddings.npz and TensorBoard's embedding projector",
@@ -42,30 +58,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=embed_command)
 
 
-def eval_options(args: argparse.Namespace):
-    from sslab.config import dataclass_from_args
-    from sslab.eval.evaluate import EvalOptions
-
-    return dataclass_from_args(EvalOptions, args)
-
-
-def format_results(result: dict) -> str:
-    """The results table with the raw-pixel and untrained-network baselines beside each figure, the notes, and
-    one sentence naming every figure below a baseline."""
-    from sslab.eval.baselines import below_baseline_sentence
-
-    def pct(v) -> str:
-        return f"{100 * v:.2f}%" if v is not None else "-"
-
-    lines = [f"{'name':<24s} {'classifier':<10s} {'dataset':<14s} {'accuracy':>9s} {'pixels':>9s} {'untrained':>9s}   sizes"]
-    for r in result["results"]:
-        sizes = " ".join(f"{k}={v}" for k, v in r["sizes"].items())
-        b = r.get("baselines") or {}
-        lines.append(f"{r['name']:<24s} {r['classifier']:<10s} {r['dataset']:<14s} {pct(r['accuracy']):>9s} "
-                     f"{pct(b.get('pixels')):>9s} {pct(b.get('untrained')):>9s}   {sizes}")
-    lines += [f"note, {r['name']}: {r['note']}" for r in result["results"] if r.get("note")]
-    sentence = below_baseline_sentence(result["results"])
-    return "\n".join(lines + ([sentence] if sentence else []))
+def eval_options(args: argparse.Namespace) -> EvalOptions:
+    """The evaluation options given as flags, checked (before anything is loaded)."""
+    opts = from_dict(EvalOptions, given_flags(args, names_of(EvalOptions)), "the flags")
+    opts.check()
+    return opts
 
 
 @contextlib.contextmanager
@@ -86,61 +83,23 @@ def sigterm_as_interrupt():
 
 
 def eval_command(args: argparse.Namespace, log: Callable[[str], None] = print) -> int:
-    from sslab.cli import print_error
-    from sslab.eval.evaluate import evaluate_run
-    from sslab.kit import Interrupted
-    from sslab.pretrained import load_trained
-
     opts = eval_options(args)
-    opts.check()  # before loading anything
-    trained = load_trained(args.run, args.device)
+    trained = load_trained(args.run, on_run(args).device)
     check_output_folder(trained.run_dir, "eval")
     if trained.device.type == "cpu" and opts.protocol in ("standard", "both") and opts.probe_epochs >= 50:
         log(f"note: the standard probe runs {opts.probe_epochs} epochs on the CPU; --protocol fast or "
             "--probe-epochs N is quicker")
-    try:
-        with sigterm_as_interrupt():  # results already in eval.json are kept; a rerun continues
-            result = evaluate_run(trained, opts, log)
-    except Interrupted as e:  # a probe stopped by a signal or --time-limit, with a checkpoint
-        print_error(f"sslab: {e}")
-        return e.exit_code
+    with sigterm_as_interrupt():  # results already in eval.json are kept; a rerun continues
+        result = evaluate_run(trained, opts, log)  # Interrupted (a signal, --time-limit): the CLI says so
     log(format_results(result))
-    log(f"wrote {Path(result['run_dir']) / 'eval.json'}, {len(result['figures'])} figures in "
-        f"{Path(result['run_dir']) / 'eval'}, probes in {Path(result['run_dir']) / 'probe.pt'}")
+    log(written_line(result))
     return 0
 
 
 def embed_command(args: argparse.Namespace, log: Callable[[str], None] = print) -> int:
-    from sslab.analysis.embedding import EMBEDDINGS_FILE, PROJECTOR_DIR, compute_embeddings, save_embeddings, write_projector
-    from sslab.pretrained import load_trained
-
     if args.max_points < 1:
         raise ConfigError("--max-points must be >= 1")
-    trained = load_trained(args.run, args.device)
+    trained = load_trained(args.run, on_run(args).device)
     check_output_folder(trained.run_dir, "projector")
-    info = trained.data_info
-    data = trained.load_data().to(trained.device)
-    emb = compute_embeddings(trained.backbone, data, args.split, info["mean"], info["std"])
-    path = trained.run_dir / EMBEDDINGS_FILE
-    save_embeddings(path, emb.arrays())
-    projector = write_projector(trained.run_dir / PROJECTOR_DIR, emb, list(data.classes), args.max_points, args.seed)
-    log(f"wrote {len(emb.labels)} x {emb.features.shape[1]} features to {path}; projector with "
-        f"{projector['points']} points in {projector['dir']} (tensorboard --logdir {projector['dir']})")
+    log(describe_embed(embed_run(trained, args.split, args.max_points, on_run(args).seed)))
     return 0
-
-
-# ---- demo steps (sslab.demo.DEMO_STEPS) ---------------------------------------------------------------------------
-def demo_eval(run_dir: Path, log: Callable[[str], None]) -> None:
-    """kNN and the fast probe (C from 0.01, 0.1, 1) on the demo run, with their baselines, in about 20 s on 2
-    cores; `sslab eval RUN` adds the standard probe (SGD through the frozen backbone), `--semi` fine-tuning."""
-    from sslab.cli import build_parser
-
-    args = build_parser().parse_args(["eval", str(run_dir), "--device", "cpu", "--protocol", "fast",
-                                      "--c-grid", "0.01,0.1,1"])
-    eval_command(args, log)
-
-
-def demo_embed(run_dir: Path, log: Callable[[str], None]) -> None:
-    from sslab.cli import build_parser
-
-    embed_command(build_parser().parse_args(["embed", str(run_dir), "--device", "cpu"]), log)

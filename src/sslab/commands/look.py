@@ -5,7 +5,11 @@ import argparse
 from pathlib import Path
 from typing import Callable
 
-from sslab.commands.evaluate import add_run_arguments
+from sslab.analysis.analyze import analyze_run, format_tables
+from sslab.analysis.attention import attention_run
+from sslab.analysis.report import build_report
+from sslab.commands.evaluate import add_run_arguments, on_run
+from sslab.pretrained import load_trained
 from sslab.run import check_output_folder
 
 
@@ -46,12 +50,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def analyze_command(args: argparse.Namespace, log: Callable[[str], None] = print) -> int:
-    from sslab.analysis.analyze import analyze_run, format_tables
-    from sslab.pretrained import load_trained
-
-    trained = load_trained(args.run, args.device)
+    run = on_run(args)
+    trained = load_trained(args.run, run.device)
     check_output_folder(trained.run_dir, "analysis")
-    result = analyze_run(trained, args.split, args.max_points, args.seed, args.map_size, args.n_init, log)
+    result = analyze_run(trained, args.split, args.max_points, run.seed, args.map_size, args.n_init, log)
     log(format_tables(result))
     log(f"wrote {trained.run_dir / 'analysis.json'} and {len(result['figures'])} figures in "
         f"{trained.run_dir / 'analysis'}")
@@ -59,41 +61,17 @@ def analyze_command(args: argparse.Namespace, log: Callable[[str], None] = print
 
 
 def attention_command(args: argparse.Namespace, log: Callable[[str], None] = print) -> int:
-    from sslab.analysis.attention import attention_run
-    from sslab.pretrained import load_trained
-
-    trained = load_trained(args.run, args.device)
+    run = on_run(args)
+    trained = load_trained(args.run, run.device)
     check_output_folder(trained.run_dir, "attention")
-    record = attention_run(trained, args.num_images, args.layer, args.target, args.probe, args.split, args.seed, log)
+    record = attention_run(trained, args.num_images, args.layer, args.target, args.probe, args.split, run.seed, log)
     log(f"attention maps of layer {record['layer']}: " + ", ".join(str(trained.run_dir / f) for f in record["figures"]))
     return 0
 
 
 def report_command(args: argparse.Namespace, log: Callable[[str], None] = print) -> int:
-    from sslab.analysis.report import build_report
-
     if (Path(args.run) / "config.yaml").is_file():  # else build_report says it is not a run folder
         check_output_folder(args.run)
     path = build_report(args.run)
     log(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, self-contained)")
     return 0
-
-
-# ---- demo steps (sslab.demo.DEMO_STEPS) ---------------------------------------------------------------------------
-def demo_analyze(run_dir: Path, log: Callable[[str], None]) -> None:
-    from sslab.cli import build_parser
-
-    args = ["analyze", str(run_dir), "--device", "cpu", "--map-size", "1200", "--max-points", "1000"]
-    analyze_command(build_parser().parse_args(args), log)
-
-
-def demo_attention(run_dir: Path, log: Callable[[str], None]) -> None:
-    from sslab.cli import build_parser
-
-    attention_command(build_parser().parse_args(["attention", str(run_dir), "--device", "cpu", "-n", "6"]), log)
-
-
-def demo_report(run_dir: Path, log: Callable[[str], None]) -> None:
-    from sslab.cli import build_parser
-
-    report_command(build_parser().parse_args(["report", str(run_dir)]), log)

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 
-from sslab.config import DataConfig
 from sslab.data import cifar, digits, folder, idx, npz, stl10  # noqa: F401  (each registers its loader)
 from sslab.data.base import ImageData, ImageRows, Images, image_bytes
 from sslab.data.cache import cache_folder, cache_key, in_memory_build, load_or_build
@@ -20,6 +19,9 @@ from sslab.data.prepare import resize_images, stratified_split, stratified_subse
 from sslab.data.source import LoadRequest, Source, default_root
 from sslab.errors import ConfigError, DataError
 from sslab.registry import DATASETS
+
+if TYPE_CHECKING:  # sslab.config imports this package: its settings name the datasets
+    from sslab.config import DataConfig
 
 TRAIN_SPLITS = {"stl10": stl10.TRAIN_SPLITS}  # datasets with more than a "train" split to train on
 # a held-out split or a limit larger than this stays rows of the (memory-mapped) images instead of a copy
@@ -67,7 +69,7 @@ def load_dataset(name: str, root: str | Path | None = None, *, download: bool = 
     return out
 
 
-def load_from_config(cfg: DataConfig, seed: int) -> ImageData:
+def load_from_config(cfg: "DataConfig", seed: int) -> ImageData:
     """The dataset `cfg` describes. Records the cache folder it used in `cfg.cache_dir`, so the run's
     config.yaml says where the decoded data went."""
     if cfg.cache_dir is None:

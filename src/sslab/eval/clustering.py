@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
-from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+from sslab.analysis.structure import sklearn_threads
 
 
 def contingency(clusters: np.ndarray, labels: np.ndarray, num_clusters: int, num_classes: int) -> np.ndarray:
@@ -32,6 +32,8 @@ def cluster_to_class(clusters: np.ndarray, labels: np.ndarray, num_clusters: int
     counts = contingency(clusters, labels, num_clusters, num_classes)
     if mapping == "majority":
         return counts.argmax(axis=1)
+    from scipy.optimize import linear_sum_assignment  # scipy and scikit-learn load when a command needs them
+
     rows, cols = linear_sum_assignment(-counts)  # maximise matched counts
     out = np.full(num_clusters, -1, dtype=np.int64)
     out[rows] = cols
@@ -65,6 +67,8 @@ def clustering_scores(clusters: np.ndarray, labels: np.ndarray, num_clusters: in
         raise ValueError("no samples to score")
     if num_clusters is not None and clusters.max() >= num_clusters:
         raise ValueError(f"cluster id {clusters.max()} is out of range for {num_clusters} clusters")
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
     ids, dense = np.unique(clusters, return_inverse=True)  # dense ids 0..len(ids)-1
     num_classes = max(num_classes or 0, int(labels.max()) + 1)
     mapping = "hungarian" if len(ids) <= num_classes else "majority"
@@ -87,8 +91,6 @@ def kmeans_fit(train: np.ndarray, test: np.ndarray, k: int, seed: int = 0, n_ini
     """The k-means protocol every command uses (docs/methods.md): KMeans(k, n_init, seed) fitted on the l2-normalised
     train features, each test feature assigned to its nearest centre. Returns train/test assignments and centres."""
     from sklearn.cluster import KMeans
-
-    from sslab.analysis.structure import sklearn_threads
 
     x = l2_normalised(train)
     with sklearn_threads(len(x)):

@@ -26,6 +26,7 @@ import torch
 
 from sslab.analysis.figures import confusion_figure, per_class_figure
 from sslab.augment import rgb_to_grayscale
+from sslab.config import knn_k_setting, knn_t_setting, time_limit_setting
 from sslab.checkpoint import atomic_write_bytes, load_safely
 from sslab.data.base import ImageData
 from sslab.errors import CheckpointError, ConfigError, DataError
@@ -42,7 +43,9 @@ from sslab.eval.linear import (
 from sslab.kit import LoopSettings, StopFlag
 from sslab.plots import DATASET_NAMES, run_title
 from sslab.pretrained import TrainedRun
+from sslab.registry import DATASETS
 from sslab.run import RunDir
+from sslab.settings import check, setting
 
 EVAL_JSON = "eval.json"
 EVAL_DIR = "eval"
@@ -57,47 +60,35 @@ Log = Callable[[str], None]
 
 @dataclass
 class EvalOptions:
-    protocol: str = "both"  # linear probe: fast (L-BFGS/SVM on cached features), standard (SGD, crop + flip)
-    classifier: str = "logistic"  # the fast probe's classifier: logistic regression or a linear SVM
-    c_grid: Optional[tuple[float, ...]] = None  # values of C tried on the validation split; none: the classifier's grid
-    val_fraction: float = 0.1  # share of TRAIN held out to choose C
-    probe_epochs: int = 100  # epochs of the standard probe
-    probe_batch_size: int = 256  # batch of the standard probe
-    probe_lr: float = 0.3  # standard probe lr per 256 images
-    knn_k: Optional[int] = None  # kNN neighbours; none: the run's --knn-k (docs/methods.md: 200)
-    knn_t: Optional[float] = None  # kNN temperature; none: the run's --knn-t
-    semi: bool = False  # also fine-tune backbone + linear head on a share of the labels
-    semi_fractions: tuple[float, ...] = (0.01, 0.1)  # label fractions for --semi
-    semi_epochs: int = 30  # fine-tuning epochs for --semi
-    semi_lr: float = 0.05  # fine-tuning lr for --semi
-    semi_batch_size: int = 64  # fine-tuning batch for --semi
-    transfer_dataset: Optional[str] = None  # also evaluate the backbone on this dataset (kNN + probes)
-    transfer_data_dir: Optional[str] = None  # where the transfer dataset lives
-    transfer_download: bool = False  # download the transfer dataset if missing
-    seed: int = 0  # seed of every random choice
-    time_limit: Optional[float] = None  # stop trained protocols with a checkpoint after N seconds; rerun continues
+    protocol: str = setting("both", "the linear probe: fast (L-BFGS or SVM on cached features), standard (SGD through "
+                            "the frozen backbone, crop + flip) or both", choices=PROTOCOLS)
+    classifier: str = setting("logistic", "the fast probe's classifier: logistic regression or a linear SVM",
+                              choices=CLASSIFIERS)
+    c_grid: Optional[tuple[float, ...]] = setting(None, "values of C tried on the validation split; none: the "
+                                                  "classifier's grid", gt=0, le=1e6)
+    val_fraction: float = setting(0.1, "share of the training images held out to choose C", ge=0, lt=1)
+    probe_epochs: int = setting(100, "epochs of the standard probe", ge=1, le=100_000)
+    probe_batch_size: int = setting(256, "batch of the standard probe", ge=2, le=2**20)
+    probe_lr: float = setting(0.3, "the standard probe's learning rate per 256 images", gt=0, le=100)
+    knn_k: Optional[int] = knn_k_setting(None, "neighbours of the kNN vote; none: the run's --knn-k")
+    knn_t: Optional[float] = knn_t_setting(None, "temperature of the kNN vote; none: the run's --knn-t")
+    semi: bool = setting(False, "also fine-tune backbone + linear head on a share of the labels")
+    semi_fractions: tuple[float, ...] = setting((0.01, 0.1), "label fractions for --semi", gt=0, le=1)
+    semi_epochs: int = setting(30, "fine-tuning epochs for --semi", ge=1, le=100_000)
+    semi_lr: float = setting(0.05, "fine-tuning learning rate for --semi", gt=0, le=100)
+    semi_batch_size: int = setting(64, "fine-tuning batch for --semi", ge=2, le=2**20)
+    transfer_dataset: Optional[str] = setting(None, "also evaluate the backbone on this dataset (kNN + probes)",
+                                              choices=lambda: [*DATASETS.names()])
+    transfer_data_dir: Optional[str] = setting(None, "where the transfer dataset lives")
+    transfer_download: bool = setting(False, "download the transfer dataset if missing")
+    seed: int = setting(0, "seed of every random choice", ge=0, lt=2**32)
+    time_limit: Optional[float] = time_limit_setting("the trained protocols")
 
     def check(self) -> None:
-        checks = [
-            (self.protocol in PROTOCOLS, f"--protocol must be one of {', '.join(PROTOCOLS)}"),
-            (self.classifier in CLASSIFIERS, f"--classifier must be one of {', '.join(CLASSIFIERS)}"),
-            (self.probe_epochs >= 1, "--probe-epochs must be >= 1"),
-            (self.probe_batch_size >= 2 and self.semi_batch_size >= 2,
-             "--probe-batch-size and --semi-batch-size must be >= 2"),
-            (self.probe_lr > 0 and self.semi_lr > 0, "--probe-lr and --semi-lr must be > 0"),
-            (0 <= self.val_fraction < 1, "--val-fraction must be in [0, 1)"),
-            (self.c_grid is None or (len(self.c_grid) >= 1 and all(c > 0 for c in self.c_grid)),
-             "--c-grid must be positive numbers"),
-            (all(0 < f <= 1 for f in self.semi_fractions), "--semi-fractions must be in (0, 1]"),
-            (self.semi_epochs >= 1, "--semi-epochs must be >= 1"),
-            (self.time_limit is None or self.time_limit > 0, "--time-limit must be > 0 seconds"),
-            (self.knn_k is None or self.knn_k >= 1, "--knn-k must be >= 1"),
-            (self.transfer_data_dir is None or self.transfer_dataset is not None,
-             "--transfer-data-dir needs --transfer-dataset NAME"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
+        """Every option within its declared range, and --transfer-data-dir only with a transfer dataset."""
+        check(self)
+        if self.transfer_data_dir is not None and self.transfer_dataset is None:
+            raise ConfigError("--transfer-data-dir needs --transfer-dataset NAME")
 
 
 # ---- data for transfer ----------------------------------------------------------------------------------------

@@ -347,8 +347,9 @@ def run_probe_loop(name: str, epochs: int, source: BatchSource, model: nn.Module
         if epoch == epochs or epoch % every == 0:
             log(f"  {name} epoch {epoch}/{epochs}: loss {means['loss']:.4f}")
 
-    EpochLoop(name, epochs, source, model, loop.stop, ckpt.path, loop.resume, "lower the probe's learning rate",
-              loop.progress, loop.progress_every).run(pos, step, save, end_epoch)
+    EpochLoop(stage=name, epochs=epochs, source=source, model=model, stop=loop.stop, checkpoint_path=ckpt.path,
+              resume=loop.resume, nan_hint="lower the probe's learning rate", progress=loop.progress,
+              progress_every=loop.progress_every).run(pos, step, save, end_epoch)
     if loop.checkpoint is not None:
         loop.checkpoint.unlink(missing_ok=True)
     return list(ckpt.extra["losses"]), dict(ckpt.extra["last"])

@@ -1,7 +1,13 @@
-"""Self-supervised methods. Importing this package registers every method in METHODS."""
-from sslab.methods import simsiam  # noqa: F401  (registration)
-from sslab.methods import byol, mocov2, phinet, simclr, xphinet  # noqa: F401  (registration)
-from sslab.methods.base import Method
+"""Self-supervised methods, one file each. Importing this package imports every module of this folder, so a
+new method file registers itself in METHODS with no other edit (sslab/methods/base.py describes the form)."""
+import importlib
+import pkgutil
+
+from sslab.methods.base import Method, MethodSettings
 from sslab.registry import METHODS
 
-__all__ = ["Method", "METHODS"]
+for _module in pkgutil.iter_modules(__path__):
+    if not _module.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_module.name}")
+
+__all__ = ["Method", "MethodSettings", "METHODS"]

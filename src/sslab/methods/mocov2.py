@@ -9,15 +9,37 @@ training mode) the batch's keys, gathered from every rank, replace the oldest on
 """
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from sslab.distributed import gather_no_grad
-from sslab.methods.base import Method, ema_update, frozen_copy
+from sslab.methods.base import Method, MethodSettings, ProjectorSettings, StepProgress, ema_update, frozen_copy
 from sslab.models.heads import mlp
 from sslab.registry import METHODS
+from sslab.settings import setting
+
+
+@dataclass
+class MoCoV2Settings(MethodSettings, ProjectorSettings):
+    """solo-learn's CIFAR MoCo v2+ (scripts/pretrain/cifar/mocov2plus.yaml, ResNet-18, 92.94% linear at
+    1000 ep): SGD momentum 0.9, lr 0.3 per 256, wd 1e-4, warm-up 10 epochs then cosine; projector 2048 -> 256;
+    queue 32768 per view; temperature 0.2; key momentum 0.99 (solo-learn raises it to 0.999 by cosine; here
+    it is constant, docs/methods.md's 0.99). Batch 512, 800 epochs as the other recipes here."""
+
+    temperature: float = setting(0.2, "temperature t of the InfoNCE softmax", ge=1e-3, le=100)
+    ema: float = setting(0.99, "momentum of the key encoder's EMA (constant)", ge=0, le=1)
+    queue_size: int = setting(32768, "keys in the queue of negatives of each view", ge=1, le=2**22)
+    proj_dim: int = 256
+    lr: float = 0.3
+
+    short_run_min_warmup = 1  # without a warm-up a short run collapses in its first steps (docs/methods.md)
+    # ImageNet (ResNet-50, 224 px; MoCo v2): SGD lr 0.03 per 256, batch 256, 200 epochs, no warm-up, queue 65536,
+    # key momentum 0.999, z of 128 dimensions; crops of 20-100% of the image
+    large_images = {"lr": 0.03, "batch_size": 256, "epochs": 200, "warmup_epochs": 0, "queue_size": 65536,
+                    "ema": 0.999, "proj_dim": 128}
+    large_augment = {"crop_scale": (0.2, 1.0)}
 
 
 def infonce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -29,25 +51,11 @@ def infonce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: 
     return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
 
 
-def mocov2_recipe(dataset: str, image_size: int) -> dict[str, dict[str, Any]]:
-    """solo-learn's CIFAR MoCo v2+ (scripts/pretrain/cifar/mocov2plus.yaml, ResNet-18, 92.94% linear at
-    1000 ep): SGD momentum 0.9, lr 0.3 per 256, wd 1e-4, warm-up 10 epochs then cosine; projector 2048 -> 256;
-    queue 32768 per view; temperature 0.2; key momentum 0.99 (solo-learn raises it to 0.999 by cosine; here
-    it is constant, docs/methods.md's 0.99). Batch 512, 800 epochs as the other recipes here."""
-    return {
-        "method": {"proj_hidden": 2048, "proj_dim": 256, "temperature": 0.2, "ema": 0.99, "queue_size": 32768},
-        "optim": {"optimizer": "sgd", "lr": 0.3, "momentum": 0.9, "weight_decay": 1e-4, "warmup_epochs": 10},
-        "train": {"epochs": 800, "batch_size": 512},
-    }
-
-
 @METHODS.register("mocov2")
 class MoCoV2(Method):
-    augment_family = "mocov2"  # its augmentation: the mocov2-small/-large preset
-    short_run_min_warmup = 1  # without a warm-up a short run collapses in its first steps (docs/methods.md)
-    recipe = staticmethod(mocov2_recipe)
+    Settings = MoCoV2Settings
 
-    def __init__(self, backbone, cfg):
+    def __init__(self, backbone, cfg: MoCoV2Settings):
         super().__init__(backbone, cfg)
         self.projector = mlp([backbone.out_dim, cfg.proj_hidden, cfg.proj_dim], hidden_bn=False)
         self.key_backbone = frozen_copy(self.backbone)
@@ -82,6 +90,6 @@ class MoCoV2(Method):
         return [{"params": [*self.backbone.parameters(), *self.projector.parameters()], "fixed_lr": False}]
 
     @torch.no_grad()
-    def after_step(self, progress: float) -> None:
+    def after_step(self, progress: StepProgress) -> None:
         ema_update(self.key_backbone, self.backbone, self.cfg.ema)
         ema_update(self.key_projector, self.projector, self.cfg.ema)

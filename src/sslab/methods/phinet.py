@@ -14,15 +14,25 @@ h keeps a constant lr (`fixed_predictor_lr`); g follows the schedule with f.
 """
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from sslab.errors import ConfigError
 from sslab.methods.base import Method
-from sslab.methods.simsiam import predictor, projector, simsiam_loss, simsiam_recipe
+from sslab.methods.simsiam import SimSiamSettings, predictor, projector, simsiam_loss
 from sslab.registry import METHODS
+from sslab.settings import setting
+
+
+@dataclass
+class PhiNetSettings(SimSiamSettings):
+    """SimSiam's recipe (optimiser, heads, schedule) plus lam = 1.0, x0 = the clean image, and the 10 warm-up
+    epochs of PhiNet's reference code (riverstone496/PhiNets; docs/methods.md)."""
+
+    lam: float = setting(1.0, "weight of PhiNet's MSE term", ge=0, le=1000)
+    third_view: str = setting("clean", "PhiNet's x0: the clean image or a third strong view", choices=("clean", "strong"))
+    warmup_epochs: int = 10
 
 
 def phinet_mse(y1: torch.Tensor, y2: torch.Tensor, z0: torch.Tensor) -> torch.Tensor:
@@ -31,24 +41,12 @@ def phinet_mse(y1: torch.Tensor, y2: torch.Tensor, z0: torch.Tensor) -> torch.Te
     return (F.mse_loss(y1, z0) + F.mse_loss(y2, z0)) / 2
 
 
-def phinet_recipe(dataset: str, image_size: int) -> dict[str, dict[str, Any]]:
-    """SimSiam's recipe (optimiser, heads, schedule) plus lam = 1.0, x0 = the clean image, and the 10
-    warm-up epochs of PhiNet's reference code (riverstone496/PhiNets; docs/methods.md)."""
-    recipe = simsiam_recipe(dataset, image_size)
-    recipe["method"].update(lam=1.0, third_view="clean")
-    recipe["optim"].update(warmup_epochs=10)
-    return recipe
-
-
 @METHODS.register("phinet")
 class PhiNet(Method):
-    augment_family = "simsiam"  # its augmentation: the simsiam-small/-large preset
-    recipe = staticmethod(phinet_recipe)
+    Settings = PhiNetSettings
 
-    def __init__(self, backbone, cfg):
+    def __init__(self, backbone, cfg: PhiNetSettings):
         super().__init__(backbone, cfg)
-        if cfg.third_view not in ("clean", "strong"):
-            raise ConfigError(f"--third-view must be clean or strong, got {cfg.third_view!r}")
         self.num_views = 3 if cfg.third_view == "strong" else 2  # x1, x2 (, x0)
         self.needs_clean = cfg.third_view == "clean"
         self.projector = projector(backbone.out_dim, cfg)
@@ -78,4 +76,4 @@ class PhiNet(Method):
     def param_groups(self):
         online = [*self.backbone.parameters(), *self.projector.parameters(), *self.ca1_predictor.parameters()]
         return [{"params": online, "fixed_lr": False},
-                {"params": list(self.predictor.parameters()), "fixed_lr": bool(self.cfg.fixed_predictor_lr)}]
+                {"params": list(self.predictor.parameters()), "fixed_lr": self.cfg.fixed_predictor_lr}]

@@ -9,15 +9,35 @@ single-process loss on the global batch.
 """
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from sslab.distributed import gather_with_grad
-from sslab.methods.base import Method
+from sslab.methods.base import Method, MethodSettings, ProjectorSettings
 from sslab.models.heads import mlp
 from sslab.registry import METHODS
+from sslab.settings import setting
+
+
+@dataclass
+class SimCLRSettings(MethodSettings, ProjectorSettings):
+    """solo-learn's CIFAR SimCLR (scripts/pretrain/cifar/simclr.sh, ResNet-18, 90.74% linear at 1000 ep):
+    LARS (eta 0.02, clipped, BN/bias excluded) lr 0.4 per 256 images, wd 1e-5, warm-up 10 epochs then
+    cosine; projector 2048 -> 256; temperature 0.2. Batch 512, 800 epochs as the other recipes here."""
+
+    temperature: float = setting(0.2, "temperature t of the NT-Xent softmax", ge=1e-3, le=100)
+    proj_dim: int = 256
+    optimizer: str = "lars"
+    lr: float = 0.4
+    weight_decay: float = 1e-5
+
+    # ImageNet (ResNet-50, 224 px; the paper's default setting): LARS lr 0.3 per 256 (4.8 at batch 4096), wd 1e-6,
+    # t 0.1, batch 4096, 100 epochs, z of 128 dimensions; colour jitter of strength 1 (0.8, 0.8, 0.8, 0.2)
+    large_images = {"lr": 0.3, "weight_decay": 1e-6, "temperature": 0.1, "batch_size": 4096, "epochs": 100,
+                    "proj_dim": 128}
+    large_augment = {"jitter": (0.8, 0.8, 0.8, 0.2)}
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -31,23 +51,11 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
     return F.cross_entropy(sim, positive)  # mean over 2N
 
 
-def simclr_recipe(dataset: str, image_size: int) -> dict[str, dict[str, Any]]:
-    """solo-learn's CIFAR SimCLR (scripts/pretrain/cifar/simclr.sh, ResNet-18, 90.74% linear at 1000 ep):
-    LARS (eta 0.02, clipped, BN/bias excluded) lr 0.4 per 256 images, wd 1e-5, warm-up 10 epochs then
-    cosine; projector 2048 -> 256; temperature 0.2. Batch 512, 800 epochs as the other recipes here."""
-    return {
-        "method": {"proj_hidden": 2048, "proj_dim": 256, "temperature": 0.2},
-        "optim": {"optimizer": "lars", "lr": 0.4, "momentum": 0.9, "weight_decay": 1e-5, "warmup_epochs": 10},
-        "train": {"epochs": 800, "batch_size": 512},
-    }
-
-
 @METHODS.register("simclr")
 class SimCLR(Method):
-    augment_family = "simclr"  # its augmentation: the simclr-small/-large preset
-    recipe = staticmethod(simclr_recipe)
+    Settings = SimCLRSettings
 
-    def __init__(self, backbone, cfg):
+    def __init__(self, backbone, cfg: SimCLRSettings):
         super().__init__(backbone, cfg)
         self.projector = mlp([backbone.out_dim, cfg.proj_hidden, cfg.proj_dim])  # Linear-BN-ReLU-Linear
 

@@ -5,13 +5,31 @@ L = D(h(z1), sg(z2))/2 + D(h(z2), sg(z1))/2.
 """
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 
-from sslab.methods.base import Method, negative_cosine
+from sslab.methods.base import Method, MethodSettings, PredictorSettings, ProjectorSettings, negative_cosine
 from sslab.models.heads import mlp
 from sslab.registry import METHODS
+from sslab.settings import setting
+
+
+@dataclass
+class SimSiamSettings(MethodSettings, PredictorSettings, ProjectorSettings):
+    """The paper's CIFAR-10 recipe (docs/methods.md): SGD momentum 0.9, weight decay 5e-4, lr 0.03 per 256, cosine
+    without warm-up, batch 512, 800 epochs; projector 2048 -> 2048 (2 layers), predictor bottleneck 512."""
+
+    proj_layers: int = setting(2, "layers of the projector MLP", ge=1, le=16)
+    fixed_predictor_lr: bool = setting(True, "the predictor h keeps the peak learning rate (the paper's choice)")
+    lr: float = 0.03
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 0
+
+    # RandomResizedCrop(scale 0.2-1.0), flip, ColorJitter(0.4, 0.4, 0.4, 0.1) p 0.8, grey p 0.2, no blur at 32 px
+    augment = {"crop_scale": (0.2, 1.0)}
+    # ImageNet (ResNet-50, 224 px): the projector's third layer, lr 0.05, wd 1e-4, 100 epochs (the paper's main run)
+    large_images = {"proj_layers": 3, "lr": 0.05, "weight_decay": 1e-4, "epochs": 100}
 
 
 def simsiam_loss(p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
@@ -19,34 +37,22 @@ def simsiam_loss(p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch
     return negative_cosine(p1, z2.detach()) / 2 + negative_cosine(p2, z1.detach()) / 2
 
 
-def simsiam_recipe(dataset: str, image_size: int) -> dict[str, dict[str, Any]]:
-    """docs/methods.md CIFAR-10 recipe: SGD 0.9, wd 5e-4, lr 0.03 * batch/256, cosine, batch 512, 800 epochs."""
-    small = image_size <= 64
-    return {
-        "method": {"proj_layers": 2 if small else 3, "proj_hidden": 2048, "proj_dim": 2048, "pred_hidden": 512,
-                   "fixed_predictor_lr": True},
-        "optim": {"optimizer": "sgd", "lr": 0.03, "momentum": 0.9, "weight_decay": 5e-4, "warmup_epochs": 0},
-        "train": {"epochs": 800, "batch_size": 512},
-    }
-
-
-def projector(in_dim: int, cfg) -> torch.nn.Module:
+def projector(in_dim: int, cfg: SimSiamSettings) -> torch.nn.Module:
     """Linear-BN-ReLU, [Linear-BN-ReLU], Linear-BN (output BN, no ReLU)."""
     dims = [in_dim] + [cfg.proj_hidden] * (cfg.proj_layers - 1) + [cfg.proj_dim]
     return mlp(dims, last_bn=True)
 
 
-def predictor(cfg) -> torch.nn.Module:
+def predictor(cfg: SimSiamSettings) -> torch.nn.Module:
     """Bottleneck: Linear(d, d/4)-BN-ReLU-Linear(d/4, d), no BN on the output."""
     return mlp([cfg.proj_dim, cfg.pred_hidden, cfg.proj_dim])
 
 
 @METHODS.register("simsiam")
 class SimSiam(Method):
-    augment_family = "simsiam"  # its augmentation: the simsiam-small/-large preset
-    recipe = staticmethod(simsiam_recipe)
+    Settings = SimSiamSettings
 
-    def __init__(self, backbone, cfg):
+    def __init__(self, backbone, cfg: SimSiamSettings):
         super().__init__(backbone, cfg)
         self.projector = projector(backbone.out_dim, cfg)
         self.predictor = predictor(cfg)
@@ -59,6 +65,5 @@ class SimSiam(Method):
         return {"loss": simsiam_loss(p1, p2, z1, z2), "z": z1.detach()}
 
     def param_groups(self):
-        fixed = self.cfg.fixed_predictor_lr
-        return [{"params": list(self.backbone.parameters()) + list(self.projector.parameters()), "fixed_lr": False},
-                {"params": list(self.predictor.parameters()), "fixed_lr": bool(fixed)}]
+        return [{"params": [*self.backbone.parameters(), *self.projector.parameters()], "fixed_lr": False},
+                {"params": list(self.predictor.parameters()), "fixed_lr": self.cfg.fixed_predictor_lr}]

@@ -12,27 +12,28 @@ f_long uses f's running statistics with its own averaged weights.
 """
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 
-from sslab.methods.base import ema_update, frozen_copy
-from sslab.methods.phinet import PhiNet, phinet_recipe
+from sslab.methods.base import StepProgress, ema_update, frozen_copy
+from sslab.methods.phinet import PhiNet, PhiNetSettings
 from sslab.registry import METHODS
+from sslab.settings import setting
 
 
-def xphinet_recipe(dataset: str, image_size: int) -> dict[str, dict[str, Any]]:
+@dataclass
+class XPhiNetSettings(PhiNetSettings):
     """PhiNet's recipe plus the slow encoder's beta = 0.99 (docs/methods.md)."""
-    recipe = phinet_recipe(dataset, image_size)
-    recipe["method"].update(ema=0.99)
-    return recipe
+
+    ema: float = setting(0.99, "beta, the EMA momentum of the slow encoder f_long", ge=0, le=1)
 
 
 @METHODS.register("xphinet")
 class XPhiNet(PhiNet):
-    recipe = staticmethod(xphinet_recipe)
+    Settings = XPhiNetSettings
 
-    def __init__(self, backbone, cfg):
+    def __init__(self, backbone, cfg: XPhiNetSettings):
         super().__init__(backbone, cfg)
         self.slow_backbone = frozen_copy(self.backbone)  # f_long = slow_projector(slow_backbone(.))
         self.slow_projector = frozen_copy(self.projector)
@@ -42,6 +43,6 @@ class XPhiNet(PhiNet):
             return self.slow_projector(self.slow_backbone(x0))  # N x d
 
     @torch.no_grad()
-    def after_step(self, progress: float) -> None:
+    def after_step(self, progress: StepProgress) -> None:
         ema_update(self.slow_backbone, self.backbone, self.cfg.ema)
         ema_update(self.slow_projector, self.projector, self.cfg.ema)

@@ -11,6 +11,10 @@ import torch.nn as nn
 from sslab.errors import ConfigError
 from sslab.registry import BACKBONES
 
+# images up to this side are "CIFAR-size": the CIFAR stem here, and in sslab/recipe.py the CIFAR recipes (a
+# 2-layer SimSiam projector, no blur); above it the ImageNet stem and recipes
+SMALL_IMAGE_MAX = 64
+
 
 class BasicBlock(nn.Module):
     expansion = 1
@@ -94,7 +98,7 @@ class ResNet(nn.Module):
 
 
 def _pick_stem(stem: str, image_size: int) -> str:
-    return ("cifar" if image_size <= 64 else "imagenet") if stem == "auto" else stem
+    return ("cifar" if image_size <= SMALL_IMAGE_MAX else "imagenet") if stem == "auto" else stem
 
 
 @BACKBONES.register("resnet18")

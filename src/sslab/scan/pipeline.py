@@ -370,8 +370,9 @@ def run_stage(ctx: ScanContext, stage: str, epochs: int, source: BatchSource, mo
     def log_epoch(epoch: int, means: dict[str, Any], seconds: float) -> None:
         log.append(end_epoch(epoch, means, seconds), epoch * source.steps_per_epoch)
 
-    loop = EpochLoop(f"scan/{stage}", epochs, source, model, ctx.stop, ckpt.path, f"sslab scan {ctx.run.run_dir}",
-                     nan_hint, cfg.progress, cfg.progress_every)
+    loop = EpochLoop(stage=f"scan/{stage}", epochs=epochs, source=source, model=model, stop=ctx.stop,
+                     checkpoint_path=ckpt.path, resume=f"sslab scan {ctx.run.run_dir}", nan_hint=nan_hint,
+                     progress=cfg.progress, progress_every=cfg.progress_every)
     try:
         model.train()  # a frozen backbone stays in eval mode (ClusterModel.train)
         loop.run(pos, step, save, log_epoch)

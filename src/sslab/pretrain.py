@@ -1,8 +1,9 @@
-"""fit(): self-supervised pretraining as a recipe: config -> data -> model -> optimiser -> run folder -> epochs.
+"""fit(): self-supervised pretraining as a recipe: run spec -> data -> model -> optimiser -> run folder -> epochs.
 
 The data sits on the training device as uint8; each step indexes a batch with a permutation and augments it
 there, so the hot path has no DataLoader, no per-image Python and no host-device sync. The epoch loop, exact
-resume, the NaN stop, signals and the time limit are the kit's (`sslab.kit`, docs/reliability.md):
+resume, the NaN stop, signals and the time limit are the kit's (`sslab.kit`, docs/reliability.md); reading a run
+folder back is sslab/resume.py's, and adapting the spec to the data sslab/recipe.py's:
 - the loop can stop and checkpoint at any step boundary (SIGINT/SIGTERM) and `--resume` continues to the
   same numbers; checkpoints are written atomically, so `kill -9` loses at most the current epoch;
 - a NaN/inf loss (or weight) stops the run before it is checkpointed, so `last.pt` stays the last good one;
@@ -14,20 +15,21 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
 
 from sslab import device as dev
 from sslab import distributed as ddp
-from sslab.augment import Augmenter, resolve_augment
-from sslab.checkpoint import first_line, load_checkpoint, save_checkpoint
-from sslab.config import COMPILE_MODES, Config, replace
+from sslab.augment.views import ViewMaker
+from sslab.checkpoint import first_line, save_checkpoint
+from sslab.config import Config
 from sslab.data import load_from_config
 from sslab.data.base import ImageData
-from sslab.errors import CheckpointError, ConfigError
+from sslab.errors import ConfigError
 from sslab.eval.baselines import pixel_knn_accuracy
 from sslab.eval.features import extract_features
 from sslab.eval.knn import knn_accuracy
@@ -41,56 +43,61 @@ from sslab.kit import (
     StopFlag,
     as_input,
     loop_state,
-    restore_position,
     seed_everything,
 )
 from sslab.methods import Method
-from sslab.methods.base import std_of_normalized
-from sslab.methods.build import build_method, check_names, resolve
+from sslab.methods.base import StepProgress, std_of_normalized
+from sslab.methods.build import build_method
 from sslab.optim import cosine_lr, make_optimizer, set_lr
 from sslab.plots import plot_learning_curves
-from sslab.run import RunDir, check_out_dir, check_resume_state, resume_config, run_locks
+from sslab.recipe import fit_to_data
+from sslab.resume import Resumed, open_run
+from sslab.run import RunDir, check_out_dir, run_locks
 
 Log = Callable[[str], None]
-SignalFlag = StopFlag  # the name tests and older code use
 
 
 # ---- the recipe ---------------------------------------------------------------------------------------
 def fit(cfg: Config | None = None, resume: str | Path | None = None, data: ImageData | None = None,
-        log: Log = print, time_limit: float | None = None) -> dict[str, Any]:
-    """Train a method; returns the summary (also in RUN/summary.json). `resume`: a run folder to continue
-    (with its saved config); `time_limit` overrides `train.time_limit` for this session."""
-    run, cfg, notes = open_run(resume, cfg, time_limit)
+        log: Log = print, changes: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Train a method; returns the summary (also in RUN/summary.json). `resume`: a run folder to continue with its
+    own spec, and `changes` to it (the settings `--resume` may change: --epochs, --time-limit, --device, ...)."""
+    resumed = open_run(resume, changes) if resume is not None else None
+    if resumed is None and cfg is None:
+        raise ConfigError("fit() needs a run spec (sslab.config.Config), or a run folder to resume")
+    cfg = resumed.cfg if resumed is not None else cfg
+    cfg.check()  # every setting within its range, before any work
     with run_locks(), distributed_session(cfg.train.device) as group, StopFlag() as stop:
         rank, world = group.rank, group.world_size
         log = log if rank == 0 else _quiet
-        state = read_resume_state(run, cfg, notes, log)
-        check_names(cfg)
-        ddp.on_rank0(lambda: check_out_dir(cfg.train.out) if run is None else run.check_writable())  # before the data
+        ddp.on_rank0(lambda: check_out_dir(cfg.train.out) if resumed is None else resumed.run.lock().check_writable())
         device = dev.pick_device(cfg.train.device, group.local_rank if world > 1 else None)
         seed_everything(cfg.train.seed)
         data = data if data is not None else load_data(cfg, log)
-        cfg = resolve(cfg, data.image_size, device, n_train=len(data.train_x), log=log if state is None else None)
-        cfg.validate()
-        t = cfg.train
-        source = BatchSource(len(data.train_x), t.batch_size, t.seed, device, rank, world)
+        cfg = fit_to_data(cfg, data.image_size, len(data.train_x), device, log if resumed is None else None)
+        cfg.check()
+        t, m = cfg.train, cfg.method
+        source = BatchSource(len(data.train_x), m.batch_size, t.seed, device, rank, world)
+        if resumed is not None:
+            resumed.check(data_info(data))
         data = data.to(device)
         model = build_model(cfg, data, device, world)
         opt, lr_at = build_optimizer(model, cfg, source.steps_per_epoch)
-        augment = Augmenter(resolve_augment(cfg.augment, cfg.method.method, data.image_size), data.image_size,
-                            data.mean, data.std)
         aug_gen = torch.Generator(device=device)  # this rank's augmentations
         aug_gen.manual_seed(augment_seed(t.seed, rank))
         monitor = KnnMonitor(model, data, t.knn_k, t.knn_t, dev.uses_bf16(t.precision, device), t.channels_last)
-
-        run, pos, baselines = start_or_resume(run, state, cfg, data, model, opt, source, aug_gen, world, log)
+        run, pos, baselines = start_or_resume(resumed, cfg, data, model, opt, source, aug_gen, world, log)
         stop.arm(t.time_limit)  # from here on a signal (or the time limit) is answered with a checkpoint
         epochs = EpochLog(run.metrics_path, run.tensorboard_dir, "train", rank == 0,
-                          pos.epoch if state is not None else None, source.steps_per_epoch, run.truncate_metrics,
-                          run.append_metrics)
-        step = train_step(model, compiled(model, cfg, device, world), opt, augment, aug_gen, data.train_x, lr_at,
-                          dev.autocast(device, dev.uses_bf16(t.precision, device)), t.channels_last,
-                          t.epochs * source.steps_per_epoch, cfg.optim.lr * t.batch_size / 256)
+                          pos.epoch if resumed is not None and resumed.state is not None else None,
+                          source.steps_per_epoch, run.truncate_metrics, run.append_metrics)
+        step = TrainStep(model=model, forward=compiled(model, cfg, device, world), opt=opt, images=data.train_x,
+                         views=ViewMaker(model.view_specs(data.image_size), cfg.augment, data.image_size, data.mean,
+                                         data.std),
+                         aug_gen=aug_gen, lr_at=lr_at, peak_lr=m.lr * m.batch_size / 256,
+                         autocast=dev.autocast(device, dev.uses_bf16(t.precision, device)),
+                         channels_last=t.channels_last, steps_per_epoch=source.steps_per_epoch,
+                         total_steps=m.epochs * source.steps_per_epoch)
 
         def save(p: LoopPosition) -> None:
             payload = {**run_state(cfg, data, model), "optimizer": opt.state_dict(), **loop_state(p, source, aug_gen, world)}
@@ -98,10 +105,12 @@ def fit(cfg: Config | None = None, resume: str | Path | None = None, data: Image
             keep = [run.checkpoints_dir / f"epoch_{p.epoch:04d}.pt"] if due(t.checkpoint_every, p) else []
             ddp.on_rank0(lambda: [save_checkpoint(payload, path) for path in [run.last_checkpoint, *keep]])
 
-        loop = EpochLoop("train", t.epochs, source, model, stop, run.last_checkpoint, f"sslab train --resume {run.path}",
-                         "start a new run with a lower --lr (or --precision fp32)", t.progress, t.progress_every, rank,
-                         on_step=step_loss_logger(epochs, t.step_loss_every), run_dir=run.path)
-        if state is None:  # step 0: the untrained network and the baselines every later figure is read against
+        loop = EpochLoop(stage="train", epochs=m.epochs, source=source, model=model, stop=stop,
+                         checkpoint_path=run.last_checkpoint, resume=f"sslab train --resume {run.path}",
+                         nan_hint="start a new run with a lower --lr (or --precision fp32)", progress=t.progress,
+                         progress_every=t.progress_every, rank=rank, on_step=step_loss_logger(epochs, t.step_loss_every),
+                         run_dir=run.path)
+        if resumed is None or resumed.state is None:  # step 0: the untrained network and the baselines
             ddp.on_rank0(lambda: save_checkpoint(run_state(cfg, data, model), run.checkpoints_dir / "init.pt"))
             baselines = measure_baselines(monitor, data, t, log)
             save(pos)  # a run folder always holds a loadable checkpoint
@@ -109,10 +118,10 @@ def fit(cfg: Config | None = None, resume: str | Path | None = None, data: Image
         loop.raise_if_asked()
 
         def end_epoch(epoch: int, means: dict[str, Any], seconds: float) -> None:
-            record = epoch_record(epoch, means, seconds, source, lr_at, monitor, t, model, log)
+            record = epoch_record(epoch, means, seconds, source, lr_at, monitor, cfg, step.z_dim, log)
             epochs.append(record, record["step"])
-            log(format_epoch(record, t.epochs))
-            if rank == 0 and (epoch == t.epochs or epoch % max(1, t.epochs // 20) == 0):
+            log(format_epoch(record, m.epochs))
+            if rank == 0 and (epoch == m.epochs or epoch % max(1, m.epochs // 20) == 0):
                 plot_curves(run, cfg, log)
 
         started = time.perf_counter()
@@ -124,52 +133,26 @@ def fit(cfg: Config | None = None, resume: str | Path | None = None, data: Image
 
 
 # ---- the steps of the recipe ----------------------------------------------------------------------------
-def open_run(resume: str | Path | None, cfg: Config | None,
-             time_limit: float | None) -> tuple[RunDir | None, Config, list[str]]:
-    """The run folder to continue (None for a new run), the config (the folder's, or `cfg`) and the notes on
-    what resuming changes ("resuming with --epochs 5 (was 3); ...")."""
-    run, notes = None, []
-    if resume is not None:
-        run = RunDir.existing(resume)
-        cfg, notes = resume_config(run.config(), cfg)  # changes but --epochs, --time-limit, ... are refused
-    if cfg is None:
-        raise ConfigError("fit() needs a config, or a run folder to resume")
-    if time_limit is not None:
-        cfg = replace(cfg, train={"time_limit": time_limit})
-    return run, cfg, notes
-
-
-def read_resume_state(run: RunDir | None, cfg: Config, notes: list[str], log: Log) -> dict[str, Any] | None:
-    """The checkpoint to continue from (None: a new run, or one stopped before its first checkpoint), with the
-    run folder locked (one process per run folder at a time); what resuming changes is announced then."""
-    if run is None:
-        return None
-    ddp.on_rank0(lambda: run.lock().save_config(cfg))
-    for note in notes:
-        log(note)
-    if run.last_checkpoint.exists():
-        return load_checkpoint(run.last_checkpoint)
-    log(f"no checkpoint in {run.path} yet (it stopped before the first one); starting it from the beginning")
-    return None
-
-
-def start_or_resume(run: RunDir | None, state: dict[str, Any] | None, cfg: Config, data: ImageData, model: Method,
-                    opt: torch.optim.Optimizer, source: BatchSource, aug_gen: torch.Generator, world: int,
+def start_or_resume(resumed: Resumed | None, cfg: Config, data: ImageData, model: Method, opt: torch.optim.Optimizer,
+                    source: BatchSource, aug_gen: torch.Generator, world: int,
                     log: Log) -> tuple[RunDir, LoopPosition, dict[str, Any]]:
-    """A new run folder (checked for room for the checkpoints), or the run's checkpoint loaded into the model,
-    optimiser and generators: (run folder, position, the run's baselines)."""
-    if run is None:
-        run = RunDir(ddp.on_rank0(lambda: RunDir.create(cfg, need_bytes=needed_bytes(model, opt, cfg.train)).path))
+    """A new run folder (checked for room for the checkpoints), or the resumed run's checkpoint loaded into the
+    model, optimiser and generators, and the resume accepted: (run folder, position, the run's baselines)."""
+    if resumed is None:
+        run = RunDir(ddp.on_rank0(lambda: RunDir.create(cfg, need_bytes=needed_bytes(model, opt, cfg)).path))
         log(f"run folder: {run.path}")
         return run, LoopPosition(), {}
-    if state is None:  # stopped before its first checkpoint: start again in its folder
-        ddp.on_rank0(lambda: run.truncate_metrics(-1))
-        return run, LoopPosition(), {}
-    check_resume_state(state, cfg, data_info(data))
-    pos, baselines = resume_position(state, cfg, model, opt, source, aug_gen, world, log)
-    ddp.on_rank0(run.remove_temp_files)
-    log(f"resuming {run.path} at epoch {pos.epoch + 1}" + (f", step {pos.step_in_epoch}" if pos.step_in_epoch else ""))
-    return run, pos, baselines
+    pos, baselines = resumed.restore(model, opt, source, aug_gen,
+                                     lambda step: augment_seed(cfg.train.seed, source.rank, step), world, log)
+    ddp.on_rank0(lambda: resumed.accept(cfg))
+    for note in resumed.notes:
+        log(note)
+    if resumed.state is None:
+        log(f"no checkpoint in {resumed.run.path} yet (it stopped before the first one); starting it from the beginning")
+    else:
+        log(f"resuming {resumed.run.path} at epoch {pos.epoch + 1}"
+            + (f", step {pos.step_in_epoch}" if pos.step_in_epoch else ""))
+    return resumed.run, pos, baselines
 
 
 def load_data(cfg: Config, log: Log) -> ImageData:
@@ -194,12 +177,12 @@ def build_model(cfg: Config, data: ImageData, device: torch.device, world: int) 
 
 def build_optimizer(model: Method, cfg: Config, steps_per_epoch: int) -> tuple[torch.optim.Optimizer, Callable[[int], float]]:
     """The optimiser and lr(step): linear warm-up, then cosine to min_lr (lr scaled by batch/256)."""
-    o, t = cfg.optim, cfg.train
-    peak = o.lr * t.batch_size / 256
-    opt = make_optimizer(o.optimizer, model.param_groups(), peak, o.momentum, o.weight_decay,
-                         next(model.parameters()).device, o.fused)
-    total, warmup = t.epochs * steps_per_epoch, o.warmup_epochs * steps_per_epoch
-    return opt, lambda step: cosine_lr(step, total, peak, warmup, o.min_lr * peak)
+    m = cfg.method
+    peak = m.lr * m.batch_size / 256
+    opt = make_optimizer(m.optimizer, model.param_groups(), peak, m.momentum, m.weight_decay,
+                         next(model.parameters()).device, cfg.train.fused)
+    total, warmup = m.epochs * steps_per_epoch, m.warmup_epochs * steps_per_epoch
+    return opt, lambda step: cosine_lr(step, total, peak, warmup, m.min_lr * peak)
 
 
 def compiled(model: Method, cfg: Config, device: torch.device, world: int) -> Callable[..., dict[str, torch.Tensor]]:
@@ -215,28 +198,43 @@ def compiled(model: Method, cfg: Config, device: torch.device, world: int) -> Ca
     return forward
 
 
-def train_step(model: Method, forward: Callable[..., dict[str, torch.Tensor]], opt: torch.optim.Optimizer,
-               augment: Augmenter, aug_gen: torch.Generator, images: torch.Tensor, lr_at: Callable[[int], float],
-               autocast: Any, channels_last: bool, total_steps: int, peak_lr: float):
+@dataclass(kw_only=True)
+class TrainStep:
     """One optimiser step on a batch of sample indices -> the step's metrics (device tensors, no sync)."""
 
-    def step(indices: torch.Tensor, global_step: int) -> dict[str, torch.Tensor]:
-        x = images[indices]  # B x C x H x W uint8, on the device
-        views = [as_input(augment(x, aug_gen), channels_last) for _ in range(model.num_views)]
-        clean = as_input(augment.clean(x), channels_last) if model.needs_clean else None
-        set_lr(opt, lr_at(global_step), peak_lr)
-        with autocast:
-            out = forward(views, clean)
-        opt.zero_grad(set_to_none=True)
+    model: Method
+    forward: Callable[..., dict[str, torch.Tensor]]  # the model, wrapped (DDP) and compiled as asked
+    opt: torch.optim.Optimizer
+    views: ViewMaker
+    aug_gen: torch.Generator
+    images: torch.Tensor  # the training images, uint8 on the device
+    lr_at: Callable[[int], float]
+    peak_lr: float
+    autocast: Any
+    channels_last: bool
+    steps_per_epoch: int
+    total_steps: int
+    z_dim: int = 1  # the width of the method's embedding z (the collapse check), read from the first step
+
+    def __call__(self, indices: torch.Tensor, global_step: int) -> dict[str, torch.Tensor]:
+        model, progress = self.model, StepProgress(global_step, self.steps_per_epoch, self.total_steps)
+        x = self.images[indices]  # B x C x H x W uint8, on the device
+        views = [as_input(v, self.channels_last) for v in self.views(x, self.aug_gen)]
+        clean = as_input(self.views.clean(x), self.channels_last) if model.needs_clean else None
+        set_lr(self.opt, self.lr_at(global_step), self.peak_lr)
+        model.before_step(progress)
+        with self.autocast:
+            out = self.forward(views, clean)
+        self.opt.zero_grad(set_to_none=True)
         out["loss"].backward()
-        opt.step()
-        model.after_step((global_step + 1) / total_steps)
+        model.after_backward(progress)
+        self.opt.step()
+        model.after_step(progress)
         metrics = {k: v.detach() for k, v in out.items() if k != "z" and v.ndim == 0}
         if "z" in out:
+            self.z_dim = out["z"].shape[1]
             metrics["z_std"] = std_of_normalized(out["z"].detach())
         return metrics
-
-    return step
 
 
 def step_loss_logger(log: EpochLog, every: int) -> Callable[[int, dict[str, torch.Tensor]], None] | None:
@@ -282,15 +280,16 @@ def measure_baselines(monitor: KnnMonitor, data: ImageData, t: Any, log: Log) ->
 
 
 def epoch_record(epoch: int, means: dict[str, Any], seconds: float, source: BatchSource, lr_at: Callable[[int], float],
-                 monitor: KnnMonitor, t: Any, model: Method, log: Log) -> dict[str, Any]:
-    """One line of metrics.jsonl: the epoch's means, lr, kNN (when due), timing and the collapse check."""
-    steps = source.steps_per_epoch
+                 monitor: KnnMonitor, cfg: Config, z_dim: int, log: Log) -> dict[str, Any]:
+    """One line of metrics.jsonl: the epoch's means, lr, kNN (when due), timing and the collapse check (`z_dim`:
+    the width of the embedding z)."""
+    t, steps = cfg.train, source.steps_per_epoch
     tick = time.perf_counter()
-    knn = monitor() if t.knn_every > 0 and (epoch % t.knn_every == 0 or epoch == t.epochs) else None
+    knn = monitor() if t.knn_every > 0 and (epoch % t.knn_every == 0 or epoch == cfg.method.epochs) else None
     record = {"epoch": epoch, "step": epoch * steps, "loss": means.pop("loss"), "lr": lr_at(epoch * steps - 1),
               "knn_top1": knn, "z_std": means.pop("z_std", None), **means, "epoch_seconds": seconds,
-              "knn_seconds": time.perf_counter() - tick, "images_per_second": steps * t.batch_size / max(seconds, 1e-9)}
-    z_dim = model.cfg.proj_dim or 1
+              "knn_seconds": time.perf_counter() - tick,
+              "images_per_second": steps * source.batch_size / max(seconds, 1e-9)}
     if record["z_std"] is not None and record["z_std"] * math.sqrt(z_dim) < t.collapse_threshold:
         record["collapse_warning"] = True
         log(f"warning: representations may be collapsing (z_std {record['z_std']:.4f}, "
@@ -309,7 +308,7 @@ def finish(run: RunDir, cfg: Config, data: ImageData, device: torch.device, worl
         return float(np.median(values)) if values else None
 
     summary = {"run_dir": str(run.path), "method": cfg.method.method, "dataset": data.name,
-               "backbone": cfg.model.backbone, "epochs": cfg.train.epochs, "batch_size": cfg.train.batch_size,
+               "backbone": cfg.model.backbone, "epochs": cfg.method.epochs, "batch_size": cfg.method.batch_size,
                "processes": world, "device": dev.device_name(device),
                "final_loss": records[-1]["loss"] if records else None,
                "knn_top1_init": baselines.get("knn_top1_init"), "knn_top1_pixels": baselines.get("knn_top1_pixels"),
@@ -330,29 +329,13 @@ def run_state(cfg: Config, data: ImageData, model: Method) -> dict[str, Any]:
             "data": data_info(data), "model": model.state_dict(), "loop": {"epoch": 0, "step_in_epoch": 0}}
 
 
-def resume_position(state: dict[str, Any], cfg: Config, model: Method, opt: torch.optim.Optimizer, source: BatchSource,
-                    aug_gen: torch.Generator, world: int, log: Log) -> tuple[LoopPosition, dict[str, Any]]:
-    """Load a checkpoint into the model, optimiser and generators; (position, the run's baselines)."""
-    if state.get("method") != cfg.method.method or state.get("backbone") != cfg.model.backbone:
-        raise CheckpointError(f"checkpoint is for {state.get('method')}/{state.get('backbone')}, but the run is "
-                              f"{cfg.method.method}/{cfg.model.backbone}; resume with the run folder it came from")
-    try:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        pos = restore_position(state, source, aug_gen, lambda step: augment_seed(cfg.train.seed, source.rank, step),
-                               world, log)
-    except (RuntimeError, ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"checkpoint does not fit this model ({first_line(e)}); "
-                              "resume with the run folder it came from") from None
-    return pos, {k: state["loop"].get(k) for k in ("knn_top1_init", "knn_top1_pixels")}
-
-
-def needed_bytes(model: Method, opt: torch.optim.Optimizer, t: Any) -> int:
+def needed_bytes(model: Method, opt: torch.optim.Optimizer, cfg: Config) -> int:
     """Room the run's checkpoints take: last.pt, init.pt and the kept epoch_NNNN.pt files."""
     state = sum(v.numel() * v.element_size() for v in model.state_dict().values())
     per_param = 2 if isinstance(opt, torch.optim.AdamW) else 1  # momentum: 1 buffer, Adam: 2
     trained = sum(p.numel() * p.element_size() for g in opt.param_groups for p in g["params"])
-    return (state + per_param * trained) * (2 + (t.epochs // t.checkpoint_every if t.checkpoint_every else 0))
+    every = cfg.train.checkpoint_every
+    return (state + per_param * trained) * (2 + (cfg.method.epochs // every if every else 0))
 
 
 def due(every: int, pos: LoopPosition) -> bool:
@@ -406,4 +389,4 @@ def _quiet(message: str) -> None:
     """The log of ranks other than 0."""
 
 
-__all__ = ["fit", "Interrupted", "NonFiniteLoss", "SignalFlag", "COMPILE_MODES", "data_info", "augment_seed"]
+__all__ = ["fit", "Interrupted", "NonFiniteLoss", "data_info", "augment_seed", "TrainStep"]

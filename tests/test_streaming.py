@@ -215,3 +215,53 @@ def test_bench_scale_runs_in_miniature(tmp_path):
     assert stages["feed"]["224px"]["streamed_images_per_s"] > 0 and stages["memory"]["images"] > 0
     if sys.platform.startswith("linux"):
         assert stages["memory"]["rss_anon_peak_growth_mib"] <= stages["memory"]["bound_mib"] + 16
+
+
+# ---- the train loop: streamed and resident runs are the same run ---------------------------------------------------
+E2E_STEPS = 10  # per epoch: --limit-train 640 at --batch-size 64
+
+
+def train_digits(out: Path, name: str, placement: str, capsys, resume: bool = False, stop_at: int | None = None):
+    """`sslab train` in this process on digits (simple-cnn, 2 epochs of 10 steps); (exit code, stderr+stdout)."""
+    from sslab import cli
+
+    sys.path.insert(0, str(Path(__file__).parent / "hooks"))
+    from signal_at_step import signal_at_step
+
+    args = ["train", "--resume", str(out / name)] if resume else [
+        "train", "--method", "simsiam", "--dataset", "digits", "--backbone", "simple-cnn", "--proj-hidden", "64",
+        "--proj-dim", "64", "--pred-hidden", "16", "--batch-size", "64", "--epochs", "2", "--lr", "0.3",
+        "--limit-train", "640", "--knn-k", "20", "--no-progress", "--device", "cpu", "--cache-dir",
+        str(out / "cache"), "--out", str(out), "--name", name]
+    with signal_at_step(stop_at, __import__("signal").SIGINT) if stop_at else __import__("contextlib").nullcontext():
+        code = cli.main([*args, "--data-on-device", placement])
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def same_run(a: Path, b: Path) -> None:
+    """metrics.jsonl (but the wall-clock figures) and the last checkpoint's weights and optimiser state: equal."""
+    import json
+
+    timing = {"epoch_seconds", "knn_seconds", "images_per_second"}
+    lines = [[{k: v for k, v in json.loads(line).items() if k not in timing}
+              for line in (run / "metrics.jsonl").read_text().splitlines()] for run in (a, b)]
+    assert lines[0] == lines[1] and len(lines[0]) == 3  # epoch 0 (the baselines), 1, 2: loss, kNN, z_std, lr
+    ca, cb = (torch.load(run / "checkpoints" / "last.pt", weights_only=True) for run in (a, b))
+    assert all(torch.equal(ca["model"][k], cb["model"][k]) for k in ca["model"])
+    for sa, sb in zip(ca["optimizer"]["state"].values(), cb["optimizer"]["state"].values()):
+        assert all(torch.equal(sa[k], sb[k]) for k in sa if isinstance(sa[k], torch.Tensor))
+
+
+def test_streamed_runs_equal_resident_runs_bitwise_also_after_a_resume(tmp_path, capsys):
+    code, out = train_digits(tmp_path, "resident", "always", capsys)
+    assert code == 0 and "data on the device (" in out and "as --data-on-device always asks" in out, out
+    code, out = train_digits(tmp_path, "streamed", "never", capsys)
+    assert code == 0 and "data streamed from the memory-mapped cache (" in out, out
+    same_run(tmp_path / "streamed", tmp_path / "resident")
+    # stopped mid-epoch 2 (a mid-epoch checkpoint with its order), resumed streamed: the same run again
+    code, out = train_digits(tmp_path, "stopped", "never", capsys, stop_at=E2E_STEPS + 3)
+    assert code == 130, out
+    code, out = train_digits(tmp_path, "stopped", "never", capsys, resume=True)
+    assert code == 0 and "resuming" in out and "step 3" in out, out
+    same_run(tmp_path / "stopped", tmp_path / "resident")

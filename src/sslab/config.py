@@ -26,6 +26,7 @@ from sslab.device import PRECISIONS
 from sslab.errors import ConfigError
 from sslab.methods import METHODS, MethodSettings
 from sslab.registry import BACKBONES, DATASETS
+from sslab.streaming import PLACEMENT_HELP, PLACEMENTS
 from sslab.settings import Rule, check, coerce, dump_yaml, flag, names_of, read_yaml_file, setting, shown, to_dict, \
     types_of
 
@@ -119,6 +120,7 @@ class TrainConfig:
     device: str = device_setting()
     precision: str = precision_setting()
     channels_last: Optional[bool] = channels_last_setting()
+    data_on_device: str = setting("auto", PLACEMENT_HELP, choices=PLACEMENTS)
     compile: str = setting("off", "torch.compile the model's step (reduce-overhead adds CUDA graphs, GPU only)",
                            choices=COMPILE_MODES)
     fused: Optional[bool] = setting(None, "the fused SGD/AdamW kernel (one launch for all parameters; LARS has none); "

@@ -28,7 +28,7 @@ from sslab.augment.views import ViewMaker
 from sslab.checkpoint import first_line, save_checkpoint
 from sslab.config import Config
 from sslab.data import load_from_config
-from sslab.data.base import ImageData
+from sslab.data.base import ImageData, ImageRows
 from sslab.errors import ConfigError
 from sslab.eval.baselines import pixel_knn_accuracy
 from sslab.eval.features import extract_features
@@ -53,6 +53,7 @@ from sslab.plots import plot_learning_curves
 from sslab.recipe import fit_to_data
 from sslab.resume import Resumed, open_run
 from sslab.run import RunDir, check_out_dir, run_locks
+from sslab.streaming import StreamedImages, StreamingFeed, decide_placement
 
 Log = Callable[[str], None]
 
@@ -67,7 +68,7 @@ def fit(cfg: Config | None = None, resume: str | Path | None = None, data: Image
         raise ConfigError("fit() needs a run spec (sslab.config.Config), or a run folder to resume")
     cfg = resumed.cfg if resumed is not None else cfg
     cfg.check()  # every setting within its range, before any work
-    with run_locks(), distributed_session(cfg.train.device) as group, StopFlag() as stop:
+    with run_locks(), distributed_session(cfg.train.device) as group, StopFlag() as stop, contextlib.ExitStack() as on_exit:
         rank, world = group.rank, group.world_size
         log = log if rank == 0 else _quiet
         ddp.on_rank0(lambda: check_out_dir(cfg.train.out) if resumed is None else resumed.run.lock().check_writable())
@@ -80,7 +81,7 @@ def fit(cfg: Config | None = None, resume: str | Path | None = None, data: Image
         source = BatchSource(len(data.train_x), m.batch_size, t.seed, device, rank, world)
         if resumed is not None:
             resumed.check(data_info(data))
-        data = data.to(device)
+        data, images = place_data(data, t.data_on_device, device, source, on_exit, log)
         model = build_model(cfg, data, device, world)
         opt, lr_at = build_optimizer(model, cfg, source.steps_per_epoch)
         aug_gen = torch.Generator(device=device)  # this rank's augmentations
@@ -91,7 +92,7 @@ def fit(cfg: Config | None = None, resume: str | Path | None = None, data: Image
         epochs = EpochLog(run.metrics_path, run.tensorboard_dir, "train", rank == 0,
                           pos.epoch if resumed is not None and resumed.state is not None else None,
                           source.steps_per_epoch, run.truncate_metrics, run.append_metrics)
-        step = TrainStep(model=model, forward=compiled(model, cfg, device, world), opt=opt, images=data.train_x,
+        step = TrainStep(model=model, forward=compiled(model, cfg, device, world), opt=opt, images=images,
                          views=ViewMaker(model.view_specs(data.image_size), cfg.augment, data.image_size, data.mean,
                                          data.std),
                          aug_gen=aug_gen, lr_at=lr_at, peak_lr=m.lr * m.batch_size / 256,
@@ -109,7 +110,7 @@ def fit(cfg: Config | None = None, resume: str | Path | None = None, data: Image
                          checkpoint_path=run.last_checkpoint, resume=f"sslab train --resume {run.path}",
                          nan_hint="start a new run with a lower --lr (or --precision fp32)", progress=t.progress,
                          progress_every=t.progress_every, rank=rank, on_step=step_loss_logger(epochs, t.step_loss_every),
-                         run_dir=run.path)
+                         run_dir=run.path, on_epoch_start=getattr(images, "start_epoch", None))
         if resumed is None or resumed.state is None:  # step 0: the untrained network and the baselines
             ddp.on_rank0(lambda: save_checkpoint(run_state(cfg, data, model), run.checkpoints_dir / "init.pt"))
             baselines = measure_baselines(monitor, data, t, log)
@@ -165,6 +166,21 @@ def load_data(cfg: Config, log: Log) -> ImageData:
     return data
 
 
+def place_data(data: ImageData, mode: str, device: torch.device, source: BatchSource, on_exit: contextlib.ExitStack,
+               log: Log) -> tuple[ImageData, torch.Tensor | StreamedImages]:
+    """The data where `--data-on-device` (auto: its size against the device's free memory) puts it, and the
+    training images as the step indexes them: the tensor on the device (resident), or `StreamedImages` that
+    gather each step's batch from the host's mapped cache a step ahead (the feed is closed by `on_exit`)."""
+    rows = any(isinstance(x, ImageRows) for x in (data.train_x, data.test_x))
+    placement = decide_placement(mode, data.nbytes, device, rows_of_cache=rows)
+    log(placement.reason)
+    if placement.resident:
+        data = data.to(device)
+        return data, data.train_x
+    feed = on_exit.enter_context(StreamingFeed(data.train_x, device))
+    return data.labels_to(device), StreamedImages(feed, source.indices, source.steps_per_epoch)
+
+
 def build_model(cfg: Config, data: ImageData, device: torch.device, world: int) -> Method:
     """The method on `device`; with several processes BatchNorm sees the global batch."""
     model = build_method(cfg, data.channels, data.image_size).to(device)
@@ -207,7 +223,7 @@ class TrainStep:
     opt: torch.optim.Optimizer
     views: ViewMaker
     aug_gen: torch.Generator
-    images: torch.Tensor  # the training images, uint8 on the device
+    images: torch.Tensor | StreamedImages  # the training images: uint8 on the device, or streamed to it
     lr_at: Callable[[int], float]
     peak_lr: float
     autocast: Any

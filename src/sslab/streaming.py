@@ -30,7 +30,7 @@ PLACEMENT_HELP = ("where the training images live: auto decides by size (residen
                   "free memory less a margin for the model); always copies them to the device (the fastest steps, "
                   "but device memory for the whole dataset); never streams them from the memory-mapped cache in "
                   "host memory, a batch ahead of the step (device memory for a few batches; each batch crosses "
-                  "PCIe); choices: auto, always, never")
+                  "PCIe)")
 MARGIN_FRACTION = 0.25  # of the device's total memory, kept for the model, optimiser and activations
 MARGIN_MIN_BYTES = 2 * 2**30
 
@@ -71,7 +71,9 @@ def decide_placement(mode: str, data_bytes: int, device: torch.device, free_and_
 
 
 def _gib(n: int) -> str:
-    return f"{n / 2**30:.1f} GiB" if n >= 2**27 else f"{n / 2**20:.0f} MiB"
+    if n >= 2**27:
+        return f"{n / 2**30:.1f} GiB"
+    return f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
 
 
 def feed_memory_bound(batch: int, image: tuple[int, ...] | torch.Size, depth: int = 2) -> int:

@@ -265,3 +265,32 @@ def test_streamed_runs_equal_resident_runs_bitwise_also_after_a_resume(tmp_path,
     code, out = train_digits(tmp_path, "stopped", "never", capsys, resume=True)
     assert code == 0 and "resuming" in out and "step 3" in out, out
     same_run(tmp_path / "stopped", tmp_path / "resident")
+
+
+def test_knn_monitor_bounds_its_bank_and_the_pixel_baseline_and_says_so(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from sslab import pretrain
+    from sslab.data.base import ImageData
+    from sslab.eval.baselines import pixel_knn_accuracy
+    from sslab.eval.knn import knn_accuracy
+
+    torch.manual_seed(0)
+    images = mapped_images(tmp_path, 400, (1, 6, 6))
+    labels = torch.arange(400) % 4
+    data = ImageData("toy", ImageRows(images, torch.arange(300)), labels[:300], images[300:], labels[300:],
+                     ["a", "b", "c", "d"])
+    model = SimpleNamespace(backbone=torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(36, 8)))
+    monkeypatch.setattr(pretrain, "KNN_BANK_MAX", 120)
+    lines: list[str] = []
+    monitor = pretrain.KnnMonitor(model, data, k=5, t=0.1, bf16=False, channels_last=False, seed=1, log=lines.append)
+    assert lines == ["kNN bank: a stratified subset of 120 of the 300 training images (seed 1), each class in its share"]
+    rows = monitor.rows
+    assert len(rows) == 120 and torch.bincount(labels[rows]).tolist() == [30] * 4
+    bank = extract_features(model.backbone, images[rows], data.mean, data.std)
+    queries = extract_features(model.backbone, images[300:], data.mean, data.std)
+    assert monitor() == knn_accuracy(bank, labels[rows], queries, labels[300:], 4, 5, 0.1)  # the subset's, exactly
+    assert monitor.pixels(lines.append) == pixel_knn_accuracy(images[rows], labels[rows], images[300:], labels[300:],
+                                                             4, 5, 0.1)
+    monkeypatch.setattr(pretrain, "PIXEL_KNN_MAX_BYTES", 4 * 36 * 200)  # 220 images' float32 pixels do not fit
+    assert monitor.pixels(lines.append) is None and lines[-1].startswith("kNN of the raw pixels skipped")

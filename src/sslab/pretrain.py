@@ -27,11 +27,11 @@ from sslab import distributed as ddp
 from sslab.augment.views import ViewMaker
 from sslab.checkpoint import first_line, save_checkpoint
 from sslab.config import Config
-from sslab.data import load_from_config
-from sslab.data.base import ImageData, ImageRows
+from sslab.data import load_from_config, rows_of
+from sslab.data.base import ImageData, ImageRows, Images
 from sslab.errors import ConfigError
 from sslab.eval.baselines import pixel_knn_accuracy
-from sslab.eval.features import extract_features
+from sslab.eval.features import KNN_BANK_MAX, PIXEL_KNN_MAX_BYTES, bank_rows, extract_features
 from sslab.eval.knn import knn_accuracy
 from sslab.kit import (
     BatchSource,
@@ -86,7 +86,8 @@ def fit(cfg: Config | None = None, resume: str | Path | None = None, data: Image
         opt, lr_at = build_optimizer(model, cfg, source.steps_per_epoch)
         aug_gen = torch.Generator(device=device)  # this rank's augmentations
         aug_gen.manual_seed(augment_seed(t.seed, rank))
-        monitor = KnnMonitor(model, data, t.knn_k, t.knn_t, dev.uses_bf16(t.precision, device), t.channels_last)
+        monitor = KnnMonitor(model, data, t.knn_k, t.knn_t, dev.uses_bf16(t.precision, device), t.channels_last,
+                             t.seed, log)
         run, pos, baselines = start_or_resume(resumed, cfg, data, model, opt, source, aug_gen, world, log)
         stop.arm(t.time_limit)  # from here on a signal (or the time limit) is answered with a checkpoint
         epochs = EpochLog(run.metrics_path, run.tensorboard_dir, "train", rank == 0,
@@ -267,21 +268,46 @@ def step_loss_logger(log: EpochLog, every: int) -> Callable[[int, dict[str, torc
 
 class KnnMonitor:
     """kNN top-1 of the backbone's test features against its train features (every rank computes it: the
-    same number; no rank waits on another). None without a labelled test split."""
+    same number; no rank waits on another). None without a labelled test split. The features are extracted in
+    chunks wherever the images are (on the device, or streamed from the mapped cache); a bank of more than
+    KNN_BANK_MAX training images is a stated, seeded, stratified subset of them."""
 
-    def __init__(self, model: Method, data: ImageData, k: int, t: float, bf16: bool, channels_last: bool):
+    def __init__(self, model: Method, data: ImageData, k: int, t: float, bf16: bool, channels_last: bool,
+                 seed: int, log: Log):
         self.model, self.data, self.k, self.t, self.bf16, self.channels_last = model, data, k, t, bf16, channels_last
+        self.rows, note = bank_rows(data.train_y, KNN_BANK_MAX, seed)
+        if note is not None and self.usable():
+            log(note)
 
     def usable(self) -> bool:
         return self.data.test_x.shape[0] > 0 and bool((self.data.train_y >= 0).any())
 
+    def bank(self) -> tuple[Images, torch.Tensor]:
+        """The bank's training images and labels (all of them, or the bounded subset's rows)."""
+        d = self.data
+        if self.rows is None:
+            return d.train_x, d.train_y
+        return rows_of(d.train_x, self.rows), d.train_y[self.rows.to(d.train_y.device)]
+
     def __call__(self) -> float | None:
         if not self.usable():
             return None
-        d = self.data
+        d, (bank_x, bank_y) = self.data, self.bank()
         bank, queries = (extract_features(self.model.backbone, x, d.mean, d.std, bf16=self.bf16,
-                                          channels_last=self.channels_last) for x in (d.train_x, d.test_x))
-        return knn_accuracy(bank, d.train_y, queries, d.test_y, d.num_classes, self.k, self.t)
+                                          channels_last=self.channels_last) for x in (bank_x, d.test_x))
+        return knn_accuracy(bank, bank_y, queries, d.test_y, d.num_classes, self.k, self.t)
+
+    def pixels(self, log: Log) -> float | None:
+        """kNN of the raw pixels, the same bank, k and t, computed where the images are; None (with a line that
+        says why) when their float32 pixels would take more than PIXEL_KNN_MAX_BYTES."""
+        d, (bank_x, bank_y) = self.data, self.bank()
+        pixel_bytes = 4 * (bank_x.numel() + d.test_x.numel())
+        if pixel_bytes > PIXEL_KNN_MAX_BYTES:
+            log(f"kNN of the raw pixels skipped: their float32 vectors would take {pixel_bytes / 2**30:.0f} GiB")
+            return None
+        bank_x, test_x = (x if isinstance(x, torch.Tensor) else x[torch.arange(len(x))] for x in (bank_x, d.test_x))
+        return pixel_knn_accuracy(bank_x, bank_y.to(bank_x.device), test_x, d.test_y.to(test_x.device),
+                                  d.num_classes, self.k, self.t)
 
 
 def measure_baselines(monitor: KnnMonitor, data: ImageData, t: Any, log: Log) -> dict[str, float | None]:
@@ -289,7 +315,7 @@ def measure_baselines(monitor: KnnMonitor, data: ImageData, t: Any, log: Log) ->
     if t.knn_every == 0:
         return {"knn_top1_init": None, "knn_top1_pixels": None}
     init = monitor()
-    pixels = pixel_knn_accuracy(data.train_x, data.train_y, data.test_x, data.test_y, data.num_classes, t.knn_k, t.knn_t)
+    pixels = monitor.pixels(log)
     if init is not None:
         log(f"kNN before training: {percent(init)} (raw pixels {percent(pixels)})")
     return {"knn_top1_init": init, "knn_top1_pixels": pixels}

@@ -160,7 +160,7 @@ class StreamingFeed:
     def _to_device(self, indices: torch.Tensor) -> tuple[torch.Tensor, Any]:
         """Gather the rows (into a pinned buffer on a GPU machine) and copy them to the device on the feed's
         stream; (device tensor, the CUDA event that marks the copy done, or None on the CPU)."""
-        if not self._cuda:
+        if not self._cuda or self.images.device == self.device:  # (images already there: rows of a resident tensor)
             return gather(self.images, indices).to(self.device), None
         slot, host = self._host_buffer(len(indices))
         gather(self.images, indices, out=host)

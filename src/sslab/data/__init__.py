@@ -125,7 +125,7 @@ def rows_of(images: Images, index: torch.Tensor) -> Images:
     """`images[index]`: a copy when it is at most COPY_MAX_BYTES, else `ImageRows` (no copy)."""
     base, rows = (images.base, images.rows[index]) if isinstance(images, ImageRows) else (images, index)
     if len(rows) * image_bytes(base[:1]) <= COPY_MAX_BYTES:
-        return base.index_select(0, rows)
+        return base.index_select(0, rows.to(base.device))
     return ImageRows(base, rows)
 
 

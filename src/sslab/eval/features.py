@@ -79,6 +79,10 @@ def center_crop(x: torch.Tensor, size: int | None) -> torch.Tensor:
     return x[..., top:top + size, left:left + size]
 
 
+KNN_BANK_MAX = 200_000  # training images in the kNN monitor's bank (ImageNet-100's 126,689 fit, ImageNet-1k's not)
+PIXEL_KNN_MAX_BYTES = 4 * 2**30  # float32 pixels of the raw-pixel kNN baseline's bank and queries
+
+
 def bank_rows(labels: torch.Tensor, limit: int | None, seed: int) -> tuple[torch.Tensor | None, str | None]:
     """The rows of a kNN bank bounded to `limit` images: (None, None) when all fit; else (sorted indices of a
     stratified, seeded subset of `limit` images, the note that says so in the output)."""

@@ -935,8 +935,10 @@ def test_a_split_of_a_cache_too_large_to_copy_stays_rows_of_the_map(tmp_path, mo
 
 def test_store_size_keeps_the_images_larger_than_the_training_size(tmp_path):
     write_cifar10(tmp_path)
-    assert load_dataset("cifar10", tmp_path, image_size=16, store_size=24).train_x.shape[-1] == 24
-    assert load_dataset("cifar10", tmp_path, image_size=16).train_x.shape[-1] == 16
+    stored = load_dataset("cifar10", tmp_path, image_size=16, store_size=24)
+    assert stored.train_x.shape[-1] == 24 and stored.train_size == 16 and stored.to("cpu").crop_size == 16
+    plain = load_dataset("cifar10", tmp_path, image_size=16)
+    assert plain.train_x.shape[-1] == 16 and plain.crop_size is None and plain.train_size == 16
     with pytest.raises(ConfigError, match="--store-size 8 is smaller than --image-size 16"):
         load_dataset("cifar10", tmp_path, image_size=16, store_size=8)
 

@@ -294,3 +294,32 @@ def test_knn_monitor_bounds_its_bank_and_the_pixel_baseline_and_says_so(tmp_path
                                                              4, 5, 0.1)
     monkeypatch.setattr(pretrain, "PIXEL_KNN_MAX_BYTES", 4 * 36 * 200)  # 220 images' float32 pixels do not fit
     assert monitor.pixels(lines.append) is None and lines[-1].startswith("kNN of the raw pixels skipped")
+
+
+def test_images_stored_larger_train_on_views_and_features_at_the_training_size(tmp_path, monkeypatch):
+    from sslab import pretrain
+    from sslab.config import Config
+    from sslab.data.base import ImageData
+
+    shapes: list[tuple] = []
+
+    class SpyViews(pretrain.ViewMaker):
+        def __call__(self, x, generator=None):
+            views = super().__call__(x, generator)
+            shapes.append((tuple(x.shape[-2:]), *(tuple(v.shape[-2:]) for v in views)))
+            return views
+
+    seen: list[int | None] = []
+    features = pretrain.extract_features
+    monkeypatch.setattr(pretrain, "ViewMaker", SpyViews)
+    monkeypatch.setattr(pretrain, "extract_features", lambda *a, crop=None, **k: seen.append(crop) or features(
+        *a, crop=crop, **k))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (160, 3, 24, 24), dtype=torch.uint8, generator=g)
+    y = torch.arange(160) % 2
+    data = ImageData("toy", x[:128], y[:128], x[128:], y[128:], ["a", "b"], crop_size=16)
+    cfg = Config.from_values({"method": "simclr", "backbone": "simple-cnn", "batch_size": 64, "epochs": 1,
+                              "knn_k": 5, "progress": False, "device": "cpu", "out": str(tmp_path)})
+    pretrain.fit(cfg, data=data, log=lambda line: None)
+    assert shapes and all(s == ((24, 24), (16, 16), (16, 16)) for s in shapes)  # stored 24 px, cropped to 16
+    assert seen and set(seen) == {16}  # the kNN monitor's features: the centre 16 x 16 of each stored image

@@ -75,7 +75,7 @@ def fit(cfg: Config | None = None, resume: str | Path | None = None, data: Image
         device = dev.pick_device(cfg.train.device, group.local_rank if world > 1 else None)
         seed_everything(cfg.train.seed)
         data = data if data is not None else load_data(cfg, log)
-        cfg = fit_to_data(cfg, data.image_size, len(data.train_x), device, log if resumed is None else None)
+        cfg = fit_to_data(cfg, data.train_size, len(data.train_x), device, log if resumed is None else None)
         cfg.check()
         t, m = cfg.train, cfg.method
         source = BatchSource(len(data.train_x), m.batch_size, t.seed, device, rank, world)
@@ -94,7 +94,7 @@ def fit(cfg: Config | None = None, resume: str | Path | None = None, data: Image
                           pos.epoch if resumed is not None and resumed.state is not None else None,
                           source.steps_per_epoch, run.truncate_metrics, run.append_metrics)
         step = TrainStep(model=model, forward=compiled(model, cfg, device, world), opt=opt, images=images,
-                         views=ViewMaker(model.view_specs(data.image_size), cfg.augment, data.image_size, data.mean,
+                         views=ViewMaker(model.view_specs(data.train_size), cfg.augment, data.train_size, data.mean,
                                          data.std),
                          aug_gen=aug_gen, lr_at=lr_at, peak_lr=m.lr * m.batch_size / 256,
                          autocast=dev.autocast(device, dev.uses_bf16(t.precision, device)),
@@ -184,7 +184,7 @@ def place_data(data: ImageData, mode: str, device: torch.device, source: BatchSo
 
 def build_model(cfg: Config, data: ImageData, device: torch.device, world: int) -> Method:
     """The method on `device`; with several processes BatchNorm sees the global batch."""
-    model = build_method(cfg, data.channels, data.image_size).to(device)
+    model = build_method(cfg, data.channels, data.train_size).to(device)
     if world > 1:
         model = ddp.convert_sync_batchnorm(model, device)
     if cfg.train.channels_last:
@@ -294,7 +294,7 @@ class KnnMonitor:
             return None
         d, (bank_x, bank_y) = self.data, self.bank()
         bank, queries = (extract_features(self.model.backbone, x, d.mean, d.std, bf16=self.bf16,
-                                          channels_last=self.channels_last) for x in (bank_x, d.test_x))
+                                          channels_last=self.channels_last, crop=d.crop_size) for x in (bank_x, d.test_x))
         return knn_accuracy(bank, bank_y, queries, d.test_y, d.num_classes, self.k, self.t)
 
     def pixels(self, log: Log) -> float | None:

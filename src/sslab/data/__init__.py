@@ -66,6 +66,8 @@ def load_dataset(name: str, root: str | Path | None = None, *, download: bool = 
     if len(out.train_x) == 0:
         raise DataError(f"{name} at {request.root}: all {len(data.train_x)} image(s) went to the held-out test split "
                         f"(--test-fraction {test_fraction}); add images or lower --test-fraction")
+    if store_size is not None and image_size is not None and store_size > image_size:
+        out.crop_size = image_size
     return out
 
 

@@ -5,6 +5,7 @@ or a limit of a cache too large to copy (`ImageRows`), some rows of a mapped ten
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Union
 
@@ -17,6 +18,8 @@ class ImageData:
 
     `train_x`: (N, C, H, W) uint8, C in {1, 3}; `train_y`: (N,) int64 (-1 where unlabelled).
     `test_x`/`test_y` likewise; they may hold zero images for sets without a test split.
+    `crop_size`: the side training crops views at and evaluation centre-crops to, when the images are stored
+    larger (`--store-size 256 --image-size 224`); None: the stored side (`train_size` is either).
     """
 
     name: str
@@ -27,6 +30,7 @@ class ImageData:
     classes: list[str]
     mean: tuple[float, ...] = field(default=())  # per channel, in [0, 1], of the train split
     std: tuple[float, ...] = field(default=())
+    crop_size: int | None = None
 
     def __post_init__(self) -> None:
         for x in (self.train_x, self.test_x):
@@ -48,19 +52,23 @@ class ImageData:
         return self.train_x.shape[-1]
 
     @property
+    def train_size(self) -> int:
+        """The side the network sees: views are cropped to it from the stored images."""
+        return self.crop_size or self.image_size
+
+    @property
     def num_classes(self) -> int:
         return len(self.classes)
 
     def labels_to(self, device: torch.device | str) -> "ImageData":
         """The same images where they are (a streamed run keeps them in the host's mapped cache), the labels on
         `device` (the kNN monitor compares them with features there)."""
-        return ImageData(self.name, self.train_x, self.train_y.to(device), self.test_x, self.test_y.to(device),
-                         self.classes, self.mean, self.std)
+        return dataclasses.replace(self, train_y=self.train_y.to(device), test_y=self.test_y.to(device))
 
     def to(self, device: torch.device | str) -> "ImageData":
         """The same data on `device` (the GPU holds it once; augmentation runs there)."""
-        return ImageData(self.name, self.train_x.to(device), self.train_y.to(device), self.test_x.to(device),
-                         self.test_y.to(device), self.classes, self.mean, self.std)
+        return dataclasses.replace(self, train_x=self.train_x.to(device), train_y=self.train_y.to(device),
+                                   test_x=self.test_x.to(device), test_y=self.test_y.to(device))
 
 
 class ImageRows:

@@ -4,6 +4,7 @@ chunk by chunk from a memory-mapped cache equal those of the resident images; a 
 stratified, seeded subset."""
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -190,7 +191,6 @@ def test_streaming_a_cache_holds_a_few_batches_of_anonymous_memory(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RssAnon is Linux's")
 def test_streaming_a_3_gb_cache_holds_a_few_batches_of_anonymous_memory(tmp_path):
-    import shutil
 
     if shutil.disk_usage(tmp_path).free < 4 * GIB:
         pytest.skip("needs 4 GB of free disk for a 3 GB cache")
@@ -221,20 +221,45 @@ def test_bench_scale_runs_in_miniature(tmp_path):
 E2E_STEPS = 10  # per epoch: --limit-train 640 at --batch-size 64
 
 
-def train_digits(out: Path, name: str, placement: str, capsys, resume: bool = False, stop_at: int | None = None):
-    """`sslab train` in this process on digits (simple-cnn, 2 epochs of 10 steps); (exit code, stderr+stdout)."""
+def digits_npz(folder: Path) -> Path:
+    """scikit-learn's digits as an .npz: 640 training and 160 test images, decoded into a mapped cache."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = np.rint(d.images * (255 / 16)).astype(np.uint8)
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez(folder / "digits.npz", x_train=x[:640], y_train=d.target[:640], x_test=x[640:800], y_test=d.target[640:800])
+    return folder / "digits.npz"
+
+
+def train_digits(out: Path, name: str, placement: str, capsys, resume: bool = False, stop_at: int | None = None,
+                 observe=None):
+    """`sslab train` in this process on digits (simple-cnn, 2 epochs of 10 steps); (exit code, stdout+stderr).
+    `stop_at`: SIGINT after that global step; `observe(loop, global_step)`: called after every step."""
+    import contextlib
+    import signal
+
     from sslab import cli
+    from sslab.kit import STEP_OBSERVERS
 
     sys.path.insert(0, str(Path(__file__).parent / "hooks"))
     from signal_at_step import signal_at_step
 
+    data = out / "data" / "digits.npz"
+    if not data.exists():
+        digits_npz(data.parent)
     args = ["train", "--resume", str(out / name)] if resume else [
-        "train", "--method", "simsiam", "--dataset", "digits", "--backbone", "simple-cnn", "--proj-hidden", "64",
-        "--proj-dim", "64", "--pred-hidden", "16", "--batch-size", "64", "--epochs", "2", "--lr", "0.3",
-        "--limit-train", "640", "--knn-k", "20", "--no-progress", "--device", "cpu", "--cache-dir",
-        str(out / "cache"), "--out", str(out), "--name", name]
-    with signal_at_step(stop_at, __import__("signal").SIGINT) if stop_at else __import__("contextlib").nullcontext():
-        code = cli.main([*args, "--data-on-device", placement])
+        "train", "--method", "simsiam", "--dataset", "npz", "--data-dir", str(data), "--backbone", "simple-cnn",
+        "--proj-hidden", "64", "--proj-dim", "64", "--pred-hidden", "16", "--batch-size", "64", "--epochs", "2",
+        "--lr", "0.3", "--knn-k", "20", "--no-progress", "--device", "cpu", "--cache-dir", str(out / "cache"),
+        "--out", str(out), "--name", name]
+    STEP_OBSERVERS.extend([observe] if observe else [])
+    try:
+        with signal_at_step(stop_at, signal.SIGINT) if stop_at else contextlib.nullcontext():
+            code = cli.main([*args, "--data-on-device", placement])
+    finally:
+        if observe:
+            STEP_OBSERVERS.remove(observe)
     captured = capsys.readouterr()
     return code, captured.out + captured.err
 
@@ -256,8 +281,15 @@ def same_run(a: Path, b: Path) -> None:
 def test_streamed_runs_equal_resident_runs_bitwise_also_after_a_resume(tmp_path, capsys):
     code, out = train_digits(tmp_path, "resident", "always", capsys)
     assert code == 0 and "data on the device (" in out and "as --data-on-device always asks" in out, out
-    code, out = train_digits(tmp_path, "streamed", "never", capsys)
-    assert code == 0 and "data streamed from the memory-mapped cache (" in out, out
+    cache = tmp_path / "cache"
+    assert [p for p in cache.iterdir() if p.is_dir()]  # the mapped cache entry the runs read
+
+    def remove_cache(loop, global_step: int) -> None:  # a cleanup job, another user: the mapped pages stay readable
+        if global_step == 5:
+            shutil.rmtree(cache)
+
+    code, out = train_digits(tmp_path, "streamed", "never", capsys, observe=remove_cache)
+    assert code == 0 and "data streamed from the memory-mapped cache (" in out and not cache.exists(), out
     same_run(tmp_path / "streamed", tmp_path / "resident")
     # stopped mid-epoch 2 (a mid-epoch checkpoint with its order), resumed streamed: the same run again
     code, out = train_digits(tmp_path, "stopped", "never", capsys, stop_at=E2E_STEPS + 3)

@@ -355,3 +355,16 @@ def test_images_stored_larger_train_on_views_and_features_at_the_training_size(t
     pretrain.fit(cfg, data=data, log=lambda line: None)
     assert shapes and all(s == ((24, 24), (16, 16), (16, 16)) for s in shapes)  # stored 24 px, cropped to 16
     assert seen and set(seen) == {16}  # the kNN monitor's features: the centre 16 x 16 of each stored image
+
+
+def test_out_of_memory_with_the_data_forced_onto_the_device_advises_streaming(tmp_path, capsys, monkeypatch):
+    from sslab import pretrain
+
+    def no_room(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 193.00 GiB")
+
+    monkeypatch.setattr(pretrain.ImageData, "to", no_room)  # copying the data to the device is what fails
+    code, out = train_digits(tmp_path, "oom", "always", capsys)
+    assert code == 2 and out.strip().splitlines()[-1] == (
+        "sslab: error: out of memory on the GPU; --data-on-device always holds the whole dataset on the device; use "
+        "auto (streams it from host memory when it does not fit) or never"), out

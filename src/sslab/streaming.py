@@ -10,9 +10,10 @@ way the batch is the same uint8 tensor, so the batched augmentation on the devic
 `decide_placement` chooses by size: resident when the images fit the device's free memory less a margin
 for the model and activations, else streamed; `--data-on-device {auto,always,never}` overrides it.
 
-Host memory of a streamed run: the feed holds `depth + 1` pinned batch buffers and `depth` batches in flight
-(on the CPU, gathered batches are fresh tensors, at most `depth + 1` alive), so its anonymous memory is a
-few batches, whatever the size of the dataset: see `feed_memory_bound`.
+Host memory of a streamed run: the feed gathers into a ring of host buffers allocated once (`depth + 1`
+pinned ones on a GPU machine; on the CPU `depth + 2`, handed out as the batches themselves), so its anonymous
+memory is a few batches, whatever the size of the dataset, and does not grow with the allocator's
+fragmentation: see `feed_memory_bound`.
 """
 from __future__ import annotations
 
@@ -77,10 +78,10 @@ def _gib(n: int) -> str:
 
 
 def feed_memory_bound(batch: int, image: tuple[int, ...] | torch.Size, depth: int = 2) -> int:
-    """Anonymous host memory a feed holds at most: `depth + 1` gathered batches and `depth + 1` pinned buffers
-    (GPU) or `depth + 1` batches alive at once (CPU: the queue's and the one the step uses), plus their indices."""
+    """Anonymous host memory a feed holds at most: its `depth + 2` host buffers of a batch each (a GPU feed uses
+    `depth + 1`, pinned), allocated once, plus the indices of the batches in flight."""
     per_batch = batch * int(torch.Size(image).numel()) + 8 * batch
-    return 2 * (depth + 1) * per_batch
+    return (depth + 2) * per_batch
 
 
 class StreamingFeed:
@@ -90,7 +91,9 @@ class StreamingFeed:
     `feed.prefetch(indices)` starts gathering a later batch in the background (call it with the next step's
     indices before running the current step). Batches are handed out in the order they were prefetched; a
     `batch()` whose indices were not prefetched next is gathered at once. Indices are CPU int64 (N,).
-    `depth`: how many batches may be gathered ahead. Use as a context manager, or call `close()`."""
+    `depth`: how many batches may be gathered ahead. On the CPU a batch is one of the feed's buffers: it stays
+    valid until the next `batch()` call (use it in the step, or clone it). Use as a context manager, or
+    call `close()`."""
 
     def __init__(self, images: Images, device: torch.device | str, depth: int = 2, pin: bool | None = None):
         self.images, self.device, self.depth = images, torch.device(device), depth
@@ -160,10 +163,12 @@ class StreamingFeed:
     def _to_device(self, indices: torch.Tensor) -> tuple[torch.Tensor, Any]:
         """Gather the rows (into a pinned buffer on a GPU machine) and copy them to the device on the feed's
         stream; (device tensor, the CUDA event that marks the copy done, or None on the CPU)."""
-        if not self._cuda or self.images.device == self.device:  # (images already there: rows of a resident tensor)
-            return gather(self.images, indices).to(self.device), None
+        if self._cuda and self.images.device == self.device:  # rows of a tensor already on the GPU: gathered there
+            return gather(self.images, indices), None
         slot, host = self._host_buffer(len(indices))
         gather(self.images, indices, out=host)
+        if not self._cuda:  # on the CPU the buffer is the batch (no allocation per step: RssAnon stays flat)
+            return host, None
         with torch.cuda.stream(self._stream):
             x = host.to(self.device, non_blocking=True)
             copied = torch.cuda.Event()
@@ -172,12 +177,15 @@ class StreamingFeed:
         return x, copied
 
     def _host_buffer(self, n: int) -> tuple[int, torch.Tensor]:
-        """(slot, buffer): the next of `depth + 1` host buffers (pinned where a GPU is), once the copy that last
-        read it has finished; its first `n` rows."""
-        if len(self._buffers) < self.depth + 1:
+        """(slot, buffer): the next of the host buffers (pinned where a GPU is), once the copy that last read it
+        has finished; its first `n` rows. A GPU feed needs `depth + 1` (one copying, `depth` gathered ahead); a
+        CPU feed hands the buffer itself out, so it needs `depth + 2`: the one the step uses, `depth` waiting in
+        the queue and one being gathered; a batch stays valid until the step takes the next one."""
+        slots = self.depth + (1 if self._cuda else 2)
+        if len(self._buffers) < slots:
             self._buffers.append((torch.empty((0, *self.images.shape[1:]), dtype=torch.uint8), None))
         slot = self._next_buffer
-        self._next_buffer = (slot + 1) % (self.depth + 1)
+        self._next_buffer = (slot + 1) % slots
         buffer, last_copy = self._buffers[slot]
         if last_copy is not None:
             last_copy.synchronize()

@@ -229,7 +229,8 @@ def digits_npz(folder: Path) -> Path:
     d = load_digits()
     x = np.rint(d.images * (255 / 16)).astype(np.uint8)
     folder.mkdir(parents=True, exist_ok=True)
-    np.savez(folder / "digits.npz", x_train=x[:640], y_train=d.target[:640], x_test=x[640:800], y_test=d.target[640:800])
+    np.savez(folder / "digits.npz", x_train=x[:640], y_train=d.target[:640], x_test=x[640:800],
+             y_test=d.target[640:800])
     return folder / "digits.npz"
 
 
@@ -317,7 +318,8 @@ def test_knn_monitor_bounds_its_bank_and_the_pixel_baseline_and_says_so(tmp_path
     monkeypatch.setattr(pretrain, "KNN_BANK_MAX", 120)
     lines: list[str] = []
     monitor = pretrain.KnnMonitor(model, data, k=5, t=0.1, bf16=False, channels_last=False, seed=1, log=lines.append)
-    assert lines == ["kNN bank: a stratified subset of 120 of the 300 training images (seed 1), each class in its share"]
+    assert lines == ["kNN bank: a stratified subset of 120 of the 300 training images (seed 1), each class in its "
+                     "share"]
     rows = monitor.rows
     assert len(rows) == 120 and torch.bincount(labels[rows]).tolist() == [30] * 4
     bank = extract_features(model.backbone, images[rows], data.mean, data.std)

@@ -68,7 +68,8 @@ def fit(cfg: Config | None = None, resume: str | Path | None = None, data: Image
         raise ConfigError("fit() needs a run spec (sslab.config.Config), or a run folder to resume")
     cfg = resumed.cfg if resumed is not None else cfg
     cfg.check()  # every setting within its range, before any work
-    with run_locks(), distributed_session(cfg.train.device) as group, StopFlag() as stop, contextlib.ExitStack() as on_exit:
+    with (run_locks(), distributed_session(cfg.train.device) as group, StopFlag() as stop,
+          contextlib.ExitStack() as on_exit):  # on_exit: closes a streaming feed
         rank, world = group.rank, group.world_size
         log = log if rank == 0 else _quiet
         ddp.on_rank0(lambda: check_out_dir(cfg.train.out) if resumed is None else resumed.run.lock().check_writable())
@@ -294,7 +295,8 @@ class KnnMonitor:
             return None
         d, (bank_x, bank_y) = self.data, self.bank()
         bank, queries = (extract_features(self.model.backbone, x, d.mean, d.std, bf16=self.bf16,
-                                          channels_last=self.channels_last, crop=d.crop_size) for x in (bank_x, d.test_x))
+                                          channels_last=self.channels_last, crop=d.crop_size)
+                         for x in (bank_x, d.test_x))
         return knn_accuracy(bank, bank_y, queries, d.test_y, d.num_classes, self.k, self.t)
 
     def pixels(self, log: Log) -> float | None:

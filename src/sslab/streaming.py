@@ -150,6 +150,9 @@ class StreamingFeed:
 
     # ---- the background thread ----------------------------------------------------------------------------
     def _work(self) -> None:
+        if self._cuda and self.device.index is not None:
+            torch.cuda.set_device(self.device)  # a new thread's current GPU is 0: under torchrun, every rank's pinned
+            # buffers would open a CUDA context there
         while True:
             indices = self._todo.get()
             if indices is None:

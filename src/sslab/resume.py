@@ -28,8 +28,8 @@ from sslab.settings import coerce, dump_yaml, flag, types_of
 Log = Callable[[str], None]
 
 # What `--resume` may change: how long and where the run goes on, and what it logs; not what it computes.
-RESUME_CHANGES = ("epochs", "time_limit", "device", "data_on_device", "progress", "knn_every", "checkpoint_every",
-                  "compile", "cache_dir")
+RESUME_CHANGES = ("epochs", "time_limit", "device", "progress", "knn_every", "checkpoint_every", "compile",
+                  "cache_dir")
 # what a hand edit of RUN/config.yaml may change besides those: where the data lives, where runs go
 EDITABLE_ON_RESUME = (*RESUME_CHANGES, "data_dir", "download", "out", "name")
 

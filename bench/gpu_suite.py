@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "hooks"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/scale.py's synthetic cache
 
 from sslab.cli import main as sslab_main  # noqa: E402
-from sslab.config import Config  # noqa: E402
+from sslab.config import Config, own_settings  # noqa: E402
 from sslab.data import load_dataset  # noqa: E402
 from sslab.data.base import ImageData  # noqa: E402
 from sslab.device import device_name, peak_memory_gib, pick_device, reset_peak_memory  # noqa: E402
@@ -124,7 +124,7 @@ class Suite:
 
     def base_config(self, method: str, epochs: int, name: str, **train: Any) -> dict[str, dict[str, Any]]:
         return {"data": {"dataset": "folder", "data_dir": str(self.data_dir)},
-                "model": {"backbone": self.scale.backbone}, "method": {"method": method, **self.scale.heads},
+                "model": {"backbone": self.scale.backbone}, "method": {"method": method, **own_settings(method, self.scale.heads)},
                 "train": {"epochs": epochs, "batch_size": self.scale.batch_size, "device": self.args.device,
                           "knn_k": self.scale.knn_k, "knn_every": 0, "out": str(self.runs), "name": name,
                           "progress": False, **train}}

@@ -239,9 +239,9 @@ def test_attention_maps_differ_between_images_and_a_coarse_layer_is_flagged(tiny
 
 @pytest.mark.parametrize("argv, message", [
     (["export-images", "--dataset", "folder", "--data-dir", "{tmp}/nowhere", "--out", "{tmp}/out"], "not found"),
-    (["export-images", "--dataset", "nosuchset", "--out", "{tmp}/out"], "unknown dataset 'nosuchset'"),
+    (["export-images", "--dataset", "nosuchset", "--out", "{tmp}/out"], "--dataset 'nosuchset': must be one of cifar10,"),
     (["preview-augment", "--method", "nosuchmethod", "--out", "{tmp}/p.png"], "unknown method 'nosuchmethod'"),
-    (["preview-augment", "--out", "{tmp}/p.jpg"], "must end in .png"),
+    (["preview-augment", "--out", "{tmp}/p.jpg"], "must be a file name ending in .png"),
 ])
 def test_data_tools_fail_in_one_line(argv, message, tmp_path, capsys):
     assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2

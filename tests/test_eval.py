@@ -114,6 +114,23 @@ def test_fast_probe_separates_separable_features(classifier):
     assert set(result.details["validation_accuracy_by_c"]) and result.details["c"] in result.details["c_grid"]
 
 
+def test_the_c_walk_stops_two_values_past_the_best():
+    from sslab.eval.linear import walk_c_grid
+
+    grid = [0.01, 0.1, 1.0, 10.0, 100.0]
+    tried = []
+
+    def score_of(table):
+        return lambda c: (tried.append(c), table[c])[1]
+
+    assert walk_c_grid(grid, score_of({0.01: 0.6, 0.1: 0.8, 1.0: 0.7, 10.0: 0.65, 100.0: 0.9})) == {
+        "0.01": 0.6, "0.1": 0.8, "1": 0.7, "10": 0.65}  # 100 not tried: two in a row below 0.8
+    assert tried == [0.01, 0.1, 1.0, 10.0]
+    rising = {0.01: 0.5, 0.1: 0.6, 1.0: 0.55, 10.0: 0.7, 100.0: 0.69}  # one dip is not the peak
+    assert list(walk_c_grid(grid, score_of(rising))) == ["0.01", "0.1", "1", "10", "100"]
+    assert list(walk_c_grid(grid, score_of(dict.fromkeys(grid, 0.5)))) == ["0.01", "0.1", "1"]  # a tie is no rise
+
+
 def test_fast_probe_on_random_labels_is_at_chance():
     g = torch.Generator().manual_seed(1)
     x, xt = torch.randn(600, 16, generator=g), torch.randn(2000, 16, generator=g)
@@ -252,7 +269,8 @@ def test_labelled_subset_is_stratified_seeded_and_skips_unlabelled():
 
 # ---- commands end to end ---------------------------------------------------------------------------------------
 def test_eval_command_writes_json_figures_and_probe(tiny_run, capsys):  # noqa: F811
-    rc = main(["eval", str(tiny_run), "--device", "cpu", "--probe-epochs", "2", "--semi", "--semi-epochs", "2"])
+    rc = main(["eval", str(tiny_run), "--device", "cpu", "--protocol", "both", "--probe-epochs", "2", "--semi",
+               "--semi-epochs", "2"])
     out = capsys.readouterr().out
     assert rc == 0 and "linear-fast" in out
     ev = json.loads((tiny_run / "eval.json").read_text())
@@ -292,7 +310,7 @@ def test_an_interrupted_eval_keeps_its_results_and_a_rerun_continues(tiny_run, m
         raise KeyboardInterrupt
 
     monkeypatch.setattr(evaluate, "standard_protocol", interrupted)
-    assert main(["eval", str(tiny_run), "--device", "cpu", "--probe-epochs", "1"]) == 130
+    assert main(["eval", str(tiny_run), "--device", "cpu", "--protocol", "both", "--probe-epochs", "1"]) == 130
     ev = json.loads((tiny_run / "eval.json").read_text())
     assert ev["complete"] is False and [r["name"] for r in ev["results"]] == ["knn", "linear-fast"]
     assert ev["results"][0]["baselines"]["pixels"] is not None
@@ -303,8 +321,9 @@ def test_an_interrupted_eval_keeps_its_results_and_a_rerun_continues(tiny_run, m
 
     monkeypatch.setattr(evaluate, "standard_protocol", real)
     monkeypatch.setattr(evaluate, "feature_protocols", recomputed)
-    monkeypatch.setattr(evaluate, "baseline_protocols", recomputed)
-    assert main(["eval", str(tiny_run), "--device", "cpu", "--probe-epochs", "1"]) == 0
+    monkeypatch.setattr(evaluate.RunBaselines, "knn_accuracy", recomputed)
+    monkeypatch.setattr(evaluate.RunBaselines, "fast_accuracy", recomputed)
+    assert main(["eval", str(tiny_run), "--device", "cpu", "--protocol", "both", "--probe-epochs", "1"]) == 0
     ev = json.loads((tiny_run / "eval.json").read_text())
     assert ev["complete"] is True and [r["name"] for r in ev["results"]] == ["knn", "linear-fast", "linear-standard"]
     assert {r["name"]: r["accuracy"] for r in ev["results"][:2]} == kept
@@ -370,7 +389,7 @@ def test_a_checkpoint_with_exploded_weights_fails_in_one_line(command, tiny_run,
 
 def test_eval_rejects_bad_options_before_loading(tmp_path, capsys):
     assert main(["eval", str(tmp_path), "--probe-epochs", "0"]) == 2
-    assert "--probe-epochs must be >= 1" in capsys.readouterr().err
+    assert "--probe-epochs 0: must be in [1, 100000]" in capsys.readouterr().err
 
 
 def test_real_command_line_on_a_folder_without_checkpoint(tmp_path):
@@ -426,3 +445,199 @@ def test_the_baseline_sentence_names_every_figure_below_a_baseline():
     assert "knn (60.0%) is below the raw pixels (98.0%)" in sentence and "linear-fast" not in sentence
     assert "untrained" not in sentence.split("Below a baseline:")[1].split(".")[0]
     assert below_baseline_sentence(results[1:]) is None
+
+
+# ---- #23: baselines stored across runs, every stage stoppable, a default that fits the machine ------------------------
+def test_the_store_returns_exactly_its_key_and_misses_on_anything_else(tmp_path):
+    from sslab.eval.store import BaselineStore, key_hash
+
+    notes = []
+    store = BaselineStore(tmp_path / "baselines", notes.append)
+    key = {"source": "pixels", "protocol": "knn", "settings": {"k": 20, "t": 0.1}, "data": "abc"}
+    assert store.get(key) is None
+    entry = store.put(key, 0.75, 1.5, "cpu")
+    assert entry["stored"] is True and store.get(dict(key))["accuracy"] == 0.75  # key order does not matter
+    assert store.get({**key, "settings": {"k": 21, "t": 0.1}}) is None
+    path = tmp_path / "baselines" / f"{key_hash(key)}.json"
+    assert json.loads(path.read_text())["key"] == key  # plain JSON, the key inside
+    other = {**json.loads(path.read_text()), "key": {**key, "data": "other"}}  # a colliding name, another key
+    path.write_text(json.dumps(other))
+    assert store.get(key) is None
+    path.write_text(json.dumps({**other, "key": key, "accuracy": 7.0}))  # out of range: not a stored accuracy
+    assert store.get(key) is None
+    path.write_text("{not json")
+    assert store.get(key) is None
+    (tmp_path / "a-file").write_text("")
+    blocked = BaselineStore(tmp_path / "a-file" / "baselines", notes.append)  # cannot be created
+    assert blocked.put(key, 0.5, 1.0, "cpu")["stored"] is False and blocked.put(key, 0.5, 1.0, "cpu")
+    assert len(notes) == 1 and "computed for this eval only" in notes[0]
+
+
+def test_fingerprints_change_with_one_pixel_one_label_or_one_weight():
+    from sslab.data.base import ImageData
+    from sslab.eval.store import data_fingerprint, network_fingerprint
+
+    x, y = torch.zeros(4, 1, 2, 2, dtype=torch.uint8), torch.tensor([0, 1, 0, 1])
+    base = data_fingerprint(ImageData("d", x, y, x[:2], y[:2], ["a", "b"]))
+    assert base == data_fingerprint(ImageData("other name", x.clone(), y.clone(), x[:2], y[:2], ["a", "b"]))
+    x2 = x.clone()
+    x2[3, 0, 1, 1] = 1
+    assert data_fingerprint(ImageData("d", x2, y, x[:2], y[:2], ["a", "b"])) != base
+    assert data_fingerprint(ImageData("d", x, y.flip(0), x[:2], y[:2], ["a", "b"])) != base
+    torch.manual_seed(0)
+    net = nn.Linear(3, 2)
+    same = nn.Linear(3, 2)
+    same.load_state_dict(net.state_dict())
+    assert network_fingerprint(net) == network_fingerprint(same)
+    with torch.no_grad():
+        same.bias[0] += 1e-6
+    assert network_fingerprint(net) != network_fingerprint(same)
+
+
+def test_the_resume_command_repeats_the_options_given():
+    from sslab.cli import build_parser
+    from sslab.commands.evaluate import eval_options
+    from sslab.eval.stopping import resume_command
+
+    opts = EvalOptions(protocol="both", probe_epochs=3, c_grid=(0.1, 1.0), semi=True, knn_t=0.05)
+    command = resume_command("/runs/a b", opts, "cpu")
+    assert command == ("sslab eval '/runs/a b' --device cpu --protocol both --c-grid 0.1,1 --probe-epochs 3 "
+                       "--knn-t 0.05 --semi")
+    args = build_parser().parse_args(__import__("shlex").split(command)[1:])
+    assert eval_options(args) == opts and args.device == "cpu"
+
+
+def test_the_standard_probe_estimate_is_the_measured_step_times_the_steps(monkeypatch):
+    from sslab.eval import linear
+
+    ticks = iter(range(1000))
+    monkeypatch.setattr(linear.time, "perf_counter", lambda: 0.5 * next(ticks))  # every step takes 0.5 s
+    images, labels = quadrant_images(100)
+    labels[:10] = -1  # 90 labelled: 2 steps of 40 per epoch, 3 batches for the whitening pass
+    backbone = nn.Sequential(nn.Flatten(), nn.Linear(256, 8))
+    seconds = linear.standard_probe_seconds(backbone, images, labels, (0.5,), (0.25,), epochs=7, batch_size=40)
+    assert seconds == 0.5 * (7 * 2 + 3)
+    assert backbone.training  # its mode is given back
+
+
+def test_auto_runs_kNN_and_the_fast_probe_on_the_cpu_and_the_standard_probe_on_a_gpu():
+    from sslab.eval.evaluate import resolve_protocol
+
+    assert resolve_protocol("auto", torch.device("cpu")) == "fast"
+    assert resolve_protocol("auto", torch.device("cuda", 0)) == "both"
+    assert resolve_protocol("standard", torch.device("cpu")) == "standard"
+
+
+def _fresh_copy(run, tmp_path, name):
+    import shutil
+
+    shutil.copytree(run, tmp_path / name)
+    return tmp_path / name
+
+
+def test_a_second_run_reuses_the_stored_baselines(tiny_run, tmp_path, monkeypatch, capsys):  # noqa: F811
+    from sslab.eval import baselines
+
+    monkeypatch.setenv("SSLAB_CACHE_DIR", str(tmp_path / "cache"))
+    second = _fresh_copy(tiny_run, tmp_path, "second")
+    assert main(["eval", str(tiny_run), "--device", "cpu"]) == 0  # auto: kNN and the fast probe on the CPU
+    out = capsys.readouterr().out
+    assert "raw-pixel baseline: knn" in out and "stored for later runs" in out and "stored, computed" not in out
+    first = json.loads((tiny_run / "eval.json").read_text())
+    assert [r["name"] for r in first["results"]] == ["knn", "linear-fast"] and first["protocol_used"] == "fast"
+    hint = first["standard_probe"]
+    assert hint["seconds"] > 0 and hint["baseline_seconds"] > 0 and "--protocol both" in hint["command"]
+    assert hint["hint"] in out and "on this CPU" in hint["hint"]
+    assert len(list((tmp_path / "cache" / "baselines").glob("*.json"))) == 4  # 2 sources x (kNN, fast probe)
+
+    def trained_again(*a, **k):
+        raise AssertionError("a stored baseline was computed again")
+
+    for name in ("knn_accuracy", "fast_accuracy", "standard_accuracy"):
+        monkeypatch.setattr(baselines.RunBaselines, name, trained_again)
+    assert main(["eval", str(second), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    again = json.loads((second / "eval.json").read_text())
+    assert again["baselines"]["knn"] == first["baselines"]["knn"]
+    assert again["baselines"]["linear-fast"] == first["baselines"]["linear-fast"]
+    assert "raw-pixel baseline: knn" in out and out.count("(stored, computed 20") == 2
+    assert again["standard_probe"]["baseline_seconds"] > 0  # the standard probe's baselines are not stored yet
+
+
+def _without_timings(value):
+    """eval.json without what legitimately differs between two evals: wall times, when a baseline was
+    computed, the folders."""
+    if isinstance(value, dict):
+        return {k: _without_timings(v) for k, v in value.items()
+                if k not in ("seconds", "estimates", "computed", "store", "run_dir", "resume_key")}
+    if isinstance(value, list):
+        return [_without_timings(v) for v in value]
+    return value
+
+
+def test_signals_inside_the_baseline_probes_stop_at_once_with_a_checkpoint_and_resume_exactly(
+        tiny_run, tmp_path, monkeypatch, capsys):  # noqa: F811
+    """The probes run 10 steps each (2 epochs of 5); the test hook signals after step 7 of every loop that gets
+    there from below: the main probe, then (resumed past 7) the raw-pixel baseline, then the untrained one."""
+    import os
+    import signal
+    import time
+
+    from signal_at_step import signal_at_step
+
+    command = ["--device", "cpu", "--protocol", "standard", "--probe-epochs", "2"]
+    monkeypatch.setenv("SSLAB_CACHE_DIR", str(tmp_path / "cache-uninterrupted"))
+    whole = _fresh_copy(tiny_run, tmp_path, "whole")
+    assert main(["eval", str(whole), *command]) == 0
+    expected = _without_timings(json.loads((whole / "eval.json").read_text()))
+
+    monkeypatch.setenv("SSLAB_CACHE_DIR", str(tmp_path / "cache"))
+    sent, real_kill = [], os.kill
+    monkeypatch.setattr(os, "kill", lambda pid, sig: (sent.append(time.monotonic()), real_kill(pid, sig)))
+    stops = [("SIGINT", 130, "the standard probe", "knn"),
+             ("SIGTERM", 143, "the raw-pixel baseline's standard probe", "knn, linear-standard"),
+             ("SIGINT", 130, "the untrained-network baseline's standard probe", "knn, linear-standard")]
+    for name, code, stage, kept in stops:
+        capsys.readouterr()
+        with signal_at_step(7, getattr(signal, name)):
+            assert main(["eval", str(tiny_run), *command]) == code
+        assert time.monotonic() - sent[-1] < 5  # stopped after the step it was in, not at the end of the probe
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"sslab: interrupted by {name}; checkpoint saved ({stage}: {tiny_run / 'eval'}")
+        assert f"kept in eval.json: {kept}; continue with: sslab eval {tiny_run} --device cpu --protocol standard" in err
+        ev = json.loads((tiny_run / "eval.json").read_text())
+        assert ev["complete"] is False and ", ".join(r["name"] for r in ev["results"]) == kept
+    assert len(sent) == 3
+    stored = [json.loads(p.read_text()) for p in (tmp_path / "cache" / "baselines").glob("*.json")]
+    assert sorted(e["key"]["source"] for e in stored if e["key"]["protocol"] == "linear-standard") == ["pixels"]
+    assert main(["eval", str(tiny_run), *command]) == 0
+    assert _without_timings(json.loads((tiny_run / "eval.json").read_text())) == expected
+    assert not list((tiny_run / "eval").glob("*.pt"))  # every checkpoint removed once its result was kept
+
+
+def test_a_signal_outside_a_training_loop_stops_at_once_and_says_so(
+        tiny_run, tmp_path, monkeypatch, capsys):  # noqa: F811
+    import os
+    import signal
+
+    from sslab.eval import evaluate
+
+    monkeypatch.setenv("SSLAB_CACHE_DIR", str(tmp_path / "cache"))  # no stored baseline: they are computed
+
+    real = evaluate.RunBaselines.fast_accuracy
+
+    def signalled(*a, **k):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not stop the fast probe's baseline")
+
+    monkeypatch.setattr(evaluate.RunBaselines, "fast_accuracy", signalled)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["eval", str(tiny_run), "--device", "cpu", "--protocol", "fast"]) == 143
+    err = capsys.readouterr().err
+    assert err.startswith("sslab: interrupted by SIGTERM during the baselines (raw pixels, untrained network) of knn "
+                          "and linear-fast (nothing to checkpoint: it takes seconds); kept in eval.json: knn, "
+                          "linear-fast; continue with: sslab eval ")
+    assert signal.getsignal(signal.SIGTERM) is before  # the handlers are given back
+    monkeypatch.setattr(evaluate.RunBaselines, "fast_accuracy", real)
+    assert main(["eval", str(tiny_run), "--device", "cpu", "--protocol", "fast"]) == 0
+    assert json.loads((tiny_run / "eval.json").read_text())["complete"] is True

@@ -25,8 +25,7 @@ def trained_run(base: Path) -> Path:
         from sslab.config import Config
         from sslab.pretrain import fit
 
-        cfg = Config.from_dict(TINY_RUN)
-        cfg.update({"train": {"out": str(base)}})
+        cfg = Config.from_dict(TINY_RUN).with_values(out=str(base))
         summary = fit(cfg, log=lambda message: None)
         _TRAINED["run"] = Path(summary["run_dir"])
     return _TRAINED["run"]

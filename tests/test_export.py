@@ -235,9 +235,11 @@ def test_api_rejects_unknown_fields_and_wrong_images(tmp_path):
     import sslab
     from sslab.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="epoch"):
-        sslab.make_config(epoch=3)
-    assert sslab.make_config(method="byol", epochs=3).train.epochs == 3
+    with pytest.raises(ConfigError, match="unknown setting 'epoch'; simsiam's settings: .*--epochs"):
+        sslab.make_config(method="simsiam", epoch=3)
+    with pytest.raises(ConfigError, match="no method given"):
+        sslab.make_config(epochs=3)
+    assert sslab.make_config(method="byol", epochs=3).method.epochs == 3
     run = resnet_run(tmp_path)
     with pytest.raises(ConfigError, match="uint8"):
         sslab.embed(run, torch.zeros(2, 1, 8, 8))

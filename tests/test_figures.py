@@ -24,7 +24,7 @@ def kept_figures(monkeypatch):
     real_savefig = plt.Figure.savefig
 
     def savefig(fig, path, *args, **kwargs):
-        kept[Path(path).name] = fig
+        kept[Path(getattr(path, "name", path)).name] = fig  # save_figure renders into a buffer named after the file
         return real_savefig(fig, path, *args, **kwargs)
 
     monkeypatch.setattr(plt.Figure, "savefig", savefig)

@@ -31,7 +31,8 @@ from sslab.settings import types_of
 FIELD_TYPES = {**{s: types_of(c) for s, c in FIXED.items()},  # section -> setting -> type, every method's settings
                "method": {"method": str, **{k: v for m in METHODS.names() for k, v in types_of(METHODS.get(m).Settings).items()}}}
 
-FUZZ = settings(deadline=None, max_examples=40, database=None, suppress_health_check=[HealthCheck.too_slow])
+# examples, seed and database from the profile (tests/conftest.py): fixed in CI, HYPOTHESIS_PROFILE=explore for more
+FUZZ = settings(suppress_health_check=[HealthCheck.too_slow])
 
 # ---- config --------------------------------------------------------------------------------------------
 scalars = st.one_of(
@@ -213,7 +214,7 @@ def test_image_folders_load_or_give_a_data_error(specs, strict, test_fraction, i
 # `report`: each ends in success or in one `sslab: error:` line with exit code 2, never a traceback.
 RUN_FILES = {"checkpoint": "checkpoints/last.pt", "config": "config.yaml", "metrics": "metrics.jsonl"}
 COMMANDS = {"checkpoint": ["resume", "eval"], "config": ["resume", "report"], "metrics": ["resume", "report"]}
-FILE_FUZZ = settings(FUZZ, max_examples=10)
+FILE_FUZZ = settings(FUZZ, max_examples=max(10, settings.default.max_examples // 4))  # each example runs a command
 
 
 @pytest.fixture(scope="module")

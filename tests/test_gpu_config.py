@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from sslab.config import Config
+from sslab.config import Config, own_settings
 from sslab.data.base import ImageData
 from sslab.eval.features import extract_features
 from sslab.eval.linear import train_standard_probe
@@ -100,7 +100,7 @@ def train_tiny(out: Path, method: str, train: dict, optim: dict | None = None, n
     cfg = Config.from_dict({
         "data": {"dataset": "folder", "data_dir": str(data_dir)} if data_dir else {"dataset": "cifar10"},
         "model": {"backbone": "simple-cnn"},
-        "method": {"method": method, **SMALL_HEADS}, "optim": {"warmup_epochs": 0, **(optim or {})},
+        "method": {"method": method, **own_settings(method, SMALL_HEADS)}, "optim": {"warmup_epochs": 0, **(optim or {})},
         "train": {"epochs": 1, "batch_size": 16, "device": "cpu", "knn_every": 1, "knn_k": 5, "progress": False,
                   "out": str(out), "name": name or method, **train}})
     return fit(cfg, data=None if data_dir else tiny_data(), log=lambda m: None)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from sslab import cli
 
@@ -106,18 +107,28 @@ def test_interrupted_loop_resumes_to_the_uninterrupted_result(trained, loop):
         assert not list(runs[sig].rglob("*.tmp"))
 
 
-@pytest.mark.parametrize("args, flag", [
-    (["scan", "{run}", *SCAN, "--lr", "1e30"], "--lr"),
-    (["scan", "{run}", *SCAN, "--selflabel-lr", "1e30"], "--selflabel-lr"),
-    (["eval", "{run}", *EVAL, "--probe-lr", "1e38"], "learning rate"),
-    (["eval", "{run}", *SEMI, "--semi-lr", "1e38"], "learning rate"),
+@pytest.mark.parametrize("args, stage, flag", [
+    (["scan", "{run}", *SCAN], "scan/cluster", "--lr"),
+    (["scan", "{run}", *SCAN], "scan/selflabel", "--selflabel-lr"),
+    (["eval", "{run}", *EVAL], "linear-standard", "learning rate"),
+    (["eval", "{run}", *SEMI], "fine-tune", "learning rate"),
 ])
-def test_nan_stops_every_loop_in_one_line(trained, capsys, args, flag):
+def test_nan_stops_every_loop_in_one_line(trained, capsys, monkeypatch, args, stage, flag):
+    """A weight that becomes NaN after the loop's second step (what a learning rate far too high does) stops the
+    loop at the end of that epoch in one line naming what became non-finite and the flag to lower."""
+    from sslab.kit import STEP_OBSERVERS
+
+    def explode(loop, global_step: int) -> None:
+        if loop.stage == stage and global_step == 2:
+            with torch.no_grad():
+                next(loop.model.parameters()).fill_(float("nan"))
+
+    monkeypatch.setattr("sslab.kit.loop.STEP_OBSERVERS", [*STEP_OBSERVERS, explode])
     run = fresh_copy(trained, "nan")
     code = cli.main([a.format(run=run) for a in args])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.count("\n") == 0, err
-    assert "became" in err and "in epoch" in err and "stopped;" in err and flag in err, err
+    assert "became" in err and "in epoch 1" in err and "stopped;" in err and flag in err, err
 
 
 def test_time_limit_stops_a_probe_cleanly_with_a_checkpoint(trained):

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sslab.config import Config
+from sslab.config import Config, own_settings
 from sslab.distributed import gather_no_grad, gather_with_grad, is_distributed, rank, world_size
 from sslab.methods import METHODS
 from sslab.methods.byol import byol_loss, byol_momentum
@@ -23,7 +23,6 @@ from sslab.methods.build import build_method
 from sslab.optim import set_lr
 from sslab.pretrain import build_optimizer
 from sslab.recipe import fit_to_data
-from sslab.settings import names_of
 
 IMAGE = 16  # simple-cnn on 16 px: 64 * 2 * 2 = 256-d features
 SMALL = {"proj_hidden": 32, "proj_dim": 16, "pred_hidden": 8, "queue_size": 40}
@@ -31,8 +30,7 @@ SMALL = {"proj_hidden": 32, "proj_dim": 16, "pred_hidden": 8, "queue_size": 40}
 
 def build(name: str, seed: int = 0, backbone: str = "simple-cnn", **method):
     """A method as the training loop builds it (recipe + augmentation fitted to the data), with small heads."""
-    own = names_of(METHODS.get(name).Settings)
-    small = {k: v for k, v in SMALL.items() if k in own}
+    small = own_settings(name, SMALL)
     cfg = Config.from_values({"method": name, "dataset": "cifar10", "backbone": backbone, "epochs": 2, **small,
                               **method})
     cfg = fit_to_data(cfg, IMAGE)

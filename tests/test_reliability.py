@@ -323,8 +323,9 @@ def quick(data_args: list[str], out: Path, *extra: str) -> list[str]:
             "--no-progress", "--device", "cpu", "--out", str(out), *extra]
 
 
-def run_cli(args: list[str], capsys) -> tuple[int, str]:
-    code = cli.main(args)
+def run_cli(args: list, capsys) -> tuple[int, str]:
+    capsys.readouterr()
+    code = cli.main([str(a) for a in args])
     return code, capsys.readouterr().err.strip()
 
 
@@ -459,7 +460,8 @@ def test_unwritable_or_full_run_folder_is_refused_before_loading_data(tmp_path, 
     loads = []
     monkeypatch.setattr(sslab.pretrain, "load_from_config", lambda *a: loads.append(1))
     (tmp_path / "file").write_text("not a folder")
-    assert_one_line(*run_cli(quick(DIGITS, tmp_path / "file"), capsys), f"cannot write to --out folder {tmp_path / 'file'}")
+    assert_one_line(*run_cli(quick(DIGITS, tmp_path / "file"), capsys),
+                    f"--out folder {tmp_path / 'file'} is a file, not a folder; choose a writable --out")
     monkeypatch.setattr("sslab.run.disk_free", lambda path: 50 * 2**20)
     assert_one_line(*run_cli(quick(DIGITS, tmp_path / "runs"), capsys), "only 50 MiB free on the disk of")
     assert not loads
@@ -473,10 +475,14 @@ def test_run_folder_needs_room_for_its_checkpoints(tmp_path, capsys, monkeypatch
 
 
 def test_disk_full_while_writing_metrics_is_one_line(tmp_path, capsys, monkeypatch):
-    def full_disk(*a, **k):
-        raise OSError(28, "No space left on device")
+    real_write = os.write
 
-    monkeypatch.setattr("sslab.jsonl.open", full_disk, raising=False)  # metrics.jsonl is appended with open()
+    def full_disk(fd, data):  # metrics.jsonl is appended with os.write (safe_write.append_bytes)
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("metrics.jsonl"):
+            raise OSError(28, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", full_disk)
     run = tmp_path / "runs" / "full"
     assert_one_line(*run_cli(quick(DIGITS, tmp_path / "runs", "--knn-every", "0", "--name", "full"), capsys),
                     f"could not write {run / 'metrics.jsonl'} (No space left on device); free disk space and "
@@ -846,3 +852,70 @@ def test_out_of_memory_names_a_huge_image_size_or_folder_images(tmp_path, capsys
     assert_one_line(*run_cli(quick(["--dataset", "folder", "--data-dir", str(folder)], tmp_path / "runs"), capsys),
                     "out of memory; without --image-size the images of a folder are kept at their own size; if they "
                     "are large, pass --image-size 96")
+
+
+# ---- the run lock without POSIX's modules (issue #21): Windows' code path, tested here ------------------------------
+NO_POSIX = """
+import json, os, subprocess, sys, tempfile, time, types  # noqa: E401
+for name in ("fcntl", "termios", "pwd", "grp", "resource"):  # not on Windows: importing them fails
+    sys.modules[name] = None
+script, mode, run = sys.argv[0], sys.argv[1], sys.argv[2]
+if mode == "hold":  # lock with Windows' msvcrt.locking (n bytes from the current position, no waiting)
+    msvcrt = types.ModuleType("msvcrt")  # (after subprocess and tempfile: they would take it for Windows)
+    msvcrt.LK_NBLCK, msvcrt.LK_UNLCK = 2, 0
+    msvcrt.locking = lambda fd, how, n: os.lockf(fd, os.F_TLOCK if how == 2 else os.F_ULOCK, n)
+    sys.modules["msvcrt"] = msvcrt
+    from sslab.run import RunDir
+    RunDir(run).lock()
+    print("locked", flush=True)
+    time.sleep(120)
+from sslab.cli import main  # without fcntl and msvcrt: os.lockf, on the byte msvcrt locks
+print("trained", main(json.loads(mode)), flush=True)
+holder = subprocess.Popen([sys.executable, script, "hold", run], stdout=subprocess.PIPE, text=True)
+assert holder.stdout.readline().strip() == "locked"
+print("refused", main(["train", "--resume", run, "--epochs", "2"]), holder.pid, flush=True)
+holder.kill()  # SIGKILL: the OS drops its lock, nothing stale is left
+holder.wait()
+print("resumed", main(["train", "--resume", run, "--epochs", "2"]), flush=True)
+"""
+
+
+def test_without_fcntl_sslab_trains_resumes_and_refuses_a_concurrent_resume(tmp_path):
+    """Without fcntl (and termios, pwd, grp, resource) the lock is msvcrt's on Windows, os.lockf's elsewhere; here
+    the holder uses the first and the trainer the second (they lock the same byte, so they exclude each other)."""
+    script = tmp_path / "no_posix.py"
+    script.write_text(NO_POSIX)
+    run = tmp_path / "runs" / "r"
+    train = quick(DIGITS, tmp_path / "runs", "--name", "r", "--limit-train", "64", "--knn-every", "0")
+    p = subprocess.run([sys.executable, str(script), json.dumps(train), str(run)], capture_output=True, text=True,
+                       timeout=600, env={**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"})
+    steps = [line.split() for line in p.stdout.splitlines() if line.split()[0] in ("trained", "refused", "resumed")]
+    assert p.returncode == 0 and [s[:2] for s in steps] == [["trained", "0"], ["refused", "2"], ["resumed", "0"]], (
+        p.stdout[-2000:], p.stderr[-2000:])
+    assert (f"sslab: error: run folder {run} is in use by another sslab process (pid {steps[1][2]}); wait for it to "
+            "finish or stop it, then try again") in p.stderr.splitlines()
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2]
+
+
+# ---- torchrun ends as sslab does (issue #22) ------------------------------------------------------------------------
+def sslab_torchrun(args: list[str], **env: str) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", **env}
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        full_env.pop(k, None)
+    cmd = [sys.executable, "-W", "ignore::FutureWarning", "-m", "sslab.torchrun", "--standalone", "--nproc_per_node",
+           "2", "-m", "sslab", *args]
+    return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=300)
+
+
+def test_under_torchrun_a_one_line_error_and_a_clean_stop_keep_sslabs_exit_code_and_no_traceback(tmp_path):
+    p = sslab_torchrun(quick(DIGITS, tmp_path / "runs", "--epochs", "-1"))
+    errors = [line for line in p.stderr.splitlines() if "error" in line.lower() or "Traceback" in line]
+    assert p.returncode == 2 and errors == ["sslab: error: --epochs -1: must be in [1, 100000]"], p.stderr
+    p = sslab_torchrun(quick(DIGITS, tmp_path / "runs", "--name", "ddp", "--limit-train", "128", "--epochs", "2",
+                             "--knn-every", "0"), SSLAB_TEST_SIGNAL_AT_STEP="10")
+    run = tmp_path / "runs" / "ddp"
+    assert p.returncode == 130, p.stderr
+    assert "Traceback" not in p.stderr and "ChildFailedError" not in p.stderr, p.stderr
+    assert p.stderr.strip().splitlines()[-1] == f"sslab: interrupted by SIGINT; checkpoint saved; continue with: " \
+                                                f"sslab train --resume {run}"
+    assert load_checkpoint(run)["loop"]["step_in_epoch"] == 10  # 16 steps per epoch: stopped after step 10

@@ -242,9 +242,16 @@ def export_run(run: Any, fmt: str = "state-dict", out: str | Path | None = None)
     (default: RUN/export/). Returns the record written beside it as JSON (files, input spec, code)."""
     from sslab.pretrained import TrainedRun, load_trained
 
+    from sslab.run import check_output_folder
+    from sslab.safe_write import check_writable
+
     trained = run if isinstance(run, TrainedRun) else load_trained(run, "cpu")
     check_format(fmt, trained.cfg.model.backbone)
     out_dir = Path(out) if out is not None else trained.run_dir / "export"
+    if out is None:  # before any work: a read-only run folder, a link inside it
+        check_output_folder(trained.run_dir, "export")
+    else:
+        check_writable(out_dir, what="--out folder", advice="choose a writable --out folder")
     extra = {"method": trained.cfg.method.method, "dataset": trained.data_info.get("dataset"),
              "classes": list(trained.data_info.get("classes", [])), "epoch": trained.state.get("loop", {}).get("epoch")}
     backbone = copy.deepcopy(trained.backbone)  # the export moves it to the CPU; the caller's model stays put

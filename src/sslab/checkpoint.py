@@ -8,10 +8,7 @@ pass and get plain dicts. A file holding any other object is refused with one li
 """
 from __future__ import annotations
 
-import io
-import os
 import re
-import secrets
 import warnings
 from collections import OrderedDict
 from pathlib import Path
@@ -20,40 +17,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from sslab.errors import CheckpointError, RunFolderError
+from sslab.errors import CheckpointError
+from sslab.safe_write import write_bytes, write_stream
 
 FORMAT = "sslab-checkpoint-1"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that a reader sees the old file or the new one, never half of one: a temp
-    file in the same folder, fsynced, then renamed over `path`. Permissions follow the umask (as open())."""
-    tmp: Path | None = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
-        raise RunFolderError(f"could not write {path} ({e.strerror or e}); free disk space or choose another --out") from None
-    except BaseException:  # KeyboardInterrupt, a signal's exception: leave no temp file behind
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    """`safe_write.write_bytes` (the name older code uses): a reader sees the old file or the new one, never
+    half of one, and nothing is written through a link inside a run folder."""
+    write_bytes(path, data)
 
 
 def first_line(e: BaseException, limit: int = 160) -> str:
@@ -104,9 +77,8 @@ def _map_children(obj: Any, fn: Any) -> Any:
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    buffer = io.BytesIO()
-    torch.save({"format": FORMAT, **to_plain(state)}, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    plain = {"format": FORMAT, **to_plain(state)}
+    write_stream(path, lambda f: torch.save(plain, f))
 
 
 # what checkpoints written before `to_plain` hold besides plain data: numpy's RNG state (a uint32 array)
@@ -125,6 +97,8 @@ def load_safely(path: Path, map_location: str | torch.device = "cpu", what: str 
         with torch.serialization.safe_globals(_OLD_NUMPY_RNG), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's notes on odd pickle protocols: the error says enough
             raw = torch.load(path, map_location=map_location, weights_only=True)
+    except MemoryError:  # not a damaged file: out of memory (the command line says so)
+        raise
     except Exception as e:  # torch raises several types for truncated or foreign files
         text = str(e)
         if "Weights only load failed" in text or "weights_only" in text:

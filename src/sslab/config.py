@@ -163,6 +163,13 @@ def method_settings(name: str) -> type[MethodSettings]:
     return settings
 
 
+def own_settings(method: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of `values` that are settings of method `method` (for one set of small heads given to every
+    method in a loop over methods: SimCLR has no predictor, BYOL no queue)."""
+    own = set(names_of(method_settings(method)))
+    return {k: v for k, v in values.items() if k in own}
+
+
 # ---- the run spec --------------------------------------------------------------------------------------------
 @dataclass
 class Config:
@@ -309,4 +316,4 @@ def upgrade_layout(d: Any, where: str) -> dict[str, Any]:
 
 
 __all__ = ["Config", "DataConfig", "ModelConfig", "AugmentConfig", "TrainConfig", "MethodSettings", "SECTIONS",
-           "FIELD_SECTION", "COMPILE_MODES", "STEMS", "method_settings", "flatten", "upgrade_layout"]
+           "FIELD_SECTION", "COMPILE_MODES", "STEMS", "method_settings", "own_settings", "flatten", "upgrade_layout"]

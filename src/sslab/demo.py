@@ -64,9 +64,10 @@ def learning_verdict(summary: dict[str, Any]) -> str:
 
 # ---- the steps after training, each on the demo's run folder ------------------------------------------------------
 def demo_eval(run_dir: Path, log: Log) -> None:
-    """kNN and the fast probe (C from 0.01, 0.1, 1) with their baselines, in about 20 s on 2 cores; `sslab eval RUN`
-    adds the standard probe (SGD through the frozen backbone), `--semi` fine-tuning."""
-    result = evaluate_run(load_trained(run_dir, "cpu"), EvalOptions(protocol="fast", c_grid=(0.01, 0.1, 1.0)), log)
+    """`sslab eval RUN` as a user runs it next, on the CPU: kNN and the fast probe with their baselines (stored, so
+    the user's own `sslab eval RUN` after the demo pays nothing for them), and the line on what the standard probe
+    would cost (docs/evaluation.md)."""
+    result = evaluate_run(load_trained(run_dir, "cpu"), EvalOptions(), log, device_flag="cpu")
     log(format_results(result))
     log(written_line(result))
 

@@ -7,9 +7,17 @@ from pathlib import Path
 
 
 class UserError(Exception):
-    """Bad input from the user (data, config, checkpoint, folder). The CLI prints it as one line."""
+    """Bad input from the user (data, config, checkpoint, folder). The CLI prints it as one line: a line break
+    inside the message (a YAML key or a file name holding one) is shown as `\\n`, so it cannot start a second."""
 
     exit_code = 2
+
+    def __init__(self, message: object = "") -> None:
+        super().__init__(message.translate(_LINE_BREAKS) if isinstance(message, str) else message)
+
+
+# every character str.splitlines() breaks a line at -> its escape (\n, \x1c, \u2028, ...)
+_LINE_BREAKS = {ord(c): repr(c)[1:-1] for c in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"}
 
 
 class DataError(UserError):

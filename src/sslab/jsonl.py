@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any, Iterable
 
-from sslab.checkpoint import atomic_write_bytes
-from sslab.errors import RunFolderError
+from sslab.safe_write import append_bytes, write_bytes
 
 
 def finite(obj: Any) -> Any:
@@ -28,34 +26,30 @@ def json_line(record: dict[str, Any]) -> str:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The records of `path` ([] when it does not exist), up to the first unreadable line."""
+    """The records (JSON objects) of `path` ([] when it does not exist), up to the first unreadable line; a line
+    holding anything but an object (edited by hand) is skipped."""
     if not path.exists():
         return []
     records = []
-    for line in path.read_text().splitlines():
+    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut by a crash
+            record = json.loads(line)
+        except (ValueError, RecursionError):  # a line cut by a crash
             break
+        if isinstance(record, dict):
+            records.append(record)
     return records
 
 
 def append_jsonl(path: Path, record: dict[str, Any], resume_hint: str = "") -> None:
-    """Append one record, fsynced (the checkpoint written next covers it, so a power cut cannot lose it); a
-    full disk is a RunFolderError naming the file."""
-    try:
-        with open(path, "a") as f:
-            f.write(json_line(record))
-            f.flush()
-            os.fsync(f.fileno())
-    except OSError as e:
-        raise RunFolderError(f"could not write {path} ({e.strerror or e}); free disk space"
-                             + (f" and continue with {resume_hint}" if resume_hint else "")) from None
+    """Append one record, fsynced (the checkpoint written next covers it, so a power cut cannot lose it), never
+    through a link; a full disk is a RunFolderError naming the file."""
+    append_bytes(path, json_line(record).encode(), hint=f"and continue with {resume_hint}" if resume_hint else "")
 
 
 def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
     """Replace `path` atomically with `records`."""
-    atomic_write_bytes(path, "".join(json_line(r) for r in records).encode())
+    write_bytes(path, "".join(json_line(r) for r in records).encode())
 
 
 def keep_until(path: Path, last_epoch: int) -> None:

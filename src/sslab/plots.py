@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import json
 import logging
 import textwrap
@@ -73,7 +74,9 @@ def figure_style() -> Iterator[None]:
     level = font_log.level
     font_log.setLevel(logging.ERROR)
     try:
-        with plt.rc_context({"font.family": list(_font_families())}), warnings.catch_warnings():
+        # text.parse_math off: class and run names are shown as written ("$\\foo{$" is a folder name, not maths)
+        with plt.rc_context({"font.family": list(_font_families()), "text.parse_math": False}), \
+                warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from", category=UserWarning)
             warnings.filterwarnings("ignore", message=r"Matplotlib currently does not support", category=UserWarning)
             yield
@@ -95,22 +98,36 @@ def new_figure(width: float = 6.4, height: float = 4.0):
 
 
 def save_figure(fig, path) -> None:
-    """Lay out (titles wrapped to fit the canvas), write the PNG, close the figure."""
+    """Lay out (titles wrapped to fit the canvas), write the PNG (rendered in memory, then written by
+    `safe_write.write_bytes`: atomically, never through a link inside a run folder), close the figure."""
     import matplotlib.pyplot as plt
 
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from sslab.safe_write import write_bytes
+
+    path = Path(path)
     try:
         with figure_style():
-            for text in _all_texts(fig):  # made outside figure_style: give them its fonts
+            for text in _all_texts(fig):  # made outside figure_style: give them its fonts, and no maths parsing
                 text.set_fontfamily(list(_font_families()))
+                text.set_parse_math(False)
             fig.tight_layout()
             for _ in range(4):  # wrapping moves the axes, which moves the titles: settle in a few rounds
                 if not fit_titles(fig):
                     break
                 fig.tight_layout()
-            fig.savefig(path)
+            buffer = _NamedBuffer(path)
+            fig.savefig(buffer, format=path.suffix.lstrip(".").lower() or "png")
+        write_bytes(path, buffer.getvalue(), durable=False)  # a figure can be drawn again
     finally:
         plt.close(fig)
+
+
+class _NamedBuffer(io.BytesIO):
+    """A figure's bytes in memory, named after the file they go to."""
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.name = str(path)
 
 
 def _all_texts(fig) -> list:

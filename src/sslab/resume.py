@@ -18,11 +18,12 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from sslab.checkpoint import atomic_write_bytes, first_line, load_checkpoint
+from sslab.checkpoint import first_line, load_checkpoint
 from sslab.config import Config
 from sslab.errors import CheckpointError, ConfigError, DataError
 from sslab.kit import BatchSource, LoopPosition, restore_position
 from sslab.run import RunDir
+from sslab.safe_write import write_bytes
 from sslab.settings import coerce, dump_yaml, flag, types_of
 
 Log = Callable[[str], None]
@@ -112,7 +113,7 @@ class Resumed:
         """Everything checked: config.yaml now says what the run goes on with; the metrics the checkpoint does not
         cover and the temp files of writes cut short go (rank 0 calls it)."""
         if config_changes(read_config(self.run.path), cfg):
-            atomic_write_bytes(self.run.config_path, dump_yaml(cfg.to_dict()))
+            write_bytes(self.run.config_path, dump_yaml(cfg.to_dict()))
         if self.state is None:  # stopped before its first checkpoint: starts again in its folder
             self.run.truncate_metrics(-1)
         self.run.remove_temp_files()
@@ -146,6 +147,35 @@ def check_state(state: dict[str, Any], cfg: Config, data_info: dict[str, Any]) -
         raise ConfigError(f"--epochs {cfg.method.epochs} but the run has finished {done} epochs; pass --epochs {done} "
                           "or more")
     check_same_data(state, data_info)
+    check_loop_state(loop, cfg.method.batch_size, data_info.get("train_images"))
+
+
+def check_loop_state(loop: dict[str, Any], batch_size: int | None, n_train: int | None) -> None:
+    """A checkpoint's position fits the data it resumes on: a whole number of finished epochs, a step inside an
+    epoch, and (mid-epoch) a sample order that is a permutation of the training images; else CheckpointError
+    (resuming would skip or repeat images silently, or stop in an IndexError)."""
+    def damaged(what: str) -> CheckpointError:
+        return CheckpointError(f"the checkpoint's loop state is damaged: {what}; use another checkpoint "
+                               "(checkpoints/epoch_*.pt) or start a new run")
+
+    epoch, step = loop.get("epoch", 0), loop.get("step_in_epoch", 0)
+    if not _is_int(epoch) or epoch < 0:
+        raise damaged(f"epoch is {epoch!r}, not a count of finished epochs (0 or more)")
+    steps = n_train // batch_size if _is_int(n_train) and _is_int(batch_size) and batch_size > 0 else None
+    if not _is_int(step) or step < 0 or (steps is not None and step >= max(steps, 1)):
+        where = f" 0..{steps - 1} ({steps} steps per epoch of {n_train} images at --batch-size {batch_size})" if steps else ""
+        raise damaged(f"step_in_epoch is {step!r}, outside{where or ' 0 or more'}")
+    perm = loop.get("perm")
+    if step == 0 and perm is None:
+        return
+    if not isinstance(perm, torch.Tensor) or perm.ndim != 1 or perm.dtype != torch.int64:
+        raise damaged("a mid-epoch checkpoint without its sample order")
+    if _is_int(n_train) and (len(perm) != n_train or not torch.equal(perm.sort().values, torch.arange(n_train))):
+        raise damaged(f"its sample order holds {len(perm)} indices, not an order of the {n_train} training images")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def check_same_data(state: dict[str, Any], now: dict[str, Any]) -> None:

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -19,10 +18,12 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from sslab.checkpoint import atomic_write_bytes
+from sslab import safe_write
 from sslab.config import Config
 from sslab.errors import CheckpointError, RunFolderError
 from sslab.jsonl import append_jsonl, finite
+from sslab.safe_write import write_bytes
+from sslab.settings import dump_yaml
 
 log = logging.getLogger("sslab.run")
 
@@ -31,7 +32,7 @@ MIN_FREE_BYTES = 200 * 2**20
 
 class RunDir:
     def __init__(self, path: Path):
-        self.path = Path(path)
+        self.path = safe_write.add_boundary(path)  # nothing is written through a link inside it
 
     # ---- paths ------------------------------------------------------------------------------------
     config_path = property(lambda self: self.path / "config.yaml")
@@ -44,8 +45,11 @@ class RunDir:
 
     @classmethod
     def existing(cls, path: str | Path) -> "RunDir":
-        """A run folder to resume; CheckpointError when `path` is not one."""
+        """A run folder to resume; CheckpointError when `path` is not one, RunFolderError when a link sits where
+        training writes (refused before anything is read through it)."""
         run = cls(Path(path))
+        if run.path.is_dir():
+            run.refuse_links()
         if not run.config_path.is_file():
             raise CheckpointError(f"{path} is not a run folder (no config.yaml); pass the folder `sslab train` made")
         return run
@@ -63,48 +67,51 @@ class RunDir:
         _check_free(_existing_parent(out / name), need_bytes)  # before the folder is made: a refused run leaves nothing
         run = cls(_make_folder(out, name, suffix=cfg.train.name is None))
         run.check_writable(need_bytes)
-        try:
-            cfg.save(run.config_path)
-        except OSError as e:
-            raise RunFolderError(f"cannot write {run.config_path} ({e.strerror or e}); choose a writable --out "
-                                 "with free space") from None
+        write_bytes(run.config_path, dump_yaml(cfg.to_dict()), hint="or choose another --out")
         return run
 
     def lock(self) -> "RunDir":
         """Hold RUN/.lock until this process ends or `run_locks()` exits: a second process training the same
-        folder (two `--resume` at once) gets one line. An flock, so the OS drops it when the process dies:
-        a `kill -9` leaves no stale lock."""
+        folder (two `--resume` at once) gets one line. The OS drops the lock when the process dies (a `kill -9`
+        leaves no stale lock); the file is never truncated nor opened through a link (`safe_write.lock_file`).
+        Temp files of writes a dead holder cut short are removed once the lock is held."""
         key = str(self.path.resolve())
         if key in _HELD:
             return self
         try:
-            fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+            fd = safe_write.open_lock_file(self.path / LOCK_FILE)
         except OSError as e:
             raise RunFolderError(f"cannot write to run folder {self.path} ({e.strerror or e}); check its "
                                  "permissions") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        if not safe_write.lock_file(fd):
+            holder = safe_write.read_holder(fd)
             os.close(fd)
             raise RunFolderError(f"run folder {self.path} is in use by another sslab process (pid {holder}); wait "
-                                 "for it to finish or stop it, then try again") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+                                 "for it to finish or stop it, then try again")
+        safe_write.write_holder(fd)
         _HELD[key] = fd
+        self.refuse_links()  # before anything is read or written: a link where train writes is refused at once
+        self.remove_temp_files()
         return self
 
+    def refuse_links(self) -> None:
+        """RunFolderError for a link at any file train writes, or anywhere in plots/, checkpoints/, tensorboard/."""
+        refuse_links_in(self.path, [name.rstrip(".") for name in TRAIN_FILES], ["plots", "checkpoints", "tensorboard"])
+
     def check_writable(self, need_bytes: int = 0) -> None:
-        _probe(self.path, [self.plots_dir, self.checkpoints_dir], "run folder")
+        """Before training (and before the data loads): the folders train writes can be written, none of its
+        files is a link (refused in one line, not after an epoch's work), and the disk has room."""
+        for folder in (self.path, self.plots_dir, self.checkpoints_dir, self.tensorboard_dir):
+            safe_write.check_writable(folder, what="run folder", advice="choose a writable --out")
+        self.refuse_links()
         _check_free(self.path, need_bytes)
 
     def remove_temp_files(self) -> None:
-        """Temp files of writes cut short (`kill -9` during a checkpoint); the files they replace are intact.
-        Only files: a folder with a temp file's name is not ours to delete (and would stop `unlink`)."""
-        for folder in (self.path, self.checkpoints_dir):
-            for tmp in folder.glob(".*.tmp"):
-                if tmp.is_file() or tmp.is_symlink():
-                    tmp.unlink(missing_ok=True)
+        """Temp files of writes cut short (`kill -9` during a checkpoint, even the first); the files they replace
+        are intact. Only train's own (another command may be writing its files meanwhile), and only files: a
+        folder with a temp file's name is not ours to delete."""
+        safe_write.remove_temp_files(self.path, TRAIN_FILES)
+        safe_write.remove_temp_files(self.checkpoints_dir)
 
     # ---- metrics ----------------------------------------------------------------------------------
     def append_metrics(self, record: dict[str, Any]) -> None:
@@ -141,18 +148,19 @@ class RunDir:
         if missing:
             log.warning("%s has no record of epoch(s) %s (lost or unreadable); the curves skip them",
                         self.metrics_path, ", ".join(map(str, missing)))
-        atomic_write_bytes(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+        write_bytes(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept).encode())
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        atomic_write_bytes(self.summary_path, (json.dumps(finite(summary), indent=2) + "\n").encode())
+        write_bytes(self.summary_path, (json.dumps(finite(summary), indent=2) + "\n").encode())
 
     def write_json(self, name: str, data: dict[str, Any]) -> Path:
         path = self.path / name
-        atomic_write_bytes(path, (json.dumps(finite(data), indent=2) + "\n").encode())
+        write_bytes(path, (json.dumps(finite(data), indent=2) + "\n").encode())
         return path
 
 
 LOCK_FILE = ".lock"
+TRAIN_FILES = ("config.yaml.", "metrics.jsonl.", "summary.json.")  # what train writes at the top of a run folder
 _HELD: dict[str, int] = {}  # run folders this process holds the lock of -> the lock file's descriptor
 
 
@@ -165,7 +173,9 @@ def run_locks() -> Iterator[None]:
         yield
     finally:
         for key in set(_HELD) - before:
-            os.close(_HELD.pop(key))
+            fd = _HELD.pop(key)
+            safe_write.unlock_file(fd)
+            os.close(fd)
 
 
 def check_run_name(name: str) -> None:
@@ -177,7 +187,8 @@ def check_run_name(name: str) -> None:
 
 def _make_folder(out: Path, name: str, suffix: bool) -> Path:
     """mkdir without exist_ok (atomic): a name taken meanwhile gets the next suffix (-2, -3, ...) when `suffix`;
-    else an existing folder is taken only if it is empty and not locked by another run."""
+    else an existing folder is taken only if it is empty, not locked by another run, and a real folder inside
+    --out (not a link to a folder elsewhere)."""
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -186,6 +197,7 @@ def _make_folder(out: Path, name: str, suffix: bool) -> Path:
         path = out / (name if i == 1 else f"{name}-{i}")
         try:
             path.mkdir()
+            _check_inside(out, path)
             RunDir(path).lock()
             return path
         except FileExistsError:
@@ -193,6 +205,7 @@ def _make_folder(out: Path, name: str, suffix: bool) -> Path:
                 continue
         except OSError as e:
             raise RunFolderError(f"cannot write to --out folder {out} ({e.strerror or e}); choose a writable --out") from None
+        _check_inside(out, path)
         if path.is_dir() and not any(p.name != LOCK_FILE for p in path.iterdir()):
             RunDir(path).lock()  # then look again: another run may have filled it meanwhile
             if not any(p.name != LOCK_FILE for p in path.iterdir()):
@@ -200,6 +213,13 @@ def _make_folder(out: Path, name: str, suffix: bool) -> Path:
         raise RunFolderError(f"run folder {path} already exists and is not empty; "
                              f"choose another --name, or continue it with --resume {path}")
     raise RunFolderError(f"could not make a new run folder {out / name}-N; choose another --name")
+
+
+def _check_inside(out: Path, path: Path) -> None:
+    """The run folder `path` is a real folder right inside --out: not a link, not somewhere else."""
+    if path.is_symlink() or path.resolve().parent != out.resolve():
+        raise RunFolderError(f"{path} is a symbolic link (to {path.resolve()}); a run folder is made inside --out, "
+                             "never through a link; choose another --name, or remove the link")
 
 
 # what every record of an epoch >= 1 has (the curves need them); the epoch-0 record (before training) holds
@@ -229,31 +249,43 @@ def disk_free(path: Path) -> int:
     return shutil.disk_usage(path).free
 
 
-def _probe(path: Path, subdirs: list[Path], what: str, advice: str = "choose a writable --out") -> None:
-    try:
-        for d in (path, *subdirs):
-            d.mkdir(parents=True, exist_ok=True)
-        for d in (path, *subdirs):
-            probe = d / f".write-test-{os.getpid()}"
-            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666))
-            probe.unlink()
-    except OSError as e:
-        raise RunFolderError(f"cannot write to {what} {path} ({e.strerror or e}); {advice}") from None
+# what each command writes at the top of a run folder, by the subfolder it writes into (None: `report`)
+OUTPUT_FILES = {"eval": ("eval.json", "probe.pt", "kmeans-cache.npz"), "projector": ("embeddings.npz",),
+                "analysis": ("analysis.json", "embeddings.npz", "kmeans-cache.npz"), "attention": (),
+                "scan": ("kmeans-cache.npz",), "export": (), None: ("report.html",)}
 
 
 def check_output_folder(run_dir: str | Path, subdir: str | None = None) -> None:
-    """`eval`, `embed`, `analyze`, `attention` and `report` write into the run folder (and `subdir` of it):
-    checked before any work, so a read-only folder costs a second, not the whole evaluation."""
-    path = Path(run_dir)
-    _probe(path, [path / subdir] if subdir else [], "run folder",
-           "make it writable, or copy the run folder somewhere writable and pass that")
+    """`eval`, `embed`, `analyze`, `attention`, `scan`, `export` and `report` write into the run folder (files
+    `OUTPUT_FILES[subdir]` at its top, and anything in `subdir`): checked before any work, so a read-only folder
+    or a link where the command writes costs a second, not the whole evaluation. Marks the folder as a run
+    folder (`safe_write.add_boundary`): nothing written inside it follows a link."""
+    path = safe_write.add_boundary(run_dir)
+    advice = "make it writable, or copy the run folder somewhere writable and pass that"
+    safe_write.check_writable(path, what="run folder", advice=advice)
+    if subdir:
+        safe_write.check_writable(path / subdir, what="run folder", advice=advice)
+    refuse_links_in(path, OUTPUT_FILES.get(subdir, ()), [subdir] if subdir else [])
+
+
+def refuse_links_in(run_dir: Path, files: tuple[str, ...] | list[str], folders: list[str]) -> None:
+    """RunFolderError (one line) for a link at any of `files`, or anywhere in `folders`, of the run folder: the
+    places a command will write, checked before it starts."""
+    for name in files:
+        safe_write.refuse_links(run_dir / name)
+    for name in folders:
+        safe_write.refuse_links(run_dir / name)
+        if (run_dir / name).is_dir() and not (run_dir / name).is_symlink():
+            link = next((p for p in (run_dir / name).rglob("*") if p.is_symlink()), None)
+            if link is not None:
+                safe_write.refuse_links(link)
 
 
 def check_out_dir(out: str | Path, need_bytes: int = 0) -> None:
     """--out is (or can be made) a writable folder on a disk with MIN_FREE_BYTES (+ `need_bytes`) free: checked
     before the data is loaded, so a bad --out fails in a second, not after a long load."""
     path = Path(out).expanduser()
-    _probe(path, [], "--out folder")
+    safe_write.check_writable(path, what="--out folder", advice="choose a writable --out")
     _check_free(path, need_bytes)
 
 

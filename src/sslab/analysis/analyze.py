@@ -28,14 +28,23 @@ from sslab.run import RunDir
 
 ANALYSIS_JSON = "analysis.json"
 ANALYSIS_DIR = "analysis"
+MIN_MAP_SIZE, MAX_MAP_SIZE = 200, 8000  # side of the t-SNE image maps, pixels
+
+
+def check_options(max_points: int, map_size: int, n_init: int) -> None:
+    """analyze's numbers, before any work (one line naming the flag)."""
+    if max_points < 10:
+        raise ConfigError("--max-points must be >= 10")
+    if n_init < 1:
+        raise ConfigError(f"--n-init must be >= 1, not {n_init}")
+    if not MIN_MAP_SIZE <= map_size <= MAX_MAP_SIZE:  # the map is map_size^2 x 3 floats in memory
+        raise ConfigError(f"--map-size must be in {MIN_MAP_SIZE}..{MAX_MAP_SIZE} pixels, not {map_size} (a map of "
+                          f"{MAX_MAP_SIZE} px already takes {3 * 4 * MAX_MAP_SIZE**2 / 2**30:.1f} GiB while it is drawn)")
 
 
 def analyze_run(trained: TrainedRun, split: str = "test", max_points: int = 5000, seed: int = 0,
                 map_size: int = 1600, n_init: int = 10, log: Callable[[str], None] = print) -> dict[str, Any]:
-    if max_points < 10:
-        raise ConfigError("--max-points must be >= 10")
-    if n_init < 1 or map_size < 200:
-        raise ConfigError("--n-init must be >= 1 and --map-size >= 200")
+    check_options(max_points, map_size, n_init)
     start = time.perf_counter()
     cfg, run = trained.cfg, RunDir(trained.run_dir)
     info = trained.data_info

@@ -64,13 +64,9 @@ def compute_embeddings(backbone: torch.nn.Module, data: ImageData, split: str = 
 
 
 def save_embeddings(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    import io
+    from sslab.safe_write import write_stream
 
-    from sslab.checkpoint import atomic_write_bytes
-
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
-    atomic_write_bytes(path, buffer.getvalue())
+    write_stream(path, lambda f: np.savez_compressed(f, **arrays))
 
 
 def load_embeddings(path: Path) -> dict[str, np.ndarray]:
@@ -96,6 +92,8 @@ def write_projector(log_dir: Path, emb: Embeddings, classes: list[str], max_poin
     At most `max_points` points (a seeded random subset) so the sprite stays loadable."""
     from torch.utils.tensorboard import SummaryWriter
 
+    from sslab.safe_write import replacing_folder
+
     n = len(emb.labels)
     rows = np.arange(n)
     if n > max_points:
@@ -103,17 +101,16 @@ def write_projector(log_dir: Path, emb: Embeddings, classes: list[str], max_poin
     names = [classes[y] if 0 <= y < len(classes) else "unlabelled" for y in emb.labels[rows]]
     metadata = [[name, str(emb.split[r]), str(emb.indices[r])] for name, r in zip(names, rows)]
     rows_t = torch.from_numpy(rows).to(emb.images.device)
-    if log_dir.is_dir():  # ours: a second `embed` replaces the projector instead of adding a step beside it
-        import shutil
-
-        shutil.rmtree(log_dir)
-    writer = SummaryWriter(str(log_dir))
-    try:
-        writer.add_embedding(emb.features[rows_t.to(emb.features.device)].float().cpu(), metadata=metadata,
-                             metadata_header=["class", "split", "index"], label_img=sprite_thumbnails(emb.images[rows_t]),
-                             tag="backbone_features", global_step=0)
-    finally:
-        writer.close()
+    # TensorBoard writes its files itself (through any link): into a new folder, which then replaces the old
+    # projector (a second `embed` replaces it instead of adding a step beside it)
+    with replacing_folder(log_dir) as fresh:
+        writer = SummaryWriter(str(fresh))
+        try:
+            writer.add_embedding(emb.features[rows_t.to(emb.features.device)].float().cpu(), metadata=metadata,
+                                 metadata_header=["class", "split", "index"],
+                                 label_img=sprite_thumbnails(emb.images[rows_t]), tag="backbone_features", global_step=0)
+        finally:
+            writer.close()
     return {"points": int(len(rows)), "dir": str(log_dir)}
 
 

@@ -163,6 +163,8 @@ def _stage_images(paths: list[Path], staging: Path, image_size: int | None, prog
     def one(i: int) -> str | None:
         try:
             image = read_image(paths[i], image_size)  # H x W x C uint8
+        except MemoryError:  # the machine's fault, not the file's: not "unreadable"
+            raise
         except Exception as e:  # as the loader: a damaged file is left out and listed
             return f"{type(e).__name__}: {e}"
         if image_size:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from sslab.errors import RunFolderError
+from sslab.safe_write import read_inside, write_bytes
 
 REPORT_FILE = "report.html"
 MAX_TABLE_ROWS = 200
@@ -82,22 +83,41 @@ def flatten(d: Any, prefix: str = "") -> list[tuple[str, Any]]:
 
 
 def figure(path: Path, root: Path) -> str:
-    """An <img> with the PNG inline as a data URI, and its path as the caption."""
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    """An <img> with the PNG inline as a data URI, and its path as the caption ("" for a file that is not a
+    regular, non-empty file inside the run folder: a link is never followed, so nothing from elsewhere is
+    embedded)."""
+    raw = read_inside(path, root)
+    if not raw:
+        return ""
+    data = base64.b64encode(raw).decode("ascii")
     rel = path.relative_to(root)
     return (f'<figure><img src="data:image/png;base64,{data}" alt="{_esc(rel)}">'
             f"<figcaption>{_esc(rel)}</figcaption></figure>")
 
 
 def figures(paths: Iterable[Path], root: Path) -> str:
-    return "".join(figure(p, root) for p in paths if p.is_file() and p.stat().st_size > 0)
+    return "".join(figure(p, root) for p in paths)
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def _read_json(path: Path, root: Path) -> dict[str, Any] | None:
+    """A JSON object from a regular file inside the run folder; None for anything else (missing, a link, not
+    JSON, a JSON list)."""
+    raw = read_inside(path, root)
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        found = json.loads(raw.decode("utf-8")) if raw is not None else None
+    except (ValueError, RecursionError):
         return None
+    return found if isinstance(found, dict) else None
+
+
+def _section(build, run: Path, source: str, command: str) -> str:
+    """A section built from a JSON file written by sslab; one that does not hold what the command writes (edited
+    by hand, or by another version) is named instead of stopping the report."""
+    try:
+        return build(run)
+    except (TypeError, AttributeError, KeyError, ValueError, IndexError) as e:
+        return (f'<p class="missing">{_esc(source)} does not hold what <code>{_esc(command)}</code> writes '
+                f"({_esc(type(e).__name__)}); run it again.</p>")
 
 
 def _missing(what: str, command: str) -> str:
@@ -111,7 +131,7 @@ def _baseline_sentence(sentence: str | None) -> str:
 
 # ---- sections ----------------------------------------------------------------------------------------------------
 def section_summary(run: Path) -> str:
-    summary = _read_json(run / "summary.json")
+    summary = _read_json(run / "summary.json", run)
     if summary is None:
         return _missing("summary (the run has not finished)", f"sslab train --resume {run}")
     return table(["field", "value"], [[k, _pct(v) if _is_accuracy(k) else _fmt(v)] for k, v in summary.items()])
@@ -123,7 +143,7 @@ def _is_accuracy(key: str) -> bool:
 
 
 def section_eval(run: Path) -> str:
-    ev = _read_json(run / "eval.json")
+    ev = _read_json(run / "eval.json", run)
     if ev is None:
         return _missing("evaluation", f"sslab eval {run}")
     from sslab.eval.baselines import below_baseline_sentence
@@ -151,7 +171,7 @@ def section_eval(run: Path) -> str:
 
 
 def section_analysis(run: Path) -> str:
-    an = _read_json(run / "analysis.json")
+    an = _read_json(run / "analysis.json", run)
     pngs = sorted((run / "analysis").glob("*.png"))
     if an is None and not pngs:
         return _missing("analysis", f"sslab analyze {run}")
@@ -180,7 +200,7 @@ def section_attention(run: Path) -> str:
     pngs = sorted((run / "attention").glob("*.png"))
     if not pngs:
         return _missing("attention maps", f"sslab attention {run}")
-    info = _read_json(run / "attention" / "attention.json") or {}
+    info = _read_json(run / "attention" / "attention.json", run) or {}
     note = ""
     if info:
         cam = info.get("gradcam")
@@ -197,7 +217,7 @@ def section_scan(run: Path) -> str | None:
     """scan.json as tables: ACC (%) and NMI/ARI (0-1, as in the k-means table) per stage, the setting, and the
     config folded away."""
     scan_dir = run / "scan"
-    scan = _read_json(scan_dir / "scan.json")
+    scan = _read_json(scan_dir / "scan.json", run)
     if scan is None:
         return None
     scores = []
@@ -247,19 +267,25 @@ def build_report(run_dir: str | Path) -> Path:
     if not config_path.is_file():
         raise RunFolderError(f"{run} is not a run folder (no config.yaml); pass a folder made by `sslab train` or "
                              "`sslab demo`")
+    config_text = read_inside(config_path, run)
+    if config_text is None:
+        raise RunFolderError(f"{config_path} is a link or not a regular file; the report reads only the run folder's "
+                             "own files; put the run's config.yaml back")
     cfg = Config.load(config_path)
     title = run_title(cfg)
     sections: list[tuple[str, str, str]] = [
         ("config", "Config", f"<details><summary>config.yaml (the resolved config)</summary>"
-                             f"<pre>{_esc(config_path.read_text())}</pre></details>"),
-        ("summary", "Training summary", section_summary(run)),
+                             f"<pre>{_esc(config_text.decode('utf-8', errors='replace'))}</pre></details>"),
+        ("summary", "Training summary", _section(section_summary, run, "summary.json", f"sslab train --resume {run}")),
         ("curves", "Learning curves", figures(sorted((run / "plots").glob("*.png")), run)
          or _missing("learning curves", f"sslab train --resume {run}")),
-        ("eval", "Evaluation", section_eval(run)),
-        ("analysis", "Analysis: PCA, t-SNE, k-means", section_analysis(run)),
-        ("attention", "Attention", section_attention(run)),
+        ("eval", "Evaluation", _section(section_eval, run, "eval.json", f"sslab eval {run}")),
+        ("analysis", "Analysis: PCA, t-SNE, k-means", _section(section_analysis, run, "analysis.json",
+                                                               f"sslab analyze {run}")),
+        ("attention", "Attention", _section(section_attention, run, "attention/attention.json",
+                                            f"sslab attention {run}")),
     ]
-    scan = section_scan(run)
+    scan = _section(section_scan, run, "scan/scan.json", f"sslab scan {run}")
     if scan is not None:
         sections.append(("scan", "SCAN clustering", scan))
     previews = sorted(run.glob("augment-preview*.png"))
@@ -272,8 +298,6 @@ def build_report(run_dir: str | Path) -> Path:
             f'<link rel="icon" href="data:,"><title>{_esc(title)}</title><style>{CSS}</style></head><body>'
             f"<h1>{_esc(title)}</h1><p class=\"sub\">{_esc(run.resolve())} · report written "
             f"{_esc(time.strftime('%Y-%m-%d %H:%M'))}</p><nav>{nav}</nav>{body}</body></html>\n")
-    from sslab.checkpoint import atomic_write_bytes
-
     path = run / REPORT_FILE
-    atomic_write_bytes(path, page.encode("utf-8"))
+    write_bytes(path, page.encode("utf-8"), durable=False)  # a report can be written again
     return path

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import signal
 from dataclasses import dataclass
 from typing import Callable
 
@@ -65,32 +63,12 @@ def eval_options(args: argparse.Namespace) -> EvalOptions:
     return opts
 
 
-@contextlib.contextmanager
-def sigterm_as_interrupt():
-    """SIGTERM ends `eval` like Ctrl-C (one line, exit 130) instead of killing it mid-write."""
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:  # not the main thread: leave the default
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def eval_command(args: argparse.Namespace, log: Callable[[str], None] = print) -> int:
     opts = eval_options(args)
     trained = load_trained(args.run, on_run(args).device)
     check_output_folder(trained.run_dir, "eval")
-    if trained.device.type == "cpu" and opts.protocol in ("standard", "both") and opts.probe_epochs >= 50:
-        log(f"note: the standard probe runs {opts.probe_epochs} epochs on the CPU; --protocol fast or "
-            "--probe-epochs N is quicker")
-    with sigterm_as_interrupt():  # results already in eval.json are kept; a rerun continues
-        result = evaluate_run(trained, opts, log)  # Interrupted (a signal, --time-limit): the CLI says so
+    # a stop (signal, --time-limit) raises Interrupted, which the CLI prints with the command that continues
+    result = evaluate_run(trained, opts, log, device_flag=getattr(args, "device", None))
     log(format_results(result))
     log(written_line(result))
     return 0

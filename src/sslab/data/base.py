@@ -11,6 +11,8 @@ from typing import Union
 
 import torch
 
+from sslab.errors import DataError
+
 
 @dataclass
 class ImageData:
@@ -35,8 +37,14 @@ class ImageData:
     def __post_init__(self) -> None:
         for x in (self.train_x, self.test_x):
             assert x.dtype == torch.uint8 and x.ndim == 4, "images must be uint8 (N, C, H, W)"
+        for y in (self.train_y, self.test_y):  # -1: unlabelled; anything else outside the classes breaks kNN
+            if len(y) and (int(y.min()) < -1 or int(y.max()) >= len(self.classes)):
+                raise DataError(f"{self.name}: labels span {int(y.min())}..{int(y.max())} but there are "
+                                f"{len(self.classes)} classes (0..{len(self.classes) - 1}, -1 unlabelled); the data "
+                                "is damaged: replace it with the original files")
         if not self.mean:
             self.mean, self.std = channel_stats(self.train_x)
+        self.std = tuple(max(float(s), STD_FLOOR) for s in self.std)  # also a cache's, from before the floor
 
     @property
     def nbytes(self) -> int:
@@ -138,6 +146,11 @@ def gather(images: Images, indices: torch.Tensor, out: torch.Tensor | None = Non
     return torch.index_select(images, 0, indices, out=out)
 
 
+# the smallest per-channel std normalisation divides by: a channel that never changes (all images black in red,
+# say) has std 0; one grey level keeps its normalised values finite (0 for a constant channel)
+STD_FLOOR = round(1 / 255, 4)
+
+
 def channel_stats(x: Images, chunk_bytes: int = 64 * 2**20) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std in [0, 1] of uint8 images (N, C, H, W), in chunks of about `chunk_bytes` of
     float64 working memory (a fixed image count would cost gigabytes at 96 px and above)."""
@@ -152,5 +165,5 @@ def channel_stats(x: Images, chunk_bytes: int = 64 * 2**20) -> tuple[tuple[float
         s2 += c.square_().sum(dim=(0, 2, 3)).cpu()
     n = x.shape[0] * x.shape[2] * x.shape[3]
     mean = s / n
-    std = (s2 / n - mean**2).clamp_min(1e-12).sqrt()
-    return tuple(round(v, 4) for v in mean.tolist()), tuple(round(v, 4) for v in std.tolist())
+    std = (s2 / n - mean**2).clamp_min(0).sqrt()
+    return tuple(round(v, 4) for v in mean.tolist()), tuple(max(round(v, 4), STD_FLOOR) for v in std.tolist())

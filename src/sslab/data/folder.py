@@ -398,6 +398,11 @@ def _labels(pairs: list[tuple[np.ndarray, int]]) -> torch.Tensor:
 def _read_or_reason(path: Path, image_size: int | None) -> np.ndarray | str:
     try:
         return read_image(path, image_size)
+    except MemoryError:  # not the file's fault: the machine ran out of memory (it would be filed as unreadable)
+        advice = (f"at --image-size {image_size} the decoded dataset does not fit: free memory or use a smaller "
+                  "--image-size" if image_size else "without --image-size each image is decoded at its own size: "
+                  "pass --image-size 96 (or another size) to decode large images reduced")
+        raise DataError(f"out of memory while decoding {path}; {advice}") from None
     except Exception as e:  # PIL raises many kinds (OSError, SyntaxError, ValueError, ...) for damaged files
         return f"{type(e).__name__}: {e}"
 

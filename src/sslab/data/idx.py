@@ -5,6 +5,7 @@ them (`root/MNIST/raw/`, `root/FashionMNIST/raw/`) or directly in `root`. MNIST 
 from __future__ import annotations
 
 import gzip
+import math
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -111,6 +112,12 @@ def decode(dataset: IdxDataset, files: list[Path] | list[list[Path]]) -> ImageDa
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
             raise DataError(f"{path}: images {images.shape} with labels {labels.shape}; expected (N, H, W) images "
                             "and N labels: replace the files with the official ones")
+        outside = np.unique(labels[(labels < 0) | (labels >= len(dataset.classes))])
+        if len(outside):
+            label_path = parts[1 if path == parts[0][0] else 3][0]
+            shown = ", ".join(str(v) for v in outside[:5]) + (", ..." if len(outside) > 5 else "")
+            raise DataError(f"{label_path} has labels outside 0..{len(dataset.classes) - 1} ({shown}); replace it with "
+                            "the official file")
     return ImageData(dataset.name, _images(train_x), _labels(train_y), _images(test_x), _labels(test_y),
                      list(dataset.classes))
 
@@ -132,7 +139,7 @@ def read_idx(path: Path) -> np.ndarray:
     header = 4 + 4 * ndim
     dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4)) if len(raw) >= header else ()
     dtype = np.dtype(IDX_DTYPES[raw[2]])
-    expected = header + int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    expected = header + math.prod(dims) * dtype.itemsize  # Python ints: a damaged header cannot overflow
     if len(dims) != ndim or len(raw) != expected:
         raise DataError(f"{path} is {len(raw)} bytes but its header says {expected} (dims {dims}): it is truncated "
                         "or damaged; replace it with the official file")

@@ -15,6 +15,7 @@ from sslab.data.source import LoadRequest, Source
 from sslab.errors import DataError
 from sslab.registry import DATASETS
 
+MAX_UNNAMED_CLASSES = 100_000  # more classes than any image benchmark: a larger label is a damaged file
 LAYOUT_HINT = "a .npz file with x_train, y_train, x_test, y_test (Keras style)"
 
 
@@ -63,6 +64,12 @@ def decode(path: Path, name: str) -> ImageData:
     else:  # no test split shipped: load_dataset holds out a stratified share
         test_x, test_y = train_x[:0], train_y[:0]
     n_classes = int(max(train_y.max(initial=-1), test_y.max(initial=-1))) + 1
+    lowest = int(min(train_y.min(initial=0), test_y.min(initial=0)))
+    if lowest < -1:
+        raise DataError(f"{path}: a label is {lowest}; labels are class numbers 0..K-1 (-1: unlabelled)")
+    if "classes" not in found and n_classes > MAX_UNNAMED_CLASSES:
+        raise DataError(f"{path}: a label is {n_classes - 1}; labels are class numbers 0..K-1, at most "
+                        f"{MAX_UNNAMED_CLASSES - 1:,} without a 'classes' array naming them; fix the labels")
     classes = [str(c) for c in found["classes"].tolist()] if "classes" in found else [str(c) for c in range(n_classes)]
     if len(classes) < n_classes:
         raise DataError(f"{path}: labels go up to {n_classes - 1} but 'classes' names only {len(classes)}")

@@ -100,6 +100,31 @@ def kmeans_fit(train: np.ndarray, test: np.ndarray, k: int, seed: int = 0, n_ini
             "centres": model.cluster_centers_}
 
 
+def _read_cache(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of RUN/kmeans-cache.npz; {} when it is missing or damaged (then k-means runs again)."""
+    import zipfile
+    import zlib
+
+    if not path.is_file():
+        return {}
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {n: z[n] for n in z.files}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error):
+        return {}
+
+
+def _fits(found: dict[str, Any], n_train: int, n_test: int, k: int) -> bool:
+    """A cached k-means result holds assignments in 0..k-1 for these train and test features (not a damaged or
+    hand-made file)."""
+    train, test, centres = found["train"], found["test"], found["centres"]
+    if not all(isinstance(a, np.ndarray) for a in (train, test, centres)):
+        return False
+    labels_ok = all(a.ndim == 1 and a.dtype.kind in "iu" and (not a.size or 0 <= a.min() <= a.max() < k)
+                    for a in (train, test))
+    return labels_ok and len(train) == n_train and len(test) == n_test and centres.ndim == 2 and len(centres) == k
+
+
 def features_key(features: list[np.ndarray], **settings: Any) -> str:
     """A fingerprint of the feature arrays and the settings (sha1 of their bytes)."""
     h = hashlib.sha1(repr(sorted(settings.items())).encode())
@@ -117,15 +142,11 @@ def cached_kmeans(run_dir: Path | None, name: str, train: np.ndarray, test: np.n
     result per feature set. The cache holds only arrays (loaded with allow_pickle=False)."""
     key = features_key([train, test], k=k, seed=seed, n_init=n_init)
     path = Path(run_dir) / KMEANS_CACHE if run_dir is not None else None
-    stored: dict[str, np.ndarray] = {}
-    if path is not None and path.is_file():
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                stored = {n: z[n] for n in z.files}
-        except (OSError, ValueError):
-            stored = {}
-        if str(stored.get(f"{name}/key", "")) == key:
-            return {part: stored[f"{name}/{part}"] for part in ("train", "test", "centres")}
+    stored = _read_cache(path) if path is not None else {}
+    if str(stored.get(f"{name}/key", "")) == key:
+        found = {part: stored.get(f"{name}/{part}") for part in ("train", "test", "centres")}
+        if _fits(found, len(train), len(test), k):
+            return found  # type: ignore[return-value]
     result = kmeans_fit(train, test, k, seed, n_init)
     if path is not None:
         from sslab.checkpoint import atomic_write_bytes

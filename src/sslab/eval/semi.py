@@ -35,13 +35,15 @@ def finetune(backbone: nn.Module, images: torch.Tensor, labels: torch.Tensor, nu
              mean: Sequence[float], std: Sequence[float], epochs: int = 30, batch_size: int = 64, lr: float = 0.05,
              weight_decay: float = 5e-4, crop_scale: tuple[float, float] | None = None, flip_p: float | None = None,
              seed: int = 0, bf16: bool | None = None, log: Callable[[str], None] | None = None,
-             loop: LoopSettings | None = None) -> tuple[nn.Module, nn.Module, dict]:
+             loop: LoopSettings | None = None, identity: dict | None = None,
+             keep_checkpoint: bool = False, name: str = "fine-tune") -> tuple[nn.Module, nn.Module, dict]:
     """Fine-tune a copy of `backbone` and a linear head on (images, labels); returns (backbone, head, details).
 
     The head is a linear layer behind a BatchNorm without affine parameters (folded at test time into its
     running statistics); backbone BatchNorms train as in pre-training. One lr for backbone and head
     (not scaled with the batch: the subsets are small), cosine to 0 per step. Runs on the kit's epoch loop:
     with `loop.checkpoint` it resumes exactly after a signal or `--time-limit`, and a NaN loss stops it.
+    `name`, `identity` and `keep_checkpoint` as in `train_standard_probe`.
     """
     start = time.perf_counter()
     device = next(backbone.parameters()).device
@@ -78,10 +80,10 @@ def finetune(backbone: nn.Module, images: torch.Tensor, labels: torch.Tensor, nu
     say = log or (lambda message: None)
     settings = {"protocol": "semi", "n": n, "labels_sum": int(labels.sum()), "epochs": epochs,
                 "batch_size": source.batch_size, "lr": lr, "weight_decay": weight_decay, "seed": seed,
-                "augment": repr(augment.params)}
+                "augment": repr(augment.params), **({"identity": identity} if identity else {})}
     state = matching_checkpoint(loop.checkpoint, settings, say)
-    losses, _ = run_probe_loop("fine-tune", epochs, source, nn.ModuleDict({"net": net, "head": head}), opt, gen, settings,
-                               state, loop, step, {}, say, every=max(1, epochs // 3))
+    losses, _ = run_probe_loop(name, epochs, source, nn.ModuleDict({"net": net, "head": head}), opt, gen, settings,
+                               state, loop, step, {}, say, every=max(1, epochs // 3), keep_checkpoint=keep_checkpoint)
     recalibrate_batchnorm(nn.Sequential(net, head), images, mean, std, source.batch_size)
     net.eval()
     head.eval()

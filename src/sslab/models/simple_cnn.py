@@ -6,12 +6,19 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from sslab.errors import ConfigError
 from sslab.registry import BACKBONES
+
+MIN_IMAGE_SIZE = 8  # three 2x2 max-pools: a smaller image has no pixel left
 
 
 class SimpleCNN(nn.Module):
     def __init__(self, in_channels: int = 3, image_size: int = 32, width: int = 64, batchnorm: bool = False):
         super().__init__()
+        if image_size < MIN_IMAGE_SIZE:
+            raise ConfigError(f"simple-cnn needs images of at least {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE} pixels (it halves "
+                              f"them 3 times), these are {image_size}x{image_size}; pass --image-size "
+                              f"{MIN_IMAGE_SIZE} or more, or use --backbone resnet18")
         blocks: list[nn.Module] = []
         c = in_channels
         for _ in range(3):

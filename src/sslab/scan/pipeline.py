@@ -33,13 +33,14 @@ from sslab.augment.presets import Augmenter, AugmentParams
 from sslab.augment.strong import StrongAugmenter
 from sslab.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
 from sslab.data.base import ImageData
-from sslab.errors import ConfigError, RunFolderError
+from sslab.errors import CheckpointError, ConfigError
 from sslab.eval.baselines import below_baseline_sentence, kmeans_record
 from sslab.eval.clustering import cached_kmeans, clustering_scores
 from sslab.eval.features import extract_features, finite_features, normalize_images
 from sslab.kit import BatchSource, EpochLog, EpochLoop, LoopCheckpoint, LoopPosition, StopFlag
 from sslab.pretrained import TrainedRun, load_trained, run_folder
-from sslab.run import RunDir
+from sslab.run import RunDir, check_output_folder
+from sslab.safe_write import refuse_links
 from sslab.scan.config import STAGES, ScanConfig, stage_settings
 from sslab.scan.loss import scan_loss, selflabel_loss
 from sslab.scan.model import ClusterModel
@@ -156,6 +157,9 @@ def load_stage(ctx: ScanContext, stage: str) -> Optional[dict[str, Any]]:
         return None
     state = load_checkpoint(path, map_location="cpu")
     want, have = ctx.settings(stage), state.get("settings", {})
+    if not isinstance(have, dict):
+        raise CheckpointError(f"{path} is not a SCAN {stage} stage file written by sslab (its settings are a "
+                              f"{type(have).__name__}); pass --restart {stage} to redo the stage")
     changed = [f"{k}={have.get(k)!r} (now {v!r})" for k, v in want.items() if have.get(k) != v]
     if changed:
         raise ConfigError(f"{path} was made with other settings: {', '.join(changed[:4])}; rerun with the same "
@@ -485,6 +489,7 @@ def scan_dir(run_dir: str | Path) -> Path:
 def saved_config(run_dir: str | Path) -> Optional[ScanConfig]:
     """RUN/scan/config.yaml of an earlier `sslab scan`, if any (a rerun without flags continues with it)."""
     path = scan_dir(run_dir) / "config.yaml"
+    refuse_links(path, root=run_dir)  # scan rewrites it: a link there is refused before it is even read
     return ScanConfig.load(path) if path.exists() else None
 
 
@@ -514,7 +519,7 @@ def run_scan(run_dir: str | Path, cfg: Optional[ScanConfig] = None, *, until: st
     cfg.validate()
     trained = load_trained(run_dir, cfg.device)
     out = scan_dir(trained.run_dir)
-    _check_writable(out)
+    check_output_folder(trained.run_dir, "scan")  # before any work: a read-only folder, a link inside RUN/scan
     if restart is not None:
         clear_stages(out, restart)
     data = trained.load_data().to(trained.device)
@@ -571,16 +576,6 @@ def run_stages(ctx: ScanContext, states: dict[str, Optional[dict[str, Any]]], un
                 log("selflabel: done before, loaded selflabel.pt")
             model, final_stage = selflabel_model_from(ctx, selflabel), "selflabel"
     return results, mine, model, final_stage
-
-
-def _check_writable(path: Path) -> None:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        raise RunFolderError(f"cannot write to {path} ({e.strerror or e}); make the run folder writable") from None
 
 
 def summary_line(report: dict[str, Any]) -> str:

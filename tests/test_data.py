@@ -970,6 +970,7 @@ def test_val_without_train_is_read_as_a_class_and_said_so(tmp_path, caplog):
 
 
 def test_imagenet100_is_made_of_links_to_the_cmc_classes(tmp_path, capsys):
+    from sslab import cli
     from sslab.data import imagenet100
 
     assert len(imagenet100.CLASSES) == len(set(imagenet100.CLASSES)) == 100
@@ -978,16 +979,16 @@ def test_imagenet100_is_made_of_links_to_the_cmc_classes(tmp_path, capsys):
     for split in ("train", "val"):
         for wnid in imagenet100.CLASSES + ["n99999999"]:  # one class more: ImageNet-1k has 900 more
             save_image(imagenet / split / wnid / f"{split}.png", np.full((4, 4, 3), int(wnid[-2:]), np.uint8))
-    assert imagenet100.main(["--imagenet", str(imagenet), "--out", str(tmp_path / "in100")]) == 0
+    assert cli.main(["imagenet100", "--imagenet", str(imagenet), "--out", str(tmp_path / "in100")]) == 0
     assert "100 class folders in train/" in capsys.readouterr().out
     assert all((tmp_path / "in100" / "train" / wnid).is_symlink() for wnid in imagenet100.CLASSES)  # no copies
     data = load_dataset("folder", tmp_path / "in100", cache=False)
     assert data.classes == sorted(imagenet100.CLASSES) and data.train_x.shape == (100, 3, 4, 4) and len(data.test_x) == 100
-    assert imagenet100.main(["--imagenet", str(imagenet), "--out", str(tmp_path / "in100")]) == 0  # again: kept
+    assert cli.main(["imagenet100", "--imagenet", str(imagenet), "--out", str(tmp_path / "in100")]) == 0  # again: kept
 
     shutil.rmtree(imagenet / "val")
     save_image(imagenet / "val" / "ILSVRC2012_val_00000001.png", np.zeros((4, 4, 3), np.uint8))  # the raw, flat val/
-    assert imagenet100.main(["--imagenet", str(imagenet), "--out", str(tmp_path / "other")]) == 2
+    assert cli.main(["imagenet100", "--imagenet", str(imagenet), "--out", str(tmp_path / "other")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("sslab: error: ") and "sort them into val/<wnid>/" in err
 

@@ -2,7 +2,7 @@
 class folders of CMC's subset (Tian et al., "Contrastive Multiview Coding", 2019, the list `imagenet100.txt`
 of github.com/HobbitLong/CMC), the ImageNet-100 of solo-learn and of most self-supervised papers' tables.
 
-    python -m sslab.data.imagenet100 --imagenet /data/imagenet --out /data/imagenet100
+    sslab imagenet100 --imagenet /data/imagenet --out /data/imagenet100
     sslab train --dataset folder --data-dir /data/imagenet100 --image-size 224 ...
 
 `--imagenet` is laid out as torchvision's `ImageFolder` (and Facebook's SimSiam/MoCo code) expect:
@@ -11,13 +11,11 @@ the ImageNet class folder (126,689 training and 5,000 validation images); the fo
 """
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 from pathlib import Path
 from typing import Sequence
 
-from sslab.errors import DataError, UserError
+from sslab.errors import DataError
 
 # CMC's imagenet100.txt, in its order (the folder loader sorts the classes by name)
 CLASSES = """
@@ -63,25 +61,3 @@ def make_subset(imagenet: Path, out: Path, classes: Sequence[str] = CLASSES) -> 
                                 "(or run as administrator) to allow symbolic links") from None
         linked[split] = len(classes)
     return linked
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sslab.data.imagenet100", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--imagenet", required=True, type=Path,
-                        help="the ImageNet-1k folder, with train/<wnid>/ and val/<wnid>/")
-    parser.add_argument("--out", required=True, type=Path,
-                        help="the folder to create the ImageNet-100 links in (new or empty)")
-    args = parser.parse_args(argv)
-    try:
-        counts = make_subset(args.imagenet.expanduser(), args.out.expanduser())
-    except UserError as e:
-        print(f"sslab: error: {e}", file=sys.stderr)
-        return e.exit_code
-    print(f"ImageNet-100 in {args.out}: {counts['train']} class folders in train/ and {counts['val']} in val/, linked "
-          f"to {args.imagenet}; train on it with --dataset folder --data-dir {args.out}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

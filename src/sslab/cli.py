@@ -149,6 +149,9 @@ LARGE_IMAGE_SIZE = 512  # pixels a side: above this, the images themselves are t
 
 def out_of_memory_advice(args: argparse.Namespace) -> str:
     """What to change after running out of memory: the cause, when the flags show it."""
+    if getattr(args, "data_on_device", None) == "always":
+        return ("--data-on-device always holds the whole dataset on the device; use auto (streams it from host memory "
+                "when it does not fit) or never")
     size = getattr(args, "image_size", None)
     if isinstance(size, str) and size.isdigit():
         size = int(size)

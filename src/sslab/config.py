@@ -28,6 +28,7 @@ from sslab.errors import ConfigError
 from sslab.methods import METHODS, MethodSettings
 from sslab.progress import DEFAULT_EVERY
 from sslab.registry import BACKBONES, DATASETS
+from sslab.streaming import PLACEMENT_HELP, PLACEMENTS
 from sslab.settings import Rule, check, coerce, dump_yaml, flag, names_of, read_yaml_file, setting, shown, to_dict, \
     types_of
 
@@ -95,6 +96,9 @@ class DataConfig:
                                choices=lambda: sorted({"train", *(s for splits in TRAIN_SPLITS.values() for s in splits)}))
     image_size: Optional[int] = setting(None, "resize every image to this side in pixels; none: the native size "
                                         "(image folders: the most common one)", ge=8, le=4096)
+    store_size: Optional[int] = setting(None, "cache images with this side in pixels and random-resized-crop "
+                                        "--image-size from them on the device (256 for 224 keeps 1.3x the bytes); "
+                                        "none: the training size", ge=8, le=4096)
     test_fraction: float = setting(TEST_FRACTION, "datasets without a test split: the share held out as test images, "
                                    "stratified and seeded", ge=0, lt=1)
     strict: bool = setting(False, "refuse an image folder with unreadable images instead of skipping and listing them")
@@ -119,6 +123,7 @@ class TrainConfig:
     device: str = device_setting()
     precision: str = precision_setting()
     channels_last: Optional[bool] = channels_last_setting()
+    data_on_device: str = setting("auto", PLACEMENT_HELP, choices=PLACEMENTS)
     compile: str = setting("off", "torch.compile the model's step (reduce-overhead adds CUDA graphs, GPU only)",
                            choices=COMPILE_MODES)
     fused: Optional[bool] = setting(None, "the fused SGD/AdamW kernel (one launch for all parameters; LARS has none); "

@@ -42,6 +42,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("look", "one self-contained HTML page of the run: RUN/report.html"),
     "export-images": ("data_tools", "write every image of a dataset as PNG: OUT/split/class/NNNNN.png"),
     "preview-augment": ("data_tools", "a grid of a method's augmented views of some images (PNG)"),
+    "imagenet100": ("data_tools", "make ImageNet-100 (CMC's 100 classes) from ImageNet by links"),
     "export": ("export", "the trained backbone for other code: safetensors + .pt (sslab, torchvision or timm names) "
                          "or ONNX; prints the code that loads it"),
     "compare": ("compare", "several runs side by side: one table, overlaid kNN and loss curves, one HTML page, in a "

@@ -99,7 +99,8 @@ def test_interrupted_loop_resumes_to_the_uninterrupted_result(trained, loop):
         stopped = sslab(args, SSLAB_TEST_SIGNAL_AT_STEP=f"{at_step}:{sig}")
         assert stopped.returncode == 128 + number, stopped.stderr
         last = stopped.stderr.strip().splitlines()[-1]
-        assert last.startswith(f"sslab: interrupted by {sig}; checkpoint saved; continue with: sslab "), last
+        # eval's loops also say which stage stopped and what eval.json keeps, before the command that continues
+        assert last.startswith(f"sslab: interrupted by {sig}; checkpoint saved") and "; continue with: sslab " in last, last
         resumed = sslab(args)
         assert resumed.returncode == 0, resumed.stderr
         assert "resuming at epoch" in resumed.stdout
@@ -111,7 +112,7 @@ def test_interrupted_loop_resumes_to_the_uninterrupted_result(trained, loop):
     (["scan", "{run}", *SCAN], "scan/cluster", "--lr"),
     (["scan", "{run}", *SCAN], "scan/selflabel", "--selflabel-lr"),
     (["eval", "{run}", *EVAL], "linear-standard", "learning rate"),
-    (["eval", "{run}", *SEMI], "fine-tune", "learning rate"),
+    (["eval", "{run}", *SEMI], "semi-20pct", "learning rate"),
 ])
 def test_nan_stops_every_loop_in_one_line(trained, capsys, monkeypatch, args, stage, flag):
     """A weight that becomes NaN after the loop's second step (what a learning rate far too high does) stops the

@@ -429,7 +429,7 @@ DIGITS = ["--dataset", "digits"]
     (["--batch-size", "5000"], "--batch-size 5000 is larger than the 1438 training images; lower it"),
     (["--lr", "-0.1"], "--lr -0.1: must be in (0, 100]"),
     (["--crop-scale", "0.9,0.1"], "--crop-scale 0.9,0.1: must be two numbers min,max with min <= max"),
-    (["--method", "simsaim"], "unknown method 'simsaim'; choose one of: byol,"),
+    (["--method", "simsaim"], "unknown method 'simsaim'; choose one of: barlowtwins, byol,"),
     (["--backbone", "resnet19"], "--backbone 'resnet19': must be one of resnet18,"),
     (["--dataset", "cifar11"], "--dataset 'cifar11': must be one of cifar10,"),
     (["--optimizer", "adam"], "--optimizer 'adam': must be one of sgd, adamw or lars"),
@@ -513,7 +513,8 @@ def test_a_real_process_prints_one_line_and_exits_2(tmp_path):
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert p.stderr.strip().splitlines() == [f"sslab: error: image folder {tmp_path / 'nope'} not found; lay it out as "
                                              f"{tmp_path / 'nope'}/<class>/<image>.png, or {tmp_path / 'nope'}/train/"
-                                             f"<class>/... and {tmp_path / 'nope'}/test/<class>/..."]
+                                             f"<class>/... and {tmp_path / 'nope'}/test/<class>/... (or "
+                                             f"{tmp_path / 'nope'}/val/<class>/...)"]
 
 
 def test_time_limit_stops_cleanly_with_a_checkpoint(tmp_path):
@@ -943,7 +944,7 @@ def test_without_fcntl_sslab_trains_resumes_and_refuses_a_concurrent_resume(tmp_
 
 # ---- torchrun ends as sslab does (issue #22) ------------------------------------------------------------------------
 def sslab_torchrun(args: list[str], **env: str) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", **env}
+    full_env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{HOOKS}", "OMP_NUM_THREADS": "1", **env}
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         full_env.pop(k, None)
     cmd = [sys.executable, "-W", "ignore::FutureWarning", "-m", "sslab.torchrun", "--standalone", "--nproc_per_node",

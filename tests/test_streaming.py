@@ -317,7 +317,9 @@ def test_knn_monitor_bounds_its_bank_and_the_pixel_baseline_and_says_so(tmp_path
     model = SimpleNamespace(backbone=torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(36, 8)))
     monkeypatch.setattr(pretrain, "KNN_BANK_MAX", 120)
     lines: list[str] = []
-    monitor = pretrain.KnnMonitor(model, data, k=5, t=0.1, bf16=False, channels_last=False, seed=1, log=lines.append)
+    fp32 = pretrain.dev.Precision.for_device("fp32", torch.device("cpu"))
+    monitor = pretrain.KnnMonitor(model, data, k=5, t=0.1, precision=fp32, channels_last=False, seed=1,
+                                  log=lines.append)
     assert lines == ["kNN bank: a stratified subset of 120 of the 300 training images (seed 1), each class in its "
                      "share"]
     rows = monitor.rows

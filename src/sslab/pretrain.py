@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -212,8 +213,10 @@ def compiled(model: Method, cfg: Config, device: torch.device, world: int) -> Ca
     Buffers are kept equal by construction (synced BN stats, gathered MoCo keys), so DDP does not broadcast them."""
     forward: Any = model
     if world > 1:
-        forward = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if dev.is_gpu(device) else None, broadcast_buffers=False)
+        with warnings.catch_warnings():  # torch >= 2.13 renames the flag; 2.11 knows only this one
+            warnings.filterwarnings("ignore", message=".*broadcast_buffers.* is deprecated", category=FutureWarning)
+            forward = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if dev.is_gpu(device) else None, broadcast_buffers=False)
     mode = cfg.train.compile
     if mode != "off":
         forward = torch.compile(forward, mode=None if mode == "default" else mode)

@@ -238,8 +238,7 @@ class EntryWriter(DecodeSink):
         row_bytes = int(np.prod(image_shape))
         for key, width in ((f"{split}_x", row_bytes), (f"{split}_y", 8)):
             file = self.path / ARRAYS[key][0]
-            mode = "r+b" if file.exists() else "wb"
-            f = open(file, mode)
+            f = open(file, "r+b") if file.exists() else open(file, "wb")
             f.truncate(rows * width)
             f.seek(rows * width)
             self._files[key] = f
@@ -490,7 +489,7 @@ def _file_lock(entry: Path) -> Any:
 
     lock = FileLock(str(entry.with_name(entry.name + ".lock")))
     # touch the lock file now: an unwritable cache folder shows here (OSError), before any decoding
-    with open(lock.lock_file, "a"):
+    with open(lock.lock_file, "ab"):
         pass
     return lock
 

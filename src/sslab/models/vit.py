@@ -120,6 +120,11 @@ class VisionTransformer(nn.Module):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
 
+    def stages(self) -> dict[str, nn.Module]:
+        """The named stages (the transformer blocks; their outputs are tokens, B x 1+N x dim), for hooks. `sslab
+        attention` draws a ViT's CLS attention per head instead of channel-mean maps (`cls_attention`)."""
+        return {f"block{i + 1}": block for i, block in enumerate(self.blocks)}
+
     def position_embedding(self, h: int, w: int) -> torch.Tensor:
         """(1, 1 + h * w, dim): the learned table, its patch part resampled bicubically for an h x w grid."""
         if h == w == self.grid:

@@ -16,6 +16,7 @@ def knn_curve(summary: dict) -> list[float]:
     return [r["knn_top1"] for r in records if r.get("epoch", 0) >= 1 and r.get("knn_top1") is not None]
 
 
+@pytest.mark.slow  # minutes on 2 cores; the demo's output and order are checked fast (mocked training) below
 def test_demo_recipe_beats_its_untrained_network_in_one_epoch(tmp_path):
     # measured (2 cores): 82.1% untrained -> 83.7% after one epoch (raw pixels 83.1%); SimSiam's recipe on
     # simple-cnn drops from 82.2% to 79.6% in its first epoch on this data, so this fails for a recipe that

@@ -4,13 +4,15 @@ Stages, each stopped on its own time budget (seconds of wall time, `--budget-STA
   speed     SimSiam, ResNet-18, CIFAR-10, batch 512: s/epoch, images/s, peak memory, eager and compiled
             (compile time = first compiled epoch - steady compiled epoch), then the peer pipeline
             (lightly, PIL transforms, DataLoader workers) in this same process, and the ratio of epoch times
-  methods   the same figures for SimCLR and BYOL (eager, a few epochs each)
+  methods   the same figures for SimCLR and BYOL (eager, a few epochs each; `--methods` names any others)
   stl96     96 px throughput and memory on synthetic STL-10-sized data (random uint8 images), batch 256
   accuracy  a time-boxed run of the fastest recipe: as many epochs as fit the budget at the measured
             s/epoch, kNN top-1 against wall time (where "88% kNN in 9 minutes" stands)
   after     `sslab eval`, `analyze`, `scan` and `report` on that run, each timed
   resume    an interrupt-and-resume: two uninterrupted runs and one SIGINTed mid-epoch then resumed; every
             epoch's loss within docs/reliability.md's GPU tolerance, kNN within 2 points
+  streaming the speed stage's CIFAR-10 run streamed from the host's mapped cache (--data-on-device never)
+            against it resident; ResNet-50 SimSiam at 224 px on a synthetic mapped cache, resident and streamed
 It prints its config and the device, writes one JSON (`OUT/gpu_suite.json`, rewritten after every stage,
 so a run cut short keeps what it measured) and the rows of docs/benchmarks.md (`OUT/gpu_suite_rows.md`).
 
@@ -40,6 +42,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "hooks"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/scale.py's synthetic cache
 
 from sslab.cli import main as sslab_main  # noqa: E402
 from sslab.config import Config, own_settings  # noqa: E402
@@ -48,13 +51,15 @@ from sslab.data.base import ImageData  # noqa: E402
 from sslab.device import device_name, peak_memory_gib, pick_device, reset_peak_memory  # noqa: E402
 from sslab.run import RunDir  # noqa: E402
 from sslab.kit import Interrupted  # noqa: E402
+from sslab.methods import METHODS  # noqa: E402
 from signal_at_step import signal_at_step  # noqa: E402
 from sslab.pretrain import fit  # noqa: E402
+from scale import synthetic_cache  # noqa: E402
 
-STAGES = ("speed", "methods", "stl96", "accuracy", "after", "resume")
+STAGES = ("speed", "methods", "stl96", "accuracy", "after", "resume", "streaming")
 # seconds per stage on one H100/H200 (465; the data load takes the rest of 8 minutes). The accuracy stage gets
 # whatever the whole budget leaves after the later stages' reserve (so also what the earlier stages did not use).
-BUDGETS = {"speed": 165, "methods": 55, "stl96": 25, "accuracy": 105, "after": 70, "resume": 45}
+BUDGETS = {"speed": 165, "methods": 55, "stl96": 25, "accuracy": 105, "after": 70, "resume": 45, "streaming": 50}
 SMOKE_BUDGETS = {s: 300.0 for s in STAGES}  # plumbing, not speed: a loaded CI machine must not cut stages short
 DOCS_BEGIN, DOCS_END = "<!-- gpu-suite:begin -->", "<!-- gpu-suite:end -->"
 
@@ -72,6 +77,11 @@ class Scale:
     stl_epochs: int = 2
     resume_images: int = 10240
     resume_epochs: int = 3
+    stream_epochs: int = 2  # each streamed/resident run of the streaming stage
+    stream_backbone: str = "resnet50"
+    stream_images: int = 4096  # synthetic, 0.6 GB at 224 px
+    stream_size: int = 224
+    stream_batch: int = 128
     knn_k: int = 200
     heads: dict[str, int] = field(default_factory=dict)  # method overrides (smaller projector/predictor)
     accuracy_max_epochs: int | None = None
@@ -82,7 +92,8 @@ class Scale:
 
 
 SMOKE = Scale(backbone="simple-cnn", batch_size=32, speed_epochs=2, method_epochs=1, stl_images=32, stl_batch=16,
-              stl_epochs=1, resume_images=96, resume_epochs=2, knn_k=10, accuracy_max_epochs=2,
+              stl_epochs=1, resume_images=96, resume_epochs=2, knn_k=10, accuracy_max_epochs=2, stream_epochs=1,
+              stream_backbone="simple-cnn", stream_images=48, stream_size=32, stream_batch=16,
               heads={"proj_hidden": 64, "proj_dim": 64, "pred_hidden": 16},
               eval_flags=("--protocol", "both", "--probe-epochs", "1", "--probe-batch-size", "32"),
               analyze_flags=("--max-points", "60", "--n-init", "1", "--map-size", "200"),
@@ -261,8 +272,9 @@ def peer_stub(suite: Suite) -> dict[str, Any]:
 def stage_methods(suite: Suite, budget: float) -> dict[str, Any]:
     end = time.perf_counter() + budget
     result = {}
-    for i, method in enumerate(("simclr", "byol")):
-        share = (end - time.perf_counter()) / (2 - i)
+    methods = suite.args.methods.split(",")
+    for i, method in enumerate(methods):
+        share = (end - time.perf_counter()) / (len(methods) - i)
         result[method] = suite.train(suite.base_config(method, suite.scale.method_epochs, f"methods-{method}"), share)
     return result
 
@@ -411,9 +423,30 @@ def subset(data: ImageData, n: int, seed: int = 0) -> ImageData:
                      data.mean, data.std)
 
 
+# ---- stage 7: streamed against resident ----------------------------------------------------------------
+def stage_streaming(suite: Suite, budget: float) -> dict[str, Any]:
+    """The speed stage's eager CIFAR-10 recipe streamed from the host's memory-mapped cache (its resident figures
+    are the speed stage's), then SimSiam on a synthetic mapped cache at 224 px, resident and streamed."""
+    s, end = suite.scale, time.perf_counter() + budget
+    cifar = suite.train(suite.base_config("simsiam", s.stream_epochs, "streaming-cifar", data_on_device="never"),
+                        budget / 3)
+    resident = suite.results.get("stages", {}).get("speed", {}).get("eager", {})
+    shape = (3, s.stream_size, s.stream_size)
+    big = synthetic_cache(suite.runs / f"streaming-cache-{s.stream_size}px", s.stream_images, shape)
+    result = {"cifar_streamed": cifar, "cifar_resident_images_per_s": resident.get("images_per_s"),
+              "large": {"images": s.stream_images, "image_size": s.stream_size, "backbone": s.stream_backbone,
+                        "batch": s.stream_batch, "cache_gb": big.nbytes / 1e9}}
+    for i, placement in enumerate(("always", "never")):
+        cfg = suite.base_config("simsiam", s.stream_epochs, f"streaming-{s.stream_size}px-{placement}",
+                                batch_size=s.stream_batch, data_on_device=placement)
+        cfg["model"]["backbone"], cfg["data"] = s.stream_backbone, {"dataset": "folder"}
+        result["large"][placement] = suite.train(cfg, (end - time.perf_counter()) / (2 - i), data=big)
+    return result
+
+
 STAGE_FUNCTIONS: dict[str, Callable[[Suite, float], dict[str, Any]]] = {
     "speed": stage_speed, "methods": stage_methods, "stl96": stage_stl96, "accuracy": stage_accuracy,
-    "after": stage_after, "resume": stage_resume}
+    "after": stage_after, "resume": stage_resume, "streaming": stage_streaming}
 
 
 # ---- running the stages ---------------------------------------------------------------------------------
@@ -495,6 +528,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     choices=["default", "max-autotune", "reduce-overhead"], help="torch.compile mode (default: default)")
     ap.add_argument("--peer-epochs", type=int, default=4, help="epochs of the peer (default: 4)")
     ap.add_argument("--peer-workers", type=int, default=16, help="DataLoader workers of the peer (default: 16)")
+    ap.add_argument("--methods", default="simclr,byol",
+                    help="comma-separated methods of the methods stage, sharing its budget; any of: "
+                         f"{', '.join(METHODS.names())} (default: simclr,byol)")
     ap.add_argument("--accuracy-method", default="simsiam", help="method of the time-boxed run (default: simsiam)")
     ap.add_argument("--accuracy-overhead-s", type=float, default=12.0,
                     help="seconds the accuracy run spends outside epochs (model build, kNN at 0, plots)")
@@ -602,11 +638,24 @@ def stage_rows(name: str, r: dict[str, Any], scale: dict[str, Any]) -> list[tupl
         accs = ", ".join(f"{k} {_pct(v)}" for k, v in {**f.get("eval", {}), **{f"SCAN {k}": v for k, v in
                                                                                f.get("scan_acc", {}).items()}}.items())
         return [("eval, analyze, scan, report on that run", f"{times}; {accs}")]
+    if name == "streaming":
+        return streaming_rows(r)
     worst = max(r["epochs"], key=lambda e: e["loss_gap"] / e["loss_limit"], default=None)
     detail = (f"; worst epoch {worst['epoch']}: loss gap {worst['loss_gap']:.2e} (limit {worst['loss_limit']:.2e}), "
               f"kNN gap {100 * worst['knn_gap']:.1f} points") if worst else ""
     return [(f"SIGINT at step {r['interrupted_at_step']}, then --resume",
              ("within" if r["within_tolerance"] else "OUTSIDE") + " docs/reliability.md's tolerance" + detail)]
+
+
+def streaming_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
+    cifar, big = r["cifar_streamed"], r["large"]
+    resident = r.get("cifar_resident_images_per_s")
+    ratio = (f"; {cifar['images_per_s'] / resident:.2f}x the resident run's images/s" if resident and
+             cifar.get("images_per_s") else "")
+    setup = f"SimSiam {big['backbone']} {big['image_size']} px, batch {big['batch']}, {big['images']} synthetic images"
+    return [("the speed stage's run, streamed from the mapped cache", speed_cell(cifar) + ratio),
+            (f"{setup}, resident", speed_cell(big.get("always", {}))),
+            (f"{setup}, streamed", speed_cell(big.get("never", {})))]
 
 
 def accuracy_row(r: dict[str, Any]) -> tuple[str, str]:

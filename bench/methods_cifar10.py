@@ -6,7 +6,7 @@ cut off (a device call has a 10-minute limit) is resumed when the same command i
 table can be filled over several calls. Prints a markdown table of the runs found under --out.
 
     python bench/methods_cifar10.py --data /tmp/data/cifar10-jpeg --out .data/runs --epochs 200 \
-        --methods simsiam phinet xphinet simclr byol mocov2 [--weight-decay 5e-3 --tag wd5e-3] [--time-limit 540]
+        [--methods simsiam simclr ...] [--weight-decay 5e-3 --tag wd5e-3] [--time-limit 540]    # default: every method
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from sslab.config import Config  # noqa: E402
+from sslab.methods import METHODS  # noqa: E402
 from sslab.pretrain import Interrupted, fit  # noqa: E402
 
 
@@ -30,7 +31,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--methods", nargs="+", default=["simsiam", "phinet", "xphinet", "simclr", "byol", "mocov2"])
+    ap.add_argument("--methods", nargs="+", default=METHODS.names(), choices=METHODS.names(),
+                    help="methods to train (default: every registered one)")
     ap.add_argument("--epochs", type=int, default=200)
     ap.add_argument("--batch-size", type=int, default=512)
     ap.add_argument("--weight-decay", type=float, default=None, help="override every recipe's weight decay")

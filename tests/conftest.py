@@ -18,6 +18,32 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 # the test hooks (tests/hooks/signal_at_step.py: a signal after a chosen step of any loop) importable in-process
 sys.path.insert(0, str(Path(__file__).resolve().parent / "hooks"))
 
+# the benchmark data beside the checkout (../shared/data), looked at first; then where the CLI looks
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def shared_dataset_root(name: str) -> Path | None:
+    """A folder that holds dataset `name`, found as `sslab train --dataset name` would: ../shared/data first,
+    then the CLI's own search without --data-dir ($SSLAB_DATA/<name>, ~/.cache/sslab/data/<name>, and system
+    folders such as Debian's /usr/share/datasets/fashion-mnist: `sslab.data.found_data_dir`). None when the CLI
+    would not find it either. Tests pass the result as data_dir, so a test runs wherever the CLI finds the data."""
+    from sslab.data import found_data_dir
+    from sslab.data.source import LoadRequest
+    from sslab.errors import DataError
+    from sslab.registry import DATASETS
+
+    try:
+        DATASETS.get(name)(LoadRequest(SHARED_DATA, root_given=True))
+        return SHARED_DATA
+    except DataError:
+        return found_data_dir(name)
+
+
+def needs_dataset(name: str) -> pytest.MarkDecorator:
+    """Skip unless `shared_dataset_root(name)` finds the dataset."""
+    return pytest.mark.skipif(shared_dataset_root(name) is None,
+                              reason=f"{name} not found in {SHARED_DATA} nor where `sslab datasets` looks")
+
 
 @pytest.fixture(autouse=True, scope="session")
 def dataset_cache_in_a_temp_folder(tmp_path_factory):

@@ -173,7 +173,8 @@ def test_preview_augment_writes_a_picture(tmp_path):
 # ---- commands end to end ---------------------------------------------------------------------------------------
 def test_analyze_command_writes_figures_json_and_clusters(tiny_run, capsys):  # noqa: F811
     assert main(["analyze", str(tiny_run), "--device", "cpu", "--max-points", "100", "--map-size", "400"]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert [f"analyze {i}/6:" in err for i in range(1, 7)] == [True] * 6  # each step announced (stderr)
     assert "components" in out and "ARI" in out  # the tables printed in the terminal
     an = json.loads((tiny_run / "analysis.json").read_text())
     assert an["kmeans"]["k"] == 10 and an["kmeans"]["n_init"] == 10

@@ -192,18 +192,19 @@ def test_an_npz_label_far_outside_is_a_data_error_not_out_of_memory(tmp_path, ca
 
 def test_labels_outside_the_classes_are_refused_and_a_cache_holding_them_is_decoded_again(tmp_path):
     from sslab.data.base import ImageData
-    from sslab.data.cache import _payload, load_or_decode
+    from sslab.data.cache import ARRAYS, in_memory_build, load_or_build
 
     x = torch.zeros(4, 1, 8, 8, dtype=torch.uint8)
     with pytest.raises(DataError, match="labels span 0..7 but there are 2 classes"):
         ImageData("d", x, torch.tensor([0, 1, 7, 1]), x[:0], torch.zeros(0, dtype=torch.int64), ["a", "b"])
     good = ImageData("d", x, torch.tensor([0, 1, 0, 1]), x[:0], torch.zeros(0, dtype=torch.int64), ["a", "b"])
-    damaged = _payload(good, [])
-    damaged["train_y"] = torch.tensor([0, 1, 99, 1])
-    torch.save(damaged, tmp_path / "d.pt")
-    data = load_or_decode("d.pt", tmp_path, lambda: good)
+    entry = tmp_path / "d"
+    load_or_build(entry, in_memory_build(lambda: good), lambda: good, resumable=False)
+    np.array([0, 1, 99, 1], dtype=np.int64).tofile(entry / ARRAYS["train_y"][0])  # the cache damaged in place
+    data = load_or_build(entry, in_memory_build(lambda: good), lambda: good, resumable=False)
     assert data.train_y.tolist() == [0, 1, 0, 1]
-    assert load_or_decode("d.pt", tmp_path, lambda: None).train_y.tolist() == [0, 1, 0, 1]  # rewritten
+    assert load_or_build(entry, in_memory_build(lambda: None), lambda: None, resumable=False).train_y.tolist() == [
+        0, 1, 0, 1]  # rewritten
 
 
 def test_running_out_of_memory_while_decoding_is_not_an_unreadable_image(tmp_path, monkeypatch):

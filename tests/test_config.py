@@ -81,8 +81,8 @@ REFUSED = [
     ("simsiam", {"name": "a/b"}, "--name 'a/b': must be a plain folder name"),
     ("simsiam", {"epochs": 0}, "--epochs"), ("simsiam", {"batch_size": 1}, "--batch-size"),
     ("simsiam", {"lr": 0.0}, "--lr"), ("simsiam", {"test_fraction": 1.0}, "--test-fraction"),
-    ("simsiam", {"precision": "fp8"}, "--precision 'fp8': must be one of auto, bf16 or fp32"),
-    ("simsiam", {"device": "tpu"}, "--device 'tpu': must be auto, cpu, cuda or cuda:N"),
+    ("simsiam", {"precision": "fp8"}, "--precision 'fp8': must be one of auto, bf16, fp16 or fp32"),
+    ("simsiam", {"device": "tpu"}, "--device 'tpu': must be auto, cpu, cuda, cuda:N or mps"),
     ("simsiam", {"crop_scale": (0.5, 0.2)}, "--crop-scale 0.5,0.2: must be two numbers min,max with min <= max"),
     ("simsiam", {"jitter": (0.4, 0.4, 0.4, 0.7)}, "--jitter"), ("simsiam", {"flip_p": 1.5}, "--flip-p"),
     ("phinet", {"third_view": "blurry"}, "--third-view"), ("simsiam", {"dataset": "imagenet"}, "--dataset"),
@@ -110,7 +110,7 @@ def test_every_default_is_within_its_own_range_and_every_setting_has_help():
 def test_a_setting_of_another_method_is_refused_in_one_line_naming_the_methods_settings(capsys):
     assert main(["train", "--method", "simsiam", "--queue-size", "7"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "--queue-size is not a setting of simsiam (it is one of mocov2)" in err
+    assert err.count("\n") == 0 and "--queue-size is not a setting of simsiam (it is one of mocov2, nnclr, swav)" in err
     assert "simsiam's settings: " in err and "--pred-hidden" in err and "--lr" in err
 
 
@@ -144,3 +144,16 @@ def test_an_old_layout_is_translated_once():
     new = cfg.to_dict()
     assert upgrade_layout(new, "x") is new and Config.from_dict(new) == cfg  # today's layout passes unchanged
     assert dataclasses.asdict(Config.from_dict({**OLD, "train": {"epochs": 3}}).method)["epochs"] == 3
+
+
+def test_every_flag_help_reads_as_a_sentence():
+    from sslab.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for command, parser in sub.choices.items():
+        for action in parser._actions:
+            if action.help and action.help != argparse.SUPPRESS:
+                text = action.help.replace("%%", "%")
+                assert text.endswith("."), (command, action.option_strings, text)
+                first = text.split(" ", 1)[0]
+                assert not (first.isalpha() and first.islower() and len(first) > 1), (command, action.option_strings, text)

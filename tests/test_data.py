@@ -4,12 +4,17 @@ class names; the folder loader's modes, sizes and errors; the cache; splits and 
 from __future__ import annotations
 
 import gzip
+import json
 import logging
 import math
 import os
 import pickle
 import struct
+import shutil
+import subprocess
+import sys
 import tarfile
+import threading
 import time
 from pathlib import Path
 
@@ -18,10 +23,12 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from conftest import needs_dataset, shared_dataset_root
 from PIL import Image
 
+import sslab.data
 from sslab.config import DataConfig
-from sslab.data import cifar, folder, idx, load_dataset, load_from_config
+from sslab.data import ImageRows, cache, cifar, folder, idx, load_dataset, load_from_config
 from sslab.data.prepare import resize_images, stratified_split, stratified_subset
 from sslab.errors import ConfigError, DataError, UserError
 from sslab.registry import DATASETS
@@ -50,6 +57,11 @@ def isolated_home(tmp_path_factory, monkeypatch) -> Path:
 def home_cache(isolated_home) -> Path:
     """The default cache folder in these tests."""
     return isolated_home / ".cache" / "sslab" / "cache"
+
+
+def entries(folder: Path, name: str) -> list[Path]:
+    """The complete cache entries of dataset `name` in `folder` (data/cache.py)."""
+    return sorted(p for p in folder.glob(f"{name}-*") if (p / "header.json").is_file())
 
 
 def one_line_data_error(excinfo: pytest.ExceptionInfo) -> str:
@@ -600,7 +612,7 @@ def test_real_cifar10_jpeg_folder_second_load_is_fast(tmp_path):
 def test_cache_second_load_does_not_decode(tmp_path, monkeypatch, home_cache):
     write_cifar10(tmp_path)
     first = load_dataset("cifar10", tmp_path)
-    assert len(list(home_cache.glob("cifar10-*.pt"))) == 1
+    assert len(entries(home_cache, "cifar10")) == 1
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded again although the cache is valid")
@@ -624,16 +636,27 @@ def test_folder_cache_tracks_added_files(tmp_path, monkeypatch):
     assert len(load_dataset("folder", tmp_path, test_fraction=0).train_x) == 7
 
 
-def test_corrupt_cache_is_rebuilt(tmp_path, caplog, home_cache):
+@pytest.mark.parametrize("damage", ["truncated", "changed", "no header", "garbage header", "old format"])
+def test_damaged_cache_is_rebuilt(tmp_path, caplog, home_cache, damage):
     write_cifar10(tmp_path)
-    first = load_dataset("cifar10", tmp_path)
-    (cache_file,) = home_cache.glob("*.pt")
-    cache_file.write_bytes(cache_file.read_bytes()[:1000])
+    first = load_dataset("cifar10", tmp_path).train_x.clone()  # a copy: the damage below is done to the mapped file
+    (entry,) = entries(home_cache, "cifar10")
+    images, header = entry / "train_x.u8", entry / "header.json"
+    if damage == "truncated":
+        images.write_bytes(images.read_bytes()[:1000])
+    elif damage == "changed":  # same size, other bytes: caught by the content hash (a small cache is hashed on load)
+        images.write_bytes(bytes(255 - b for b in images.read_bytes()))
+    elif damage == "no header":  # what a build killed before its end leaves (it never renames it into place)
+        header.unlink()
+    elif damage == "garbage header":
+        header.write_text("{not json")
+    else:
+        header.write_text(header.read_text().replace('"format": 2', '"format": 1'))
     with caplog.at_level(logging.WARNING, logger="sslab.data"):
         second = load_dataset("cifar10", tmp_path)
-    assert "unreadable" in caplog.text and torch.equal(first.train_x, second.train_x)
-    assert torch.load(cache_file, weights_only=True)["train_x"].shape == first.train_x.shape  # rewritten whole
-    assert not [p for p in cache_file.parent.iterdir() if p.suffix == ".tmp"]
+    assert "is not usable" in caplog.text and torch.equal(first, second.train_x)
+    assert entries(home_cache, "cifar10") == [entry] and json.loads(header.read_text())["format"] == 2  # rewritten
+    assert sorted(p.name for p in home_cache.iterdir()) == [entry.name, entry.name + ".lock"]  # nothing left over
 
 
 def test_cache_goes_to_the_user_cache_folder_never_the_data_folder(tmp_path, monkeypatch, home_cache):
@@ -641,16 +664,16 @@ def test_cache_goes_to_the_user_cache_folder_never_the_data_folder(tmp_path, mon
     before = sorted(p.relative_to(tmp_path / "data") for p in (tmp_path / "data").rglob("*"))
     load_dataset("cifar10", tmp_path / "data")  # a read-only data folder works: nothing is written there
     assert sorted(p.relative_to(tmp_path / "data") for p in (tmp_path / "data").rglob("*")) == before
-    assert len(list(home_cache.glob("cifar10-*.pt"))) == 1
+    assert len(entries(home_cache, "cifar10")) == 1
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     load_dataset("cifar10", tmp_path / "data", image_size=16)
-    assert len(list((tmp_path / "xdg" / "sslab" / "cache").glob("cifar10-*.pt"))) == 1
+    assert len(entries(tmp_path / "xdg" / "sslab" / "cache", "cifar10")) == 1
     monkeypatch.setenv("SSLAB_CACHE_DIR", str(tmp_path / "env"))
     load_dataset("cifar10", tmp_path / "data", image_size=16)
-    assert len(list((tmp_path / "env").glob("cifar10-*.pt"))) == 1
+    assert len(entries(tmp_path / "env", "cifar10")) == 1
     load_dataset("cifar10", tmp_path / "data", image_size=16, cache_dir=tmp_path / "data" / "asked")  # --cache-dir
-    assert len(list((tmp_path / "data" / "asked").glob("cifar10-*.pt"))) == 1
+    assert len(entries(tmp_path / "data" / "asked", "cifar10")) == 1
 
 
 def test_unwritable_cache_folder_warns_and_loads_uncached(tmp_path, caplog):
@@ -669,17 +692,327 @@ def test_config_records_the_cache_folder(tmp_path, monkeypatch):
     assert cfg.cache_dir == str(tmp_path / "env")
 
 
+def test_config_records_the_data_folder_found_without_data_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("SSLAB_DATA", str(tmp_path))
+    write_cifar10(tmp_path / "cifar10")
+    cfg = DataConfig(dataset="cifar10")
+    load_from_config(cfg, seed=0)
+    assert cfg.data_dir is not None and len(load_dataset("cifar10", cfg.data_dir).train_x) == 15  # finds it again
+    assert Path(cfg.data_dir) in (tmp_path / "cifar10", *(tmp_path / "cifar10").rglob("*"))
+    bundled = DataConfig(dataset="digits")
+    load_from_config(bundled, seed=0)
+    assert bundled.data_dir is None  # inside the package: nothing to record
+    given = DataConfig(dataset="cifar10", data_dir=str(tmp_path / "cifar10"))
+    load_from_config(given, seed=0)
+    assert given.data_dir == str(tmp_path / "cifar10")
+
+
 def test_cache_key_includes_image_size(tmp_path, home_cache):
     write_cifar10(tmp_path)
     assert load_dataset("cifar10", tmp_path, image_size=16).train_x.shape[-1] == 16
     assert load_dataset("cifar10", tmp_path).train_x.shape[-1] == 32
-    assert len(list(home_cache.glob("*.pt"))) == 2
+    assert len(entries(home_cache, "cifar10")) == 2
+
+
+# ---- the cache is memory-mapped, built chunk by chunk, resumable, locked ------------------------------------
+def test_loading_a_cache_maps_the_images_and_unpickles_nothing(tmp_path, monkeypatch, home_cache):
+    write_cifar10(tmp_path)
+    first = load_dataset("cifar10", tmp_path)
+    (entry,) = entries(home_cache, "cifar10")
+    header = json.loads((entry / "header.json").read_text())
+    assert header["arrays"]["train_x"]["shape"] == [15, 3, 32, 32] and header["classes"] == CIFAR10_CLASSES
+    assert (entry / "train_x.u8").stat().st_size == 15 * 3072  # raw uint8, nothing else
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a cache load must not unpickle")
+
+    for module, name in ((pickle, "load"), (pickle, "loads"), (torch, "load"), (np, "load"), (cifar, "decode")):
+        monkeypatch.setattr(module, name, refuse)
+    second = load_dataset("cifar10", tmp_path)
+    assert torch.equal(second.train_x, first.train_x) and second.classes == first.classes
+    if sys.platform.startswith("linux"):  # the images are pages of the cache file, not a copy
+        assert str(entry / "train_x.u8") in Path("/proc/self/maps").read_text()
+
+
+def test_a_stopped_folder_build_continues_where_it_stopped(tmp_path, monkeypatch, home_cache, capsys):
+    colour_folder(tmp_path / "data", per_class=40)  # 80 images, decoded 8 to a task
+    reference = load_dataset("folder", tmp_path / "data", test_fraction=0, cache=False)
+    monkeypatch.setattr(folder, "_FILES_PER_TASK", 8)
+    monkeypatch.setattr(cache, "CHECKPOINT_SECONDS", 0)  # a record after every chunk
+    real_task, decoded = folder._decode_task, []
+
+    def ctrl_c_after_four_tasks(task):
+        if len(decoded) == 4:
+            raise KeyboardInterrupt
+        decoded.append(len(task[0]))
+        return real_task(task)
+
+    monkeypatch.setattr(folder, "_decode_task", ctrl_c_after_four_tasks)
+    with pytest.raises(KeyboardInterrupt):
+        load_dataset("folder", tmp_path / "data", test_fraction=0)
+    assert entries(home_cache, "folder") == []  # a stopped build is never taken for a cache
+    assert "after 32 source files" in capsys.readouterr().err
+    (partial,) = home_cache.glob("folder-*.partial")
+    assert json.loads((partial / "progress.json").read_text())["splits"]["train"]["files"] == 32
+    with open(partial / "train_x.u8", "ab") as f:  # a chunk written but not recorded before the stop: cut away
+        f.write(b"\x07" * 1000)
+    decoded.clear()
+    monkeypatch.setattr(folder, "_decode_task", lambda task: decoded.append(len(task[0])) or real_task(task))
+    data = load_dataset("folder", tmp_path / "data", test_fraction=0)
+    assert sum(decoded) == 80 - 32  # only what was missing
+    assert torch.equal(data.train_x, reference.train_x) and torch.equal(data.train_y, reference.train_y)
+    assert np.allclose(data.mean, reference.mean, atol=1e-4) and not list(home_cache.glob("*.partial"))
+
+
+def test_a_stopped_build_whose_files_lost_recorded_images_starts_again(tmp_path, monkeypatch, home_cache, caplog):
+    colour_folder(tmp_path, per_class=12)
+    monkeypatch.setattr(folder, "_FILES_PER_TASK", 8)
+    monkeypatch.setattr(cache, "CHECKPOINT_SECONDS", 0)
+    real_task, decoded = folder._decode_task, []
+
+    def stop_after_two(task):
+        if len(decoded) == 2:
+            raise KeyboardInterrupt
+        decoded.append(len(task[0]))
+        return real_task(task)
+
+    monkeypatch.setattr(folder, "_decode_task", stop_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        load_dataset("folder", tmp_path, test_fraction=0)
+    (partial,) = home_cache.glob("folder-*.partial")
+    (partial / "train_x.u8").write_bytes(b"")  # cut below what progress.json recorded: it cannot be trusted
+    decoded.clear()
+    monkeypatch.setattr(folder, "_decode_task", lambda task: decoded.append(len(task[0])) or real_task(task))
+    with caplog.at_level(logging.WARNING, logger="sslab.data"):
+        data = load_dataset("folder", tmp_path, test_fraction=0)
+    assert "lost data it had recorded; starting it again" in caplog.text and sum(decoded) == 24
+    assert torch.equal(data.train_x, load_dataset("folder", tmp_path, test_fraction=0, cache=False).train_x)
+
+
+SLOW_DECODE = """
+import time
+import sslab.data.folder as folder
+
+real = folder._read_or_reason
+
+
+def slow(path, image_size):
+    time.sleep(0.01)
+    return real(path, image_size)
+
+
+folder._read_or_reason = slow
+"""
+
+
+@pytest.mark.slow  # about 15 s on 2 quiet cores: a child process and its two workers each import torch
+def test_a_killed_parallel_build_resumes_to_the_same_cache(tmp_path, home_cache):
+    """kill -9 of a build on two worker processes (each image slowed to 10 ms by a sitecustomize that every
+    process of the child imports), then the rest decoded here: the result is the folder, bit for bit."""
+    colour_folder(tmp_path / "data", per_class=150)
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(SLOW_DECODE)
+    src = Path(__file__).resolve().parents[1] / "src"
+    code = ("import sslab.data.cache as c, sslab.data.folder as f, sslab.data as d; c.CHECKPOINT_SECONDS = 0; "
+            f"f.PROCESS_MIN_FILES = 0; f._FILES_PER_TASK = 8; d.load_dataset('folder', {str(tmp_path / 'data')!r}, "
+            "test_fraction=0, workers=2)")
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path / 'site'}{os.pathsep}{src}", "SSLAB_CACHE_DIR": str(home_cache)}
+    child = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE)
+    progress, done = None, 0
+    deadline = time.monotonic() + 120
+    while done < 40 and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+        progress = next(home_cache.glob("folder-*.partial/progress.json"), None)
+        with_files = json.loads(progress.read_text()).get("splits", {}) if progress else {}
+        done = with_files.get("train", {}).get("files", 0)
+    child.kill()  # SIGKILL: no handler runs
+    child.wait()
+    assert 40 <= done < 300, (done, child.stderr.read()[-2000:])
+    assert entries(home_cache, "folder") == []
+    data = load_dataset("folder", tmp_path / "data", test_fraction=0)  # continues, in this process
+    reference = load_dataset("folder", tmp_path / "data", test_fraction=0, cache=False)
+    assert torch.equal(data.train_x, reference.train_x) and torch.equal(data.train_y, reference.train_y)
+
+
+def test_decoding_on_worker_processes_gives_the_same_images(tmp_path, monkeypatch):
+    colour_folder(tmp_path, per_class=12)
+    save_image(tmp_path / "cat" / "grey.png", np.full((6, 5), 90, np.uint8))  # another size and mode: resized, RGB
+    (tmp_path / "dog" / "broken.png").write_bytes(b"not a png")
+    here = load_dataset("folder", tmp_path, test_fraction=0, cache=False, workers=1)
+    monkeypatch.setattr(folder, "PROCESS_MIN_FILES", 0)
+    monkeypatch.setattr(folder, "_FILES_PER_TASK", 4)
+    spread = load_dataset("folder", tmp_path, test_fraction=0, workers=2)  # 7 tasks on 2 processes, into the cache
+    assert torch.equal(spread.train_x, here.train_x) and torch.equal(spread.train_y, here.train_y)
+    assert spread.train_x.shape == (25, 3, 8, 8)
+
+
+def test_no_room_for_the_cache_is_one_line_and_the_build_continues_once_there_is(tmp_path, monkeypatch, home_cache):
+    colour_folder(tmp_path / "data", per_class=20)
+    reference = load_dataset("folder", tmp_path / "data", test_fraction=0, cache=False)
+    full_disk = shutil._ntuple_diskusage(10**12, 10**12 - 1000, 1000)
+    with monkeypatch.context() as patch:
+        patch.setattr(cache.shutil, "disk_usage", lambda path: full_disk)
+        with pytest.raises(DataError) as e:
+            load_dataset("folder", tmp_path / "data", test_fraction=0)
+    message = one_line_data_error(e)
+    assert "needs" in message and "only 0.0 MiB are free" in message and "--cache-dir" in message
+
+    monkeypatch.setattr(cache, "CHECKPOINT_SECONDS", 0)
+    monkeypatch.setattr(folder, "_FILES_PER_TASK", 8)
+    real_append, appended = cache.EntryWriter.append, []
+
+    def disk_fills_up(self, *args, **kwargs):  # ENOSPC in the middle of the build
+        appended.append(1)
+        if len(appended) == 3:
+            raise OSError(28, "No space left on device")
+        return real_append(self, *args, **kwargs)
+
+    monkeypatch.setattr(cache.EntryWriter, "append", disk_fills_up)
+    with pytest.raises(DataError) as e:
+        load_dataset("folder", tmp_path / "data", test_fraction=0)
+    message = one_line_data_error(e)
+    assert "is full" in message and "kept in" in message and "run the same command again" in message
+    monkeypatch.setattr(cache.EntryWriter, "append", real_append)
+    data = load_dataset("folder", tmp_path / "data", test_fraction=0)  # room again: it continues
+    assert torch.equal(data.train_x, reference.train_x)
+
+    write_cifar10(tmp_path / "cifar")  # a dataset decoded in memory: no room is the same one line
+    monkeypatch.setattr(cache.shutil, "disk_usage", lambda path: full_disk)
+    with pytest.raises(DataError, match="only 0.0 MiB are free"):
+        load_dataset("cifar10", tmp_path / "cifar")
+    assert not list(home_cache.glob("cifar10-*.partial"))  # nothing to continue: its partial entry is gone
+
+
+def test_a_cache_folder_that_vanishes_during_the_build_is_one_line(tmp_path, monkeypatch, home_cache):
+    colour_folder(tmp_path / "data", per_class=20)
+    monkeypatch.setattr(cache, "CHECKPOINT_SECONDS", 0)
+    monkeypatch.setattr(folder, "_FILES_PER_TASK", 8)
+    real_append = cache.EntryWriter.append
+
+    def folder_removed(self, *args, **kwargs):
+        shutil.rmtree(home_cache)  # another user, a cleanup job
+        return real_append(self, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(cache.EntryWriter, "append", folder_removed)
+        with pytest.raises(DataError) as e:
+            load_dataset("folder", tmp_path / "data", test_fraction=0)
+    assert "disappeared while the cache was being built" in one_line_data_error(e)
+    assert len(load_dataset("folder", tmp_path / "data", test_fraction=0).train_x) == 40  # built anew
+    assert len(entries(home_cache, "folder")) == 1
+
+
+def test_a_second_loader_waits_for_the_build_and_maps_it(tmp_path, monkeypatch, home_cache, capsys):
+    """Two loaders of one dataset (torchrun's ranks, two jobs on a shared cache): one decodes, the other waits
+    on the entry's file lock, then maps what the first wrote."""
+    colour_folder(tmp_path / "data", per_class=10)
+    monkeypatch.setattr(cache, "LOCK_POLL_SECONDS", 0.05)
+    building, release, decoded = threading.Event(), threading.Event(), []
+    real_task = folder._decode_task
+
+    def held_up(task):
+        decoded.append(len(task[0]))
+        building.set()
+        release.wait(30)
+        return real_task(task)
+
+    monkeypatch.setattr(folder, "_decode_task", held_up)
+    loaded = {}
+
+    def load(name):
+        loaded[name] = load_dataset("folder", tmp_path / "data", test_fraction=0)
+
+    first = threading.Thread(target=load, args=("first",))
+    first.start()
+    assert building.wait(30)
+    second = threading.Thread(target=load, args=("second",))
+    second.start()
+    time.sleep(0.5)
+    assert second.is_alive() and "waiting for process" in capsys.readouterr().err  # it says whom it waits for
+    release.set()
+    first.join(30)
+    second.join(30)
+    assert sum(decoded) == 20  # decoded once
+    assert torch.equal(loaded["first"].train_x, loaded["second"].train_x)
+
+
+def test_a_split_of_a_cache_too_large_to_copy_stays_rows_of_the_map(tmp_path, monkeypatch):
+    colour_folder(tmp_path, per_class=10)
+    copied = load_dataset("folder", tmp_path, test_fraction=0.3, limit_train=9)
+    full = load_dataset("folder", tmp_path, test_fraction=0)
+    monkeypatch.setattr(sslab.data, "COPY_MAX_BYTES", 0)
+    rows = load_dataset("folder", tmp_path, test_fraction=0.3, limit_train=9)
+    assert isinstance(rows.train_x, ImageRows) and isinstance(rows.test_x, ImageRows)
+    assert rows.train_x.base.data_ptr() == rows.test_x.base.data_ptr()  # both index the one mapped cache
+    assert torch.equal(rows.train_x.to("cpu"), copied.train_x) and torch.equal(rows.test_x[:], copied.test_x)
+    assert torch.equal(rows.train_y, copied.train_y) and rows.mean == full.mean  # the statistics of the split
+    assert rows.to("cpu").train_x.shape == (9, 3, 8, 8)
+
+
+def test_store_size_keeps_the_images_larger_than_the_training_size(tmp_path):
+    write_cifar10(tmp_path)
+    stored = load_dataset("cifar10", tmp_path, image_size=16, store_size=24)
+    assert stored.train_x.shape[-1] == 24 and stored.train_size == 16 and stored.to("cpu").crop_size == 16
+    plain = load_dataset("cifar10", tmp_path, image_size=16)
+    assert plain.train_x.shape[-1] == 16 and plain.crop_size is None and plain.train_size == 16
+    with pytest.raises(ConfigError, match="--store-size 8 is smaller than --image-size 16"):
+        load_dataset("cifar10", tmp_path, image_size=16, store_size=8)
+
+
+# ---- ImageNet-style folders -------------------------------------------------------------------------------
+def test_train_and_val_folders_are_a_split_and_other_top_level_entries_are_reported(tmp_path, caplog):
+    colour_folder(tmp_path / "train")
+    colour_folder(tmp_path / "val", per_class=2)
+    save_image(tmp_path / "test" / "ILSVRC2012_test_00000001.png", np.zeros((8, 8, 3), np.uint8))  # no classes
+    (tmp_path / "extra").mkdir()
+    (tmp_path / "LOC_synset_mapping.txt").write_text("n01440764 tench\n")
+    with caplog.at_level(logging.WARNING, logger="sslab.data"):
+        data = load_dataset("folder", tmp_path)
+    assert data.train_x.shape == (6, 3, 8, 8) and data.test_x.shape == (4, 3, 8, 8) and data.test_y.tolist() == [0, 0, 1, 1]
+    assert "using train/ and val/ as the test split" in caplog.text
+    assert "LOC_synset_mapping.txt, extra/, test/" in caplog.text
+
+    shutil.rmtree(tmp_path / "val")
+    colour_folder(tmp_path / "validation", per_class=1)
+    assert len(load_dataset("folder", tmp_path).test_x) == 2  # validation/ too
+
+
+def test_val_without_train_is_read_as_a_class_and_said_so(tmp_path, caplog):
+    colour_folder(tmp_path)
+    colour_folder(tmp_path / "val" / "x", per_class=1)
+    with caplog.at_level(logging.WARNING, logger="sslab.data"):
+        data = load_dataset("folder", tmp_path, test_fraction=0)
+    assert data.classes == ["cat", "dog", "val"] and "has val/ but no train/" in caplog.text
+
+
+def test_imagenet100_is_made_of_links_to_the_cmc_classes(tmp_path, capsys):
+    from sslab import cli
+    from sslab.data import imagenet100
+
+    assert len(imagenet100.CLASSES) == len(set(imagenet100.CLASSES)) == 100
+    assert imagenet100.CLASSES[:2] == ["n02869837", "n01749939"] and imagenet100.CLASSES[-1] == "n02090622"
+    imagenet = tmp_path / "imagenet"
+    for split in ("train", "val"):
+        for wnid in imagenet100.CLASSES + ["n99999999"]:  # one class more: ImageNet-1k has 900 more
+            save_image(imagenet / split / wnid / f"{split}.png", np.full((4, 4, 3), int(wnid[-2:]), np.uint8))
+    assert cli.main(["imagenet100", "--imagenet", str(imagenet), "--out", str(tmp_path / "in100")]) == 0
+    assert "100 class folders in train/" in capsys.readouterr().out
+    assert all((tmp_path / "in100" / "train" / wnid).is_symlink() for wnid in imagenet100.CLASSES)  # no copies
+    data = load_dataset("folder", tmp_path / "in100", cache=False)
+    assert data.classes == sorted(imagenet100.CLASSES) and data.train_x.shape == (100, 3, 4, 4) and len(data.test_x) == 100
+    assert cli.main(["imagenet100", "--imagenet", str(imagenet), "--out", str(tmp_path / "in100")]) == 0  # again: kept
+
+    shutil.rmtree(imagenet / "val")
+    save_image(imagenet / "val" / "ILSVRC2012_val_00000001.png", np.zeros((4, 4, 3), np.uint8))  # the raw, flat val/
+    assert cli.main(["imagenet100", "--imagenet", str(imagenet), "--out", str(tmp_path / "other")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("sslab: error: ") and "sort them into val/<wnid>/" in err
 
 
 # ---- the real data in ../shared -------------------------------------------------------------------------
-@needs_shared("FashionMNIST/raw")
+@needs_dataset("fashion-mnist")
 def test_real_fashion_mnist():
-    data = load_dataset("fashion-mnist", SHARED_DATA, cache=False)
+    data = load_dataset("fashion-mnist", shared_dataset_root("fashion-mnist"), cache=False)
     assert data.train_x.shape == (60000, 1, 28, 28) and data.test_x.shape == (10000, 1, 28, 28)
     assert round(data.mean[0], 3) == 0.286 and round(data.std[0], 3) == 0.353
     assert torch.bincount(data.train_y).tolist() == [6000] * 10

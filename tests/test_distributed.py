@@ -1,6 +1,7 @@
 """Several processes on the CPU (gloo) must compute what one process computes on the same global batch:
-BatchNorm synced over ranks (SimSiam, BYOL, PhiNet), negatives gathered over ranks (SimCLR), keys
-gathered into the queue (MoCo v2). And `torchrun -m sslab train` must run, stop and resume.
+BatchNorm synced over ranks (SimSiam, BYOL, PhiNet), negatives gathered over ranks (SimCLR, MoCo v3, NNCLR), keys
+gathered into the queue (MoCo v2, NNCLR, SwAV), the cross-correlation and covariance of the global batch (Barlow
+Twins, VICReg), DINO's centre and SwAV's codes over the global batch. And `torchrun -m sslab train` must run, stop and resume.
 """
 import gc
 import json
@@ -30,6 +31,12 @@ METHOD_SETTINGS = {
     "mocov2": dict(proj_hidden=32, proj_dim=16, temperature=0.2, ema=0.99, queue_size=64),
     "phinet": dict(proj_layers=2, proj_hidden=32, proj_dim=32, pred_hidden=8, fixed_predictor_lr=True, lam=1.0,
                    third_view="clean"),
+    "barlowtwins": dict(proj_hidden=32, proj_dim=16),
+    "vicreg": dict(proj_hidden=32, proj_dim=16),
+    "dino": dict(proj_hidden=32, proj_dim=8, num_prototypes=24),  # the centre: the global batch's teacher mean
+    "mocov3": dict(proj_hidden=32, proj_dim=16, pred_hidden=32),  # the keys of every rank
+    "nnclr": dict(proj_hidden=32, proj_dim=16, pred_hidden=32, queue_size=24),  # the support set: every rank's z
+    "swav": dict(proj_hidden=32, proj_dim=16, num_prototypes=24, queue_size=24, queue_start_epoch=0),  # Sinkhorn
 }
 
 
@@ -170,3 +177,50 @@ def test_torchrun_trains_on_two_processes_stops_on_a_signal_and_resumes_on_one(t
     assert [r["epoch"] for r in records] == [0, 1, 2] and all(np.isfinite(r["loss"]) for r in records[1:])
     summary = json.loads((run / "summary.json").read_text())
     assert summary["knn_top1"] is not None and summary["processes"] == 1
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_torchrun_nodes_train_as_one_process_with_the_same_global_batch(tmp_path):
+    """Two "machines" (two torchrun launchers, --nnodes 2, one process each, c10d rendezvous on 127.0.0.1,
+    gloo) against one process with the same global batch: with views that draw no randomness (full-image
+    crops, no flip or colour), every rank's slice of the batch is the single process's, so the losses, the kNN
+    and the weights agree up to the order of floating-point sums."""
+    plain_views = ["--crop-scale", "1,1", "--crop-ratio", "1,1", "--flip-p", "0", "--jitter-p", "0", "--grayscale-p",
+                   "0", "--blur-p", "0", "--solarize-p", "0"]
+    args = ["-m", "sslab", "train", "--method", "simclr", "--dataset", "digits", "--backbone", "simple-cnn",
+            "--proj-hidden", "32", "--proj-dim", "16", "--batch-size", "64", "--epochs", "2", "--limit-train", "256",
+            "--knn-k", "20", "--no-progress", "--device", "cpu", *plain_views]
+    port = _free_port()
+    node = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+            "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "sslab-two-nodes"]
+    out = tmp_path / "runs"
+    nodes = [subprocess.Popen(node + args + ["--out", str(out), "--name", "two-nodes"], env=_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    single = subprocess.run([sys.executable, *args, "--out", str(out), "--name", "one"], env=_env(),
+                            capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-3000:]
+    for p in nodes:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+
+    two, one = (json.loads((out / name / "summary.json").read_text()) for name in ("two-nodes", "one"))
+    assert (two["processes"], one["processes"]) == (2, 1)
+    metrics = [[json.loads(line) for line in (out / name / "metrics.jsonl").read_text().splitlines()]
+               for name in ("two-nodes", "one")]
+    assert [r["epoch"] for r in metrics[0]] == [r["epoch"] for r in metrics[1]] == [0, 1, 2]
+    for a, b in zip(*metrics):
+        if "loss" in a:
+            assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+        assert a["knn_top1"] == pytest.approx(b["knn_top1"], abs=0.01)
+    weights = [torch.load(out / name / "checkpoints" / "last.pt", weights_only=False)["model"]
+               for name in ("two-nodes", "one")]
+    assert weights[0].keys() == weights[1].keys()
+    for k in weights[1]:
+        torch.testing.assert_close(weights[0][k].float(), weights[1][k].float(), atol=1e-4, rtol=1e-3, msg=k)

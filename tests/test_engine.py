@@ -6,6 +6,7 @@ import torch
 
 from sslab.augment.views import ViewMaker
 from sslab.config import Config
+from sslab.device import Precision
 from sslab.errors import ConfigError
 from sslab.kit import BatchSource, accumulate, epoch_means
 from sslab.methods.build import build_method
@@ -29,7 +30,7 @@ def one_step(forward_of, seed: int = 0) -> tuple[float, float]:
     views = ViewMaker(model.view_specs(8), cfg.augment, 8, (0.5,), (0.25,))
     images = torch.randint(0, 256, (64, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
     step = TrainStep(model=model, forward=forward_of(model), opt=opt, views=views, aug_gen=torch.Generator().manual_seed(1),
-                     images=images, lr_at=lr_at, peak_lr=0.05, autocast=torch.autocast("cpu", enabled=False),
+                     images=images, lr_at=lr_at, peak_lr=0.05, precision=Precision("fp32", torch.device("cpu")),
                      channels_last=False, steps_per_epoch=4, total_steps=4)
     first = step(torch.arange(16), 0)["loss"].item()
     second = step(torch.arange(16, 32), 1)["loss"].item()  # after one optimiser step through the compiled graph

@@ -109,7 +109,7 @@ def test_fast_probe_separates_separable_features(classifier):
     xs, ys = blobs(90, 4, 32, separation=6.0)
     test = torch.arange(len(ys)) % 3 == 0
     x, y, xt, yt = xs[~test], ys[~test], xs[test], ys[test]
-    result = fit_fast_probe(x, y, 4, classifier)
+    result = fit_fast_probe(x, y, 4, classifier, None, 0.1, 0)
     assert (predict(result.probe, xt) == yt.numpy()).mean() >= 0.99
     assert set(result.details["validation_accuracy_by_c"]) and result.details["c"] in result.details["c_grid"]
 
@@ -135,7 +135,7 @@ def test_fast_probe_on_random_labels_is_at_chance():
     g = torch.Generator().manual_seed(1)
     x, xt = torch.randn(600, 16, generator=g), torch.randn(2000, 16, generator=g)
     y, yt = torch.randint(0, 4, (600,), generator=g), torch.randint(0, 4, (2000,), generator=g)
-    acc = (predict(fit_fast_probe(x, y, 4).probe, xt) == yt.numpy()).mean()
+    acc = (predict(fit_fast_probe(x, y, 4, "logistic", None, 0.1, 0).probe, xt) == yt.numpy()).mean()
     assert 0.18 < acc < 0.33  # chance is 0.25
 
 
@@ -143,7 +143,7 @@ def test_probe_is_a_linear_map_of_raw_features_and_skips_unlabelled_and_absent_c
     x, y = blobs(40, 3, 8, separation=5.0)
     y = y.clone()
     y[:5] = -1  # unlabelled: left out
-    result = fit_fast_probe(x, y, 5)  # classes 3 and 4 never appear
+    result = fit_fast_probe(x, y, 5, "logistic", None, 0.1, 0)  # classes 3 and 4 never appear
     assert result.probe.weight.shape == (5, 8) and result.probe.bias.shape == (5,)
     pred = predict(result.probe, x)
     assert not np.isin(pred, [3, 4]).any()
@@ -165,8 +165,8 @@ def test_standard_probe_learns_a_linear_task_through_a_frozen_backbone():
         x[y == q, :, r * 8:(r + 1) * 8, c * 8:(c + 1) * 8] += 200
     backbone = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten())
     before = [p.clone() for p in backbone.parameters()]
-    result = train_standard_probe(backbone, x, y, 4, (0.3,), (0.4,), epochs=15, batch_size=64, crop_scale=(0.6, 1.0),
-                                  flip_p=0.0)
+    result = train_standard_probe(backbone, x, y, 4, (0.3,), (0.4,), epochs=15, batch_size=64, lr=0.3,
+                                  crop_scale=(0.6, 1.0), flip_p=0.0)
     with torch.no_grad():
         feats = backbone((x.float() / 255 - 0.3) / 0.4)
     assert (predict(result.probe, feats) == y.numpy()).mean() > 0.9
@@ -193,10 +193,10 @@ def test_standard_probe_reaches_the_fast_probe_where_a_linear_classifier_works()
     backbone = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten())
     with torch.no_grad():
         feats, test_feats = (backbone((v.float() / 255 - 0.3) / 0.4) for v in (x, tx))
-    fast = fit_fast_probe(feats, y, 4)
+    fast = fit_fast_probe(feats, y, 4, "logistic", None, 0.1, 0)
     fast_acc = (predict(fast.probe, test_feats) == ty.numpy()).mean()
-    standard = train_standard_probe(backbone, x, y, 4, (0.3,), (0.4,), epochs=15, batch_size=64, crop_scale=(0.6, 1.0),
-                                    flip_p=0.0, reference=fast.probe)
+    standard = train_standard_probe(backbone, x, y, 4, (0.3,), (0.4,), epochs=15, batch_size=64, lr=0.3,
+                                    crop_scale=(0.6, 1.0), flip_p=0.0, reference=fast.probe)
     standard_acc = (predict(standard.probe, test_feats) == ty.numpy()).mean()
     assert fast_acc > 0.9 and standard_acc >= fast_acc - 0.05
     assert standard.details["reference_accuracy_on_views"] > 0.8  # these views keep the class: the probe can match
@@ -383,7 +383,8 @@ def test_a_checkpoint_with_exploded_weights_fails_in_one_line(command, tiny_run,
     state["model"][name] = torch.full_like(state["model"][name], 3e38)
     save_checkpoint(state, run / "checkpoints" / "last.pt")
     assert main([command, str(run), "--device", "cpu"]) == 2
-    err = capsys.readouterr().err
+    err = "".join(line for line in capsys.readouterr().err.splitlines(keepends=True)
+                  if not line.startswith("analyze "))  # analyze announces its steps on stderr
     assert err.startswith("sslab: error: ") and err.count("\n") == 1 and "NaN or infinite features" in err, err
 
 
@@ -421,7 +422,7 @@ def test_pixel_knn_of_a_tiny_case_by_hand():
     plain = knn_accuracy(train.view(4, 2).float() / 255, train_y, test.view(2, 2).float() / 255, test_y, 2, 4, 0.1)
     assert plain == 0.5  # four near-equal votes, three for class 0: the plain vectors cannot tell
     assert pixel_knn_accuracy(train, train_y, test, test_y, 2, k=4, t=0.1) == 1.0  # centred: they can
-    assert pixel_knn_accuracy(train, torch.full((4,), -1), test, test_y, 2) is None
+    assert pixel_knn_accuracy(train, torch.full((4,), -1), test, test_y, 2, k=4, t=0.1) is None
 
 
 def test_large_images_are_randomly_projected_and_small_ones_kept():

@@ -153,9 +153,9 @@ def probes(bf16: bool) -> tuple[torch.Tensor, list[float]]:
     """The standard probe's weights and the fine-tune's losses, from the same seed."""
     data, net = tiny_data(), tiny_backbone()
     probe = train_standard_probe(net, data.train_x, data.train_y, data.num_classes, data.mean, data.std, epochs=2,
-                                 batch_size=16, bf16=bf16)
+                                 batch_size=16, lr=0.3, bf16=bf16)
     _, _, details = finetune(net, data.train_x, data.train_y, data.num_classes, data.mean, data.std, epochs=1,
-                             batch_size=16, bf16=bf16)
+                             batch_size=16, lr=0.05, bf16=bf16)
     return probe.probe.weight, details["train_loss_by_epoch"]
 
 

@@ -48,6 +48,15 @@ def test_training_stages_measure_speed(smoke):
     assert stages["speed"]["eager"]["epochs"] == smoke[0].SMOKE.speed_epochs
 
 
+def test_streaming_stage_measures_streamed_against_resident(smoke):
+    streaming = smoke[3]["stages"]["streaming"]
+    large = streaming["large"]
+    for run in (streaming["cifar_streamed"], large["always"], large["never"]):
+        assert run["epochs"] >= 1 and run["images_per_s"] > 0, run
+    assert streaming["cifar_resident_images_per_s"] > 0  # the speed stage's run: the same recipe, resident
+    assert large["always"]["final_loss"] == large["never"]["final_loss"]  # on the CPU the same run, bit for bit
+
+
 def test_accuracy_run_gives_a_knn_curve_and_the_commands_run_on_it(smoke):
     _, _, _, results = smoke
     acc, after = results["stages"]["accuracy"], results["stages"]["after"]

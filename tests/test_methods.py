@@ -1,8 +1,12 @@
 """Methods: each loss against a hand-written reference, the stop-gradients, the EMA encoders, MoCo's queue,
 and one training step + checkpoint round trip for every registered method (parametrised over the registry)."""
 import io
+import json
 import math
+import signal
 import socket
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,9 +27,12 @@ from sslab.methods.build import build_method
 from sslab.optim import set_lr
 from sslab.pretrain import build_optimizer
 from sslab.recipe import fit_to_data
+from sslab.settings import flag
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "hooks"))  # signal_at_step: stop a run at a step
 
 IMAGE = 16  # simple-cnn on 16 px: 64 * 2 * 2 = 256-d features
-SMALL = {"proj_hidden": 32, "proj_dim": 16, "pred_hidden": 8, "queue_size": 40}
+SMALL = {"proj_hidden": 32, "proj_dim": 16, "pred_hidden": 8, "queue_size": 40, "num_prototypes": 24}
 
 
 def build(name: str, seed: int = 0, backbone: str = "simple-cnn", **method):
@@ -356,3 +363,172 @@ def test_lars_layer_lr_is_trust_ratio_capped_by_lr_and_skips_bn_and_bias():
         layer_lr = min(0.02 * 2.0 / (2 * d), lr)  # trust * ||w|| / ||d||, capped by lr
         torch.testing.assert_close(w.data, torch.full((2, 2), 1.0 - layer_lr * d))
         torch.testing.assert_close(b.data, torch.full((2,), 1.0 - lr * 0.5))  # plain SGD, no decay
+
+
+# ---- the six newer methods: trained from the CLI and the API, and resumed exactly ---------------------------------
+NEWER = ["barlowtwins", "dino", "mocov3", "nnclr", "swav", "vicreg"]
+TIMING = {"epoch_seconds", "knn_seconds", "images_per_second"}  # wall-clock: differ between any two runs
+# SwAV's queue (32 rows: one step of 32 images) fills at the first step of epoch 2 and is used at its second: the
+# resumed run's first step reads the queue from the checkpoint
+NEWER_SETTINGS = {"swav": {"queue_size": 32, "queue_start_epoch": 1}}
+
+
+def tiny_values(name: str, out, run_name: str, backbone: str = "simple-cnn", **settings) -> dict:
+    """2 epochs of 2 steps (64 digits at 16 px, batch 32), small heads."""
+    small = own_settings(name, {**SMALL, "pred_hidden": 16, **NEWER_SETTINGS.get(name, {})})
+    return {"method": name, "dataset": "digits", "image_size": 16, "limit_train": 64, "limit_test": 60,
+            "backbone": backbone, "epochs": 2, "batch_size": 32, "knn_k": 5, "device": "cpu", "progress": False,
+            "out": str(out), "name": run_name, **small, **settings}
+
+
+def run_metrics(run) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING}
+            for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def cli_args(values: dict) -> list[str]:
+    """`sslab train` flags for the settings `values`."""
+    return ["train", *[a for k, v in values.items() for a in (
+        [flag(k)] if v is True else [f"--no-{k.replace('_', '-')}"] if v is False else [flag(k), str(v)])]]
+
+
+def run_steps(model, opt, lr_at, peak, first: int, count: int, steps_per_epoch: int = 2, total: int = 4) -> None:
+    """Steps first .. first + count - 1 as the training loop makes them (the hooks included), on seeded inputs."""
+    for step in range(first, first + count):
+        progress = StepProgress(step, steps_per_epoch, total)
+        views, clean = inputs(model, seed=100 + step)
+        set_lr(opt, lr_at(step), peak)
+        model.before_step(progress)
+        loss = model(views, clean)["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        model.after_backward(progress)
+        opt.step()
+        model.after_step(progress)
+
+
+@pytest.mark.parametrize("name", NEWER)
+def test_newer_method_state_resumes_bitwise_from_its_state_dict(name):
+    """4 steps in a row == 2 steps, state_dict (model and optimiser) into a fresh model, 2 more: every value a
+    schedule changes (EMA teachers, DINO's centre and temperature, SwAV's queue, NNCLR's support set) lives in the
+    state_dict. SwAV's queue fills at step 3 and is read at step 4; DINO's last layer thaws at step 3."""
+    settings = NEWER_SETTINGS.get(name, {}) | ({"queue_size": 8} if name == "swav" else {})
+
+    def fresh(seed):
+        cfg, model = build(name, seed=seed, **settings)
+        opt, lr_at = build_optimizer(model, cfg, steps_per_epoch=2)
+        return model.train(), opt, lr_at, cfg.method.lr * cfg.method.batch_size / 256
+
+    model, opt, lr_at, peak = fresh(0)
+    run_steps(model, opt, lr_at, peak, 0, 4)
+    stopped, opt2, _, _ = fresh(0)
+    run_steps(stopped, opt2, lr_at, peak, 0, 2)
+    buf = io.BytesIO()
+    torch.save({"model": stopped.state_dict(), "opt": opt2.state_dict()}, buf)
+    buf.seek(0)
+    state = torch.load(buf)
+    resumed, opt3, _, _ = fresh(123)
+    resumed.load_state_dict(state["model"])
+    opt3.load_state_dict(state["opt"])
+    run_steps(resumed, opt3, lr_at, peak, 2, 2)
+    a, b = resumed.state_dict(), model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in b)
+    assert not all(torch.equal(a[k], stopped.state_dict()[k]) for k in b)  # the last 2 steps changed something
+    if name == "swav":
+        assert int(model.queue_filled) == 8
+
+
+@pytest.mark.parametrize("name", NEWER)
+def test_newer_method_trains_from_the_cli(name, tmp_path):
+    """`sslab train` for one epoch of 2 steps: a finite loss, a run folder, weights that moved."""
+    from sslab.cli import main
+
+    assert main(cli_args(tiny_values(name, tmp_path, "run", epochs=1))) == 0
+    records = run_metrics(tmp_path / "run")
+    assert len(records) == 2 and math.isfinite(records[1]["loss"]) and records[1]["step"] == 2
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=False)["model"]
+    initial = torch.load(tmp_path / "run" / "checkpoints" / "init.pt", weights_only=False)["model"]
+    assert not torch.equal(initial["backbone.features.0.0.weight"], last["backbone.features.0.0.weight"])
+
+
+@pytest.mark.slow  # 3 runs per method (about 15 s each on 2 cores); the default suite has the two tests above
+@pytest.mark.parametrize("name", NEWER)
+def test_newer_method_trains_from_the_cli_and_resumes_exactly_from_the_api(name, tmp_path):
+    """The reference run from `sslab train`; the same run stopped by SIGINT in epoch 2 and resumed with fit() ends
+    bitwise as the reference (weights, EMA teachers, queues, centres and the metrics)."""
+    from signal_at_step import signal_at_step
+
+    from sslab.cli import main
+    from sslab.errors import Interrupted
+    from sslab.pretrain import fit
+
+    assert main(cli_args(tiny_values(name, tmp_path, "reference"))) == 0
+    with signal_at_step(3, signal.SIGINT), pytest.raises(Interrupted):  # the first step of epoch 2
+        fit(Config.from_values(tiny_values(name, tmp_path, "stopped")), log=lambda m: None)
+    fit(resume=tmp_path / "stopped", log=lambda m: None)
+    ref, got = tmp_path / "reference", tmp_path / "stopped"
+    assert run_metrics(got) == run_metrics(ref) and len(run_metrics(ref)) == 3
+    assert all(math.isfinite(r["loss"]) for r in run_metrics(ref)[1:])
+    a, b = (torch.load(r / "checkpoints" / "last.pt", weights_only=False)["model"] for r in (got, ref))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    initial = torch.load(ref / "checkpoints" / "init.pt", weights_only=False)["model"]
+    assert not torch.equal(initial[next(iter(initial))], b[next(iter(b))])  # it trained
+
+
+def test_dino_steps_on_a_vit_tiny_with_multi_crop():
+    """DINO on ViT-Tiny at 16 px with 2 local crops of 8 px (2 x 2 patches through the resampled position
+    embeddings), the views made by the training loop's ViewMaker from uint8 images: two steps with the hooks give
+    finite losses, move the student, and the teacher follows it by EMA without equalling it."""
+    from sslab.augment.views import ViewMaker
+
+    cfg, model = build("dino", backbone="vit-tiny", local_crops=2)
+    specs = model.view_specs(IMAGE)
+    assert [s.size for s in specs] == [16, 16, 8, 8] and specs[2].changes["crop_scale"] == (0.05, 0.4)
+    make = ViewMaker(specs, cfg.augment, IMAGE, [0.5] * 3, [0.25] * 3)
+    images = torch.randint(0, 256, (8, 3, IMAGE, IMAGE), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    opt, lr_at = build_optimizer(model, cfg, steps_per_epoch=2)
+    student0 = model.backbone.cls_token.detach().clone()
+    model.train()
+    for step in range(2):
+        progress = StepProgress(step, 2, 4)
+        views = make(images, torch.Generator().manual_seed(step))
+        assert [v.shape[-1] for v in views] == [16, 16, 8, 8]
+        set_lr(opt, lr_at(step), cfg.method.lr * cfg.method.batch_size / 256)
+        model.before_step(progress)
+        loss = model(views)["loss"]
+        assert torch.isfinite(loss)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        model.after_backward(progress)
+        assert model.head.last_layer.weight_v.grad is None  # frozen in the first epoch
+        opt.step()
+        model.after_step(progress)
+    student, teacher = model.backbone.cls_token, model.teacher_backbone.cls_token
+    assert not torch.equal(student, student0) and not torch.equal(teacher, student0)
+    assert not torch.equal(teacher, student)
+
+
+@pytest.mark.slow  # a whole run on ViT-Tiny (about 15 s on 2 cores)
+def test_dino_trains_a_vit_tiny_with_multi_crop(tmp_path):
+    """The same through fit(): a finite loss, a teacher that follows the student, the multi-crop views in the
+    step."""
+    from sslab.pretrain import fit
+
+    values = tiny_values("dino", tmp_path, "vit", backbone="vit-tiny", epochs=1, local_crops=2, limit_train=20,
+                         limit_test=20, batch_size=16, knn_k=3)  # one step of 16 images
+    summary = fit(Config.from_values(values), log=lambda m: None)
+    records = run_metrics(Path(summary["run_dir"]))
+    assert len(records) == 2 and math.isfinite(records[1]["loss"])
+    model = torch.load(Path(summary["run_dir"]) / "checkpoints" / "last.pt", weights_only=False)["model"]
+    student, teacher = model["backbone.cls_token"], model["teacher_backbone.cls_token"]
+    initial = torch.load(Path(summary["run_dir"]) / "checkpoints" / "init.pt", weights_only=False)["model"]
+    assert not torch.equal(student, initial["backbone.cls_token"]) and not torch.equal(teacher, student)
+
+
+def test_local_crops_on_a_backbone_that_flattens_is_one_line(tmp_path, capsys):
+    from sslab.cli import main
+
+    assert main(cli_args(tiny_values("swav", tmp_path, "refused", local_crops=2))) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("sslab: error: --local-crops needs a backbone") and "simple-cnn" in err
+    assert not (tmp_path / "refused").exists()

@@ -71,7 +71,7 @@ def test_a_method_file_dropped_into_methods_is_listed_trains_and_owns_its_flags(
     assert listed.returncode == 0, listed.stderr
     assert "toy" in listed.stdout
     helped = sslab(package_copy, "train", "--help", cwd=tmp_path)
-    assert "--spread" in helped.stdout and "weight of the variance term" in " ".join(helped.stdout.split())
+    assert "--spread" in helped.stdout and "weight of the variance term" in " ".join(helped.stdout.lower().split())
     run = sslab(package_copy, "train", "--method", "toy", "--spread", "0.5", "--dataset", "digits", "--backbone",
                 "simple-cnn", "--epochs", "1", "--batch-size", "64", "--device", "cpu", "--no-progress",
                 "--out", str(tmp_path / "runs"), "--name", "toy", cwd=tmp_path)

@@ -1,6 +1,7 @@
 """Recipes: the published long-run recipes stay exact; a short run gets the short-run recipe, says so, and
 keeps every value the user set; large images get the methods' ImageNet recipes (docs/methods.md)."""
 import pytest
+import torch
 
 from sslab.config import Config
 from sslab.methods import METHODS
@@ -14,6 +15,13 @@ PUBLISHED = {
     "simclr": ("lars", 0.4, 1e-5, 10, 512, 800),
     "byol": ("lars", 2.0, 5e-6, 10, 512, 800),
     "mocov2": ("sgd", 0.3, 1e-4, 10, 512, 800),
+    # solo-learn's CIFAR recipes (scripts/pretrain/cifar/<method>.yaml), batch 512 and 800 epochs as the others
+    "barlowtwins": ("lars", 0.3, 1e-4, 10, 512, 800),
+    "vicreg": ("lars", 0.3, 1e-4, 10, 512, 800),
+    "dino": ("lars", 0.3, 1e-6, 10, 512, 800),
+    "mocov3": ("lars", 0.3, 1e-6, 10, 512, 800),
+    "nnclr": ("lars", 0.4, 1e-5, 10, 512, 800),
+    "swav": ("lars", 0.6, 1e-6, 10, 512, 800),
 }
 
 
@@ -96,6 +104,12 @@ IMAGENET = {
     "simclr": ("lars", 0.3, 1e-6, 10, 4096, 100),  # SimCLR's default setting
     "byol": ("lars", 0.4, 7.5e-7, 10, 4096, 1000),  # BYOL's 0.2 and 1.5e-6 for the summed loss; ours is the mean
     "mocov2": ("sgd", 0.03, 1e-4, 0, 256, 200),
+    "barlowtwins": ("lars", 0.2, 1.5e-6, 10, 2048, 1000),
+    "vicreg": ("lars", 0.2, 1e-6, 10, 2048, 1000),
+    "dino": ("adamw", 5e-4, 0.04, 10, 1024, 100),  # ViT-S/16
+    "mocov3": ("lars", 0.6, 1e-6, 10, 4096, 100),
+    "nnclr": ("lars", 0.3, 1e-6, 10, 4096, 1000),
+    "swav": ("lars", 0.3, 1e-6, 10, 4096, 800),  # 4.8 at batch 4096
 }
 
 
@@ -121,3 +135,92 @@ def test_imagenet_heads_and_augmentation():
     assert (moco.method.queue_size, moco.method.ema, moco.augment.crop_scale) == (65536, 0.999, (0.2, 1.0))
     byol = resolved("byol", image_size=224)
     assert (byol.method.ema, byol.augment.solarize_p) == (0.996, 0.1)
+
+
+def test_small_images_get_the_small_backbone_unless_one_is_given_and_say_why():
+    for size in (8, 28):
+        lines = []
+        cfg = resolved("simclr", 10, n_train=1000, log=lines.append, image_size=size)
+        assert cfg.model.backbone == "simple-cnn-bn"
+        said = [line for line in lines if line.startswith("backbone: ")]
+        assert len(said) == 1 and f"{size} px" in said[0] and "no --backbone given" in said[0]
+    lines = []
+    assert resolved("simclr", 10, n_train=1000, log=lines.append, image_size=32).model.backbone == "resnet18"
+    assert not any(line.startswith("backbone: ") for line in lines)
+    for given in ("resnet18", "simple-cnn"):  # what the user set is kept, silently
+        lines = []
+        cfg = resolved("simclr", 10, n_train=1000, log=lines.append, image_size=8, backbone=given)
+        assert cfg.model.backbone == given and not any(line.startswith("backbone: ") for line in lines)
+
+
+def test_a_run_below_the_raw_pixels_says_so_at_the_end_with_one_suggestion():
+    from sslab.commands.train import summary_table
+
+    base = {"knn_top1_init": 0.85, "epochs": 1, "run_dir": "runs/x"}
+    below = summary_table({**base, "knn_top1": 0.883, "knn_top1_pixels": 0.978}).splitlines()
+    assert below[-1].startswith("note: the learned features end below the raw pixels (88.3% < 97.8% kNN)")
+    assert "--epochs 20" in below[-1]
+    above = summary_table({**base, "knn_top1": 0.99, "knn_top1_pixels": 0.978})
+    assert "note:" not in above and above.splitlines()[-1].startswith("run folder")
+    assert "note:" not in summary_table({**base, "knn_top1": None, "knn_top1_pixels": None})
+
+
+# the six newer methods' own settings (docs/methods.md): the CIFAR recipe, and what the ImageNet recipe changes
+OWN = {
+    "barlowtwins": ({"proj_hidden": 2048, "proj_dim": 2048, "lambd": 0.0051, "scale_loss": 0.1},
+                    {"proj_hidden": 8192, "proj_dim": 8192, "scale_loss": 1.0}),
+    "vicreg": ({"proj_hidden": 2048, "proj_dim": 2048, "sim_weight": 25.0, "var_weight": 25.0, "cov_weight": 1.0},
+               {"proj_hidden": 8192, "proj_dim": 8192}),
+    "dino": ({"proj_hidden": 2048, "proj_dim": 256, "num_prototypes": 4096, "student_temp": 0.1, "teacher_temp": 0.07,
+              "warmup_teacher_temp": 0.04, "warmup_teacher_temp_epochs": 50, "center_momentum": 0.9, "ema": 0.9995,
+              "freeze_last_layer_epochs": 1, "local_crops": 0},
+             {"num_prototypes": 65536, "teacher_temp": 0.04, "warmup_teacher_temp_epochs": 0, "ema": 0.996,
+              "local_crops": 8, "min_lr": 5e-4}),
+    "mocov3": ({"proj_hidden": 4096, "proj_dim": 256, "pred_hidden": 4096, "temperature": 0.2, "ema": 0.99},
+               {"temperature": 1.0}),
+    "nnclr": ({"proj_hidden": 2048, "proj_dim": 256, "pred_hidden": 4096, "temperature": 0.2, "queue_size": 65536},
+              {"temperature": 0.1, "queue_size": 98304}),
+    "swav": ({"proj_hidden": 2048, "proj_dim": 128, "num_prototypes": 3000, "temperature": 0.1,
+              "sinkhorn_epsilon": 0.05, "sinkhorn_iterations": 3, "queue_size": 3840, "queue_start_epoch": 50,
+              "freeze_prototypes_epochs": 2, "local_crops": 0},
+             {"queue_size": 0, "freeze_prototypes_epochs": 1, "local_crops": 6, "min_lr": 1e-3}),
+}
+
+
+@pytest.mark.parametrize("method", sorted(OWN))
+def test_the_newer_methods_own_settings_are_their_published_ones(method):
+    cifar, imagenet = OWN[method]
+    small, large = resolved(method).method, resolved(method, image_size=224).method
+    assert {k: getattr(small, k) for k in cifar} == cifar
+    assert {k: getattr(large, k) for k in imagenet} == imagenet
+
+
+class Pooled(torch.nn.Sequential):
+    """A backbone that takes any image size: the pooled 3-channel image is the feature vector."""
+
+    out_dim = 3
+
+
+def test_the_newer_methods_views_and_augmentation():
+    """solo-learn's asymmetric pair (the second view alone solarized) on CIFAR, BYOL's pair above 64 px; DINO's and
+    SwAV's multi-crop with their crop scales on ImageNet-size images; VICReg's and SwAV's own augmentation."""
+    def views(method, image_size, **settings):
+        cfg = resolved(method, image_size=image_size, **settings).method
+        cfg.proj_hidden, cfg.proj_dim, cfg.num_prototypes = 8, 8, 8  # the heads do not matter here
+        model = METHODS.create(method, Pooled(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()), cfg)
+        return [(v.size, dict(v.changes)) for v in model.view_specs(image_size)]
+
+    for method in ("barlowtwins", "dino", "mocov3", "nnclr"):
+        assert views(method, 32) == [(32, {}), (32, {"solarize_p": 0.2})], method
+    assert views("mocov3", 224) == [(224, {"blur_p": 1.0}), (224, {"blur_p": 0.1, "solarize_p": 0.2})]
+    dino = views("dino", 224)
+    assert dino == [(224, {"crop_scale": (0.4, 1.0), "blur_p": 1.0}),
+                    (224, {"crop_scale": (0.4, 1.0), "blur_p": 0.1, "solarize_p": 0.2})] + \
+                   [(96, {"crop_scale": (0.05, 0.4), "blur_p": 0.5})] * 8
+    assert views("swav", 224) == [(224, {"crop_scale": (0.14, 1.0)})] * 2 + [(96, {"crop_scale": (0.05, 0.14)})] * 6
+    assert views("swav", 32) == [(32, {})] * 2  # 2 crops: the method's own crop scale
+    assert views("swav", 32, local_crops=2) == [(32, {"crop_scale": (0.14, 1.0)})] * 2 + \
+        [(16, {"crop_scale": (0.05, 0.14)})] * 2
+    vicreg, swav = resolved("vicreg").augment, resolved("swav").augment
+    assert (vicreg.crop_scale, vicreg.solarize_p, vicreg.jitter) == ((0.2, 1.0), 0.1, (0.4, 0.4, 0.2, 0.1))
+    assert (swav.jitter, swav.blur_p) == ((0.8, 0.8, 0.8, 0.2), 0.5)

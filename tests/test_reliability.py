@@ -429,11 +429,11 @@ DIGITS = ["--dataset", "digits"]
     (["--batch-size", "5000"], "--batch-size 5000 is larger than the 1438 training images; lower it"),
     (["--lr", "-0.1"], "--lr -0.1: must be in (0, 100]"),
     (["--crop-scale", "0.9,0.1"], "--crop-scale 0.9,0.1: must be two numbers min,max with min <= max"),
-    (["--method", "simsaim"], "unknown method 'simsaim'; choose one of: byol,"),
+    (["--method", "simsaim"], "unknown method 'simsaim'; choose one of: barlowtwins, byol,"),
     (["--backbone", "resnet19"], "--backbone 'resnet19': must be one of resnet18,"),
     (["--dataset", "cifar11"], "--dataset 'cifar11': must be one of cifar10,"),
     (["--optimizer", "adam"], "--optimizer 'adam': must be one of sgd, adamw or lars"),
-    (["--precision", "fp8"], "--precision 'fp8': must be one of auto, bf16 or fp32"),
+    (["--precision", "fp8"], "--precision 'fp8': must be one of auto, bf16, fp16 or fp32"),
     (["--no-such-flag"], "sslab train: error: unrecognized arguments: --no-such-flag; see `sslab train --help`"),
     (["--dataset", "npz", "--data-dir", "/nonexistent/x.npz"], "/nonexistent/x.npz not found; pass --data-dir"),
 ])
@@ -513,7 +513,8 @@ def test_a_real_process_prints_one_line_and_exits_2(tmp_path):
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert p.stderr.strip().splitlines() == [f"sslab: error: image folder {tmp_path / 'nope'} not found; lay it out as "
                                              f"{tmp_path / 'nope'}/<class>/<image>.png, or {tmp_path / 'nope'}/train/"
-                                             f"<class>/... and {tmp_path / 'nope'}/test/<class>/..."]
+                                             f"<class>/... and {tmp_path / 'nope'}/test/<class>/... (or "
+                                             f"{tmp_path / 'nope'}/val/<class>/...)"]
 
 
 def test_time_limit_stops_cleanly_with_a_checkpoint(tmp_path):
@@ -602,7 +603,7 @@ def test_ctrl_c_while_starting_is_one_line_and_exit_130(where, monkeypatch, caps
         (tmp_path / "slow_commands.py").write_text("raise KeyboardInterrupt\n")
         monkeypatch.syspath_prepend(str(tmp_path))
         modules = cli.command_modules
-        monkeypatch.setattr(cli, "command_modules", lambda: [*modules(), __import__("slow_commands")])
+        monkeypatch.setattr(cli, "command_modules", lambda *names: [*modules(*names), __import__("slow_commands")])
     else:
         monkeypatch.setattr(cli.Parser, "parse_known_args", interrupt)
     code, err = run_cli(["train", "--help"], capsys)
@@ -651,11 +652,11 @@ def test_run_folders_made_at_once_are_distinct(tmp_path):
     assert len(set(paths)) == 16 and all(p.parent == tmp_path for p in paths)
 
 
-@pytest.mark.parametrize("name", ["../escaped", "a/b", "/tmp/absolute", "..", "."])
+@pytest.mark.parametrize("name", ["../escaped", "a/b", "/tmp/absolute", "..", ".", "CON", "run:2", "trailing."])
 def test_a_name_that_leaves_out_is_refused(name, tmp_path, capsys):
-    out = tmp_path / "deep" / "runs"
+    out = tmp_path / "deep" / "runs"  # the last three: names Windows refuses (a run folder copied there must open)
     assert_one_line(*run_cli(quick(DIGITS, out, "--name", name), capsys),
-                    f"--name {name!r}: must be a plain folder name (no '/', '\\' or '..')")
+                    f"--name {name!r}: must be a plain folder name of at most 255 bytes that Windows accepts too")
     assert not (tmp_path / "deep" / "escaped").exists() and not list(tmp_path.glob("deep/runs/*"))
 
 
@@ -680,6 +681,48 @@ def test_flags_given_with_resume_are_applied_and_announced_or_refused(finished_r
     assert metrics(finished_run)[1]["knn_top1"] is None and metrics(finished_run)[2]["knn_top1"] > 0.3
     assert_one_line(*run_cli(["train", "--resume", str(finished_run), "--epochs", "1"], capsys),
                     "--epochs 1 but the run has finished 2 epochs; pass --epochs 2 or more")
+
+
+def tree_bytes(folder: Path) -> dict[str, bytes]:
+    """Every file of a folder (links as their target path) by its relative path: what "unchanged" compares."""
+    return {str(p.relative_to(folder)): (os.readlink(p).encode() if p.is_symlink() else p.read_bytes())
+            for p in sorted(folder.rglob("*")) if p.is_file() or p.is_symlink()}
+
+
+@pytest.fixture(scope="module")
+def two_epoch_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("two-epochs")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fit(tiny_config("simsiam", out, epochs=2).with_values(limit_train=256), log=lambda s: None)
+    finally:
+        torch.set_num_threads(threads)
+    return out / "simsiam"
+
+
+REFUSED_RESUMES = {  # docs/reliability.md, "Flags given with --resume" and "Checkpoints given to --resume"
+    "fewer epochs than done": (["--epochs", "1"], "--epochs 1 but the run has finished 2 epochs"),
+    "a device that is not there": (["--device", "cuda"], "cuda"),
+    "a setting resume may not change": (["--lr", "0.5"], "--lr cannot change when resuming"),
+    "another method": (["--method", "byol"], "--method cannot change when resuming"),
+    "another method's setting": (["--queue-size", "7"], "--queue-size"),
+    "a value out of range": (["--time-limit", "inf"], "--time-limit inf"),
+    "a config file too": (["--config", "{run}/config.yaml"], "--config cannot be combined with --resume"),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED_RESUMES))
+def test_a_refused_resume_leaves_the_run_folder_byte_for_byte_unchanged(case, two_epoch_run, tmp_path, capsys):
+    """Nothing is persisted before it is accepted (#22): every refusal leaves every file as it was, so the plain
+    `--resume RUN` it advises still works."""
+    run = tmp_path / "run"
+    shutil.copytree(two_epoch_run, run)
+    (run / ".lock").write_text("1")  # another pid than this process's, which trained the run (a lock taken shows)
+    flags, message = REFUSED_RESUMES[case]
+    before = tree_bytes(run)
+    assert_one_line(*run_cli(["train", "--resume", run, *[f.format(run=run) for f in flags]], capsys), message)
+    assert tree_bytes(run) == before
 
 
 def test_a_hand_edited_config_or_changed_data_is_refused(tmp_path, capsys):
@@ -833,7 +876,9 @@ def test_analyze_on_a_split_smaller_than_the_classes_is_one_line(tmp_path, capsy
     cfg = tiny_config("simsiam", tmp_path, epochs=1)
     cfg.data.limit_test = 3
     fit(cfg, log=lambda s: None)
-    assert_one_line(*run_cli(["analyze", str(tmp_path / "simsiam"), "--device", "cpu"], capsys),
+    code, err = run_cli(["analyze", str(tmp_path / "simsiam"), "--device", "cpu"], capsys)
+    steps = [line for line in err.splitlines() if line.startswith("analyze ")]  # its progress lines ("analyze 1/6: ...")
+    assert_one_line(code, "\n".join(line for line in err.splitlines() if line not in steps),
                     "the test split holds 3 image(s), fewer than the 10 classes that analyze clusters them into; "
                     "pass --split all (or train), or hold out more test images")
 
@@ -899,7 +944,7 @@ def test_without_fcntl_sslab_trains_resumes_and_refuses_a_concurrent_resume(tmp_
 
 # ---- torchrun ends as sslab does (issue #22) ------------------------------------------------------------------------
 def sslab_torchrun(args: list[str], **env: str) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", **env}
+    full_env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{HOOKS}", "OMP_NUM_THREADS": "1", **env}
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         full_env.pop(k, None)
     cmd = [sys.executable, "-W", "ignore::FutureWarning", "-m", "sslab.torchrun", "--standalone", "--nproc_per_node",

@@ -77,3 +77,13 @@ def test_unwritable_run_folder_is_refused_before_training(tmp_path):
     cfg = Config.from_values({"out": str(blocker), "name": "r", "method": "simsiam"})
     with pytest.raises(RunFolderError, match="cannot write to --out folder"):
         RunDir.create(cfg)
+
+
+def test_a_command_that_fails_after_the_out_check_leaves_no_empty_folder(tmp_path, capsys):
+    from sslab import cli
+
+    out = tmp_path / "new" / "runs"
+    code = cli.main(["train", "--method", "simclr", "--dataset", "cifar10", "--data-dir", str(tmp_path / "none"),
+                     "--out", str(out)])
+    assert code == 2 and "sslab: error:" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()

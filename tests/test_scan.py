@@ -92,8 +92,8 @@ def test_minimising_scan_loss_raises_the_entropy_of_the_mean_prediction():
     uniform = torch.eye(4).repeat(2, 1) * 20  # 8 confident samples spread over 4 clusters
     collapsed = torch.zeros(8, 4)
     collapsed[:, 0] = 20
-    tu, cu, eu = scan_loss(uniform, uniform)
-    tc, cc, ec = scan_loss(collapsed, collapsed)
+    tu, cu, eu = scan_loss(uniform, uniform, 5.0)
+    tc, cc, ec = scan_loss(collapsed, collapsed, 5.0)
     assert cu == pytest.approx(cc.item(), abs=1e-6) and eu > ec and tu < tc
 
 
@@ -127,7 +127,7 @@ def test_selflabel_loss_matches_masked_weighted_cross_entropy():
         assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
         assert frac.item() == pytest.approx(mask.float().mean().item())
     # no confident sample: zero loss, no error, no NaN
-    loss, frac = selflabel_loss(torch.zeros(4, 3), torch.randn(4, 3), threshold=0.99)
+    loss, frac = selflabel_loss(torch.zeros(4, 3), torch.randn(4, 3), threshold=0.99, class_balance=True)
     assert loss.item() == 0.0 and frac.item() == 0.0
 
 
@@ -464,3 +464,25 @@ def test_head_is_chosen_by_consistency_minus_entropy_on_the_test_images(monkeypa
     assert best == 0 and selection["split"] == "test" and selection["entropy_weight"] == 1.0
     assert not selection["labels_used"]
     assert losses[0].item() == pytest.approx(-math.log(3), abs=1e-3) and losses[1].item() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_head_input_l2_and_standardized_feed_the_heads_what_they_say():
+    from sslab.scan.model import ClusterModel
+
+    torch.manual_seed(0)
+    feats = torch.randn(6, 4) * torch.tensor([100.0, 1.0, 0.1, 5.0]) + 30.0
+    mean, std = feats.mean(dim=0), feats.std(dim=0)
+    plain = ClusterModel(torch.nn.Identity(), 4, 3, heads=2)
+    l2 = ClusterModel(torch.nn.Identity(), 4, 3, heads=2, head_input="l2")
+    standard = ClusterModel(torch.nn.Identity(), 4, 3, heads=2, head_input="standardized", feature_stats=(mean, std))
+    for model in (l2, standard):
+        model.heads.load_state_dict(plain.heads.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(plain.head_logits(feats), plain.heads(feats).view(6, 2, 3).transpose(0, 1))
+        torch.testing.assert_close(l2.head_logits(feats), plain.head_logits(F.normalize(feats, dim=1)))
+        torch.testing.assert_close(l2.head_logits(7 * feats), l2.head_logits(feats))  # scale-free
+        torch.testing.assert_close(standard.head_logits(feats), plain.head_logits((feats - mean) / std))
+        one = standard.single_head(1)  # self-labelling keeps the input rule and the statistics
+        torch.testing.assert_close(one.head_logits(feats)[0], standard.head_logits(feats)[1])
+    with pytest.raises(ValueError):
+        ClusterModel(torch.nn.Identity(), 4, 3, head_input="standardized")

@@ -5,19 +5,20 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import shared_dataset_root
 
 import sslab.methods.simsiam as simsiam_module
 from sslab.config import Config
 from sslab.methods.base import negative_cosine
 from sslab.pretrain import fit
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+FASHION_MNIST = shared_dataset_root("fashion-mnist")  # where the CLI would find it (conftest), or None
 PROJ_DIM = 256
 
 
 def fashion_subset_run(out: Path) -> dict:
     cfg = Config.from_dict({
-        "data": {"dataset": "fashion-mnist", "data_dir": str(SHARED_DATA), "limit_train": 512, "limit_test": 500},
+        "data": {"dataset": "fashion-mnist", "data_dir": str(FASHION_MNIST), "limit_train": 512, "limit_test": 500},
         "model": {"backbone": "resnet18", "stem": "imagenet"},  # ImageNet stem: 28 px -> 7 px, cheap on a CPU
         "method": {"method": "simsiam", "proj_hidden": PROJ_DIM, "proj_dim": PROJ_DIM, "pred_hidden": 64},
         "optim": {"lr": 0.6, "warmup_epochs": 0},
@@ -33,12 +34,23 @@ def final_health(summary: dict) -> float:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    if not (SHARED_DATA / "FashionMNIST" / "raw").is_dir():
-        pytest.skip(f"Fashion-MNIST not found in {SHARED_DATA}")
+def out(tmp_path_factory) -> Path:
+    if FASHION_MNIST is None:
+        pytest.skip("Fashion-MNIST not found in ../shared/data nor where `sslab datasets` looks")
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    out = tmp_path_factory.mktemp("runs")
-    results = {"simsiam": fashion_subset_run(out)}
+    return tmp_path_factory.mktemp("runs")
+
+
+@pytest.fixture(scope="module")
+def simsiam_run(out) -> dict:
+    return fashion_subset_run(out)
+
+
+@pytest.fixture(scope="module")
+def runs(out, simsiam_run):
+    """SimSiam and two broken variants (about 90 s each on 2 cores: the broken ones are in the slow tests, which
+    show that the margins below tell a learning run from one that does not learn)."""
+    results = {"simsiam": simsiam_run}
     broken = {
         "no_stop_gradient": lambda p1, p2, z1, z2: negative_cosine(p1, z2) / 2 + negative_cosine(p2, z1) / 2,
         "constant_loss": lambda p1, p2, z1, z2: 0.0 * (p1.sum() + p2.sum()) + 1.0,
@@ -54,26 +66,28 @@ MARGIN = 0.15  # kNN top-1 gain over the untrained backbone (measured: ~+0.35 fo
 HEALTHY = 0.75  # z_std * sqrt(d) after training (measured: ~0.85 for SimSiam, ~0.55 without stop-gradient)
 
 
-def test_simsiam_beats_its_untrained_backbone_and_stays_healthy(runs):
-    s = runs["simsiam"]
+def test_simsiam_beats_its_untrained_backbone_and_stays_healthy(simsiam_run):
+    s = simsiam_run
     assert s["knn_top1"] - s["knn_top1_init"] >= MARGIN, s
     assert final_health(s) >= HEALTHY
 
 
+@pytest.mark.slow
 def test_constant_loss_fails_the_margin(runs):
     s = runs["constant_loss"]
     assert s["knn_top1"] - s["knn_top1_init"] < MARGIN, s
     assert s["knn_top1_init"] == runs["simsiam"]["knn_top1_init"]  # same seed, same untrained backbone
 
 
+@pytest.mark.slow
 def test_no_stop_gradient_collapses(runs):
     # Without the stop-gradient the embeddings collapse (Chen & He, fig. 2); in a CPU-sized budget this shows
     # first in the collapse monitor, before the backbone's kNN accuracy falls.
     assert final_health(runs["no_stop_gradient"]) < HEALTHY
 
 
-def test_run_folder_holds_the_contract(runs):
-    run = Path(runs["simsiam"]["run_dir"])
+def test_run_folder_holds_the_contract(simsiam_run):
+    run = Path(simsiam_run["run_dir"])
     for name in ["config.yaml", "metrics.jsonl", "summary.json", "plots/loss.png", "plots/knn.png", "checkpoints/last.pt"]:
         assert (run / name).is_file() and (run / name).stat().st_size > 0, name
     assert any((run / "tensorboard").iterdir())

@@ -9,7 +9,10 @@ Each is imported on first use, so `import sslab` stays fast.
 """
 import importlib
 
+from sslab import portable as _portable
+
 __version__ = "0.1.0"
+_portable.enable_mps_fallback()  # macOS: operators MPS lacks run on the CPU; only takes effect before torch loads
 
 _LAZY = {  # public name -> the module that defines it
     "train": "sslab.api", "load": "sslab.api", "embed": "sslab.api", "evaluate": "sslab.api", "export": "sslab.api",

@@ -3,7 +3,8 @@
 Formats (`sslab export RUN --format F`):
   state-dict   sslab's own names: `sslab.models.create_backbone(...)` loads it
   torchvision  the names of `torchvision.models.resnetNN()` (with the printed stem change and `fc = Identity()`)
-  timm         the names of `timm.create_model("resnetNN", num_classes=0)` (same stem change)
+  timm         the names of `timm.create_model("resnetNN", num_classes=0)` (same stem change); for a ViT, of
+               `timm.create_model("vit_tiny_patch16_224", num_classes=0, img_size=..., patch_size=...)`
   onnx         a graph (N, C, H, W) -> (N, D), checked against onnxruntime on the same inputs
 
 The weight formats are written twice, as safetensors (loading it cannot run code) and as a plain `.pt`
@@ -32,6 +33,10 @@ from sslab.errors import ConfigError, UserError
 
 FORMATS = ("state-dict", "torchvision", "timm", "onnx")
 RESNETS = ("resnet18", "resnet34", "resnet50")  # the backbones torchvision and timm have under the same name
+# sslab's ViTs -> timm's names; their parameters already carry timm's names. torchvision has no ViT-Tiny or
+# ViT-Small, and its ViT names its layers differently: a ViT exports to timm, ONNX and sslab's own names.
+TIMM_VITS = {"vit-tiny": "vit_tiny_patch16_224", "vit-small": "vit_small_patch16_224"}
+LIBRARY_BACKBONES = {"torchvision": RESNETS, "timm": RESNETS + tuple(TIMM_VITS)}
 # sslab's ResNet names -> torchvision's, which timm's ResNet shares: the stem is conv1 + bn1, a shortcut is
 # called downsample
 TORCHVISION_RENAMES = ((r"^stem\.0\.", "conv1."), (r"^stem\.1\.", "bn1."), (r"\.shortcut\.", ".downsample."))
@@ -56,6 +61,7 @@ class ModelInput:
     std: list[float]
     stem: str  # cifar (3x3 conv, no max-pool) or imagenet (7x7 stride 2 + max-pool); "" for simple-cnn
     feature_dim: int
+    patch_size: int = 0  # a ViT's patches are patch_size x patch_size pixels; 0 for a CNN
     normalisation: str = "x = (uint8 pixels / 255 - mean) / std, per channel; float32 (N, channels, size, size)"
 
 
@@ -80,15 +86,18 @@ def resnet_stem(backbone: nn.Module) -> str:
 def model_input(backbone: nn.Module, name: str, info: dict[str, Any]) -> ModelInput:
     """`info`: the checkpoint's data record (channels, image_size, mean, std)."""
     return ModelInput(name, int(info["image_size"]), int(info["channels"]), [float(v) for v in info["mean"]],
-                      [float(v) for v in info["std"]], resnet_stem(backbone), int(backbone.out_dim))
+                      [float(v) for v in info["std"]], resnet_stem(backbone), int(backbone.out_dim),
+                      int(getattr(backbone, "patch_size", 0)))
 
 
 def check_format(fmt: str, backbone_name: str) -> None:
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    if fmt in ("torchvision", "timm") and backbone_name not in RESNETS:
-        raise ConfigError(f"--format {fmt} needs a ResNet ({', '.join(RESNETS)}); this run's backbone is "
-                          f"{backbone_name}: use --format state-dict or onnx")
+    if fmt in LIBRARY_BACKBONES and backbone_name not in LIBRARY_BACKBONES[fmt]:
+        kinds = "a ResNet" if fmt == "torchvision" else "a ResNet or a ViT"
+        other = "state-dict, timm or onnx" if backbone_name in TIMM_VITS else "state-dict or onnx"
+        raise ConfigError(f"--format {fmt} needs {kinds} ({', '.join(LIBRARY_BACKBONES[fmt])}); this run's backbone "
+                          f"is {backbone_name}: use --format {other}")
 
 
 # ---- the code a user runs to load an export ----------------------------------------------------------------------
@@ -129,6 +138,10 @@ def load_code(fmt: str, spec: ModelInput, path: Path | str) -> str:
         head = ["import torch", "import torchvision", "from safetensors.torch import load_file", "",
                 f"model = torchvision.models.{spec.backbone}()", *_stem_lines(spec),
                 "model.fc = torch.nn.Identity()  # the backbone's features, not ImageNet's 1000 classes"]
+    elif fmt == "timm" and spec.backbone in TIMM_VITS:
+        head = ["import timm", "import torch", "from safetensors.torch import load_file", "",
+                f"model = timm.create_model({TIMM_VITS[spec.backbone]!r}, num_classes=0, in_chans={spec.channels}, "
+                f"img_size={spec.image_size}, patch_size={spec.patch_size})  # num_classes=0: the CLS features"]
     elif fmt == "timm":
         head = ["import timm", "import torch", "from safetensors.torch import load_file", "",
                 f"model = timm.create_model({spec.backbone!r}, num_classes=0, in_chans={spec.channels})"
@@ -225,7 +238,7 @@ def export_backbone(backbone: nn.Module, name: str, info: dict[str, Any], fmt: s
         card_path = out_dir / f"{name}.onnx.json"
     else:
         state = backbone.state_dict()
-        state = state if fmt == "state-dict" else rename_keys(state)
+        state = state if fmt == "state-dict" or name in TIMM_VITS else rename_keys(state)  # a ViT has timm's names
         stem_path = out_dir / f"{name}-{'sslab' if fmt == 'state-dict' else fmt}"
         files = export_weights(state, stem_path, fmt)
         check = None

@@ -11,18 +11,21 @@ import argparse
 import logging
 import os
 import sys
+import importlib
 from types import ModuleType
 from typing import NoReturn, Sequence
 
+from sslab import portable
+from sslab.commands import quick
 from sslab.errors import Interrupted, UserError
+from sslab.settings import sentence
 
 
-def command_modules() -> list[ModuleType]:
-    """The modules that add subcommands, in the order `sslab --help` lists them. Imported here, inside main()'s
-    Ctrl-C handling: they import torch and the library, which takes seconds."""
-    from sslab.commands import data_tools, datasets, demo, evaluate, export, look, scan, train
-
-    return [train, demo, scan, evaluate, look, data_tools, export, datasets]
+def command_modules(commands: Sequence[str] | None = None) -> list[ModuleType]:
+    """The modules that add the subcommands `commands` (None: all of them), in the order `sslab --help` lists
+    them. Imported here, inside main()'s Ctrl-C handling: they import torch and the library, which takes seconds."""
+    names = dict.fromkeys(m for c, (m, _) in quick.COMMANDS.items() if commands is None or c in commands)
+    return [importlib.import_module(f"sslab.commands.{name}") for name in names]
 
 
 class Parser(argparse.ArgumentParser):
@@ -33,29 +36,45 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(commands: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The `sslab` parser. `commands`: the subcommands to build in full (their modules are imported, and with
+    them torch); the others get their name and help only, which is all `sslab --help` shows. None: all."""
     parser = Parser(prog="sslab", description="Self-supervised representation learning on images: "
                     "train, evaluate, look, cluster.")
     parser.add_argument("--version", action="version", version=version_line())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    for module in command_modules():
+    for module in command_modules(commands):
         module.add_commands(sub)
+    quick.add_placeholders(sub, skip=set(sub.choices))
+    quick.order_commands(sub)
+    as_sentences(parser)
     return parser
 
 
-def version_line() -> str:
-    """`sslab 0.1.0 (torch 2.13.0+cpu, Python 3.11.7)`: what a bug report needs, the torch build included."""
-    import platform
+def as_sentences(parser: argparse.ArgumentParser) -> None:
+    """Every flag's and argument's help, in every command, as a sentence (capital letter, full stop)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                as_sentences(command)
+        elif action.help and action.help != argparse.SUPPRESS:
+            action.help = sentence(action.help)
 
-    import torch
+
+def version_line() -> str:
+    """`sslab 0.1.0 (torch 2.13.0+cpu, Python 3.11.7)`: what a bug report needs, the torch build included (read
+    from its package metadata: importing torch would take seconds)."""
+    import platform
 
     from sslab import __version__
 
-    return f"sslab {__version__} (torch {torch.__version__}, Python {platform.python_version()})"
+    return f"sslab {__version__} (torch {quick.torch_version()}, Python {platform.python_version()})"
 
 
 def enable_completion(parser: argparse.ArgumentParser) -> None:
     """Shell completion when argcomplete is installed and the shell asks for it (a no-op otherwise)."""
+    if "_ARGCOMPLETE" not in os.environ:
+        return
     try:
         import argcomplete
     except ImportError:
@@ -63,9 +82,20 @@ def enable_completion(parser: argparse.ArgumentParser) -> None:
     argcomplete.autocomplete(parser)
 
 
+def complete() -> None:
+    """Answer the shell's completion request (argcomplete ends the process): a command name from the names
+    alone, a command's flags from its kept parser (sslab/commands/quick.py) when it is current."""
+    command = quick.completed_command()
+    if command is None:
+        enable_completion(build_parser([]))
+    else:
+        enable_completion(quick.kept_parser(command, lambda: build_parser([command])))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Ctrl-C at any point (while the subcommands' modules import, while flags are parsed, during the work)
     ends with one line and exit code 130, never a traceback."""
+    portable.tolerant_console()  # any character prints, also to a Windows pipe in code page 1252
     try:
         return _main(argv)
     except KeyboardInterrupt:
@@ -74,8 +104,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    parser = build_parser()
-    enable_completion(parser)
+    if "_ARGCOMPLETE" in os.environ:
+        complete()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = quick.chosen_command(argv)
+    if command in quick.LISTINGS and not {"-h", "--help"} & set(argv):  # kept output, while still current
+        return quick.kept_listing(command, argv, lambda: _run(argv, command))
+    return _run(argv, command)
+
+
+def _run(argv: list[str], command: str | None) -> int:
+    parser = build_parser([command] if command else [])
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # name the subcommand whose --help lists the flags
         command = getattr(args, "command", None)
@@ -110,6 +149,9 @@ LARGE_IMAGE_SIZE = 512  # pixels a side: above this, the images themselves are t
 
 def out_of_memory_advice(args: argparse.Namespace) -> str:
     """What to change after running out of memory: the cause, when the flags show it."""
+    if getattr(args, "data_on_device", None) == "always":
+        return ("--data-on-device always holds the whole dataset on the device; use auto (streams it from host memory "
+                "when it does not fit) or never")
     size = getattr(args, "image_size", None)
     if isinstance(size, str) and size.isdigit():
         size = int(size)

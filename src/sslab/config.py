@@ -21,11 +21,14 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from sslab.augment.presets import AugmentConfig
-from sslab.data import TRAIN_SPLITS  # importing sslab.data registers the datasets the data settings name
-from sslab.device import PRECISIONS
+from sslab import portable
+from sslab.data import TEST_FRACTION, TRAIN_SPLITS  # importing sslab.data registers the datasets the data settings name
+from sslab.device import DEVICE_HELP, PRECISION_HELP, PRECISIONS
 from sslab.errors import ConfigError
 from sslab.methods import METHODS, MethodSettings
+from sslab.progress import DEFAULT_EVERY
 from sslab.registry import BACKBONES, DATASETS
+from sslab.streaming import PLACEMENT_HELP, PLACEMENTS
 from sslab.settings import Rule, check, coerce, dump_yaml, flag, names_of, read_yaml_file, setting, shown, to_dict, \
     types_of
 
@@ -36,24 +39,24 @@ KNN_T_MIN = 0.02  # below it exp(similarity / t) overflows float32 and the vote 
 
 def is_device(name: str) -> bool:
     kind, _, index = name.partition(":")
-    return name in ("auto", "cpu", "cuda") or (kind == "cuda" and index.isdigit())
+    return name in ("auto", "cpu", "cuda", "mps") or (kind == "cuda" and index.isdigit())
 
 
 def is_folder_name(name: Optional[str]) -> bool:
     """A plain folder name: no path separators, not '.' or '..', at most 255 bytes (the file systems' limit)."""
     return name is None or (name not in ("", ".", "..") and not any(c in name for c in ("/", "\\", "\0", os.sep))
-                            and len(name.encode("utf-8", errors="replace")) <= 255)
+                            and len(name.encode("utf-8", errors="replace")) <= 255
+                            and portable.name_problem(name) is None)  # a run folder copied to Windows opens there
 
 
 # ---- declarations several commands share (train, eval, scan) ------------------------------------------------
 def device_setting() -> Any:
-    return setting("auto", "where to run: auto (a GPU when there is one), cpu, cuda or cuda:N (under torchrun, cuda "
-                   "is each process's own GPU)", rule=Rule(is_device, "auto, cpu, cuda or cuda:N"))
+    return setting("auto", DEVICE_HELP + " (under torchrun, cuda is each process's own GPU)",
+                   rule=Rule(is_device, "auto, cpu, cuda, cuda:N or mps"))
 
 
 def precision_setting() -> Any:
-    return setting("auto", "numeric precision: auto (bf16 autocast on a GPU, fp32 on the CPU), bf16 (also on the "
-                   "CPU) or fp32", choices=PRECISIONS)
+    return setting("auto", PRECISION_HELP, choices=PRECISIONS)
 
 
 def channels_last_setting() -> Any:
@@ -65,7 +68,7 @@ def progress_setting() -> Any:
 
 
 def progress_every_setting() -> Any:
-    return setting(30.0, "seconds between plain progress lines when stderr is not a terminal", gt=0, le=86_400)
+    return setting(DEFAULT_EVERY, "seconds between plain progress lines when stderr is not a terminal", gt=0, le=86_400)
 
 
 def time_limit_setting(what: str) -> Any:
@@ -85,14 +88,18 @@ def knn_t_setting(default: Optional[float], help: str) -> Any:
 @dataclass
 class DataConfig:
     dataset: str = setting("digits", "the images to learn from", choices=DATASETS.names)
-    data_dir: Optional[str] = setting(None, "where the dataset lives; none: $SSLAB_DATA/<dataset>, else "
-                                      "~/.cache/sslab/data/<dataset>")
+    data_dir: Optional[str] = setting(None, "the folder the dataset is read from; none: it is looked for in "
+                                      "$SSLAB_DATA/<dataset>, ~/.cache/sslab/data/<dataset> and system folders such "
+                                      "as /usr/share/datasets (config.yaml records the folder found)")
     download: bool = setting(False, "fetch the dataset from its official source (checksum checked) when it is missing")
     train_split: str = setting("train", "which images to train on (stl10: also its unlabelled images)",
                                choices=lambda: sorted({"train", *(s for splits in TRAIN_SPLITS.values() for s in splits)}))
     image_size: Optional[int] = setting(None, "resize every image to this side in pixels; none: the native size "
                                         "(image folders: the most common one)", ge=8, le=4096)
-    test_fraction: float = setting(0.2, "datasets without a test split: the share held out as test images, "
+    store_size: Optional[int] = setting(None, "cache images with this side in pixels and random-resized-crop "
+                                        "--image-size from them on the device (256 for 224 keeps 1.3x the bytes); "
+                                        "none: the training size", ge=8, le=4096)
+    test_fraction: float = setting(TEST_FRACTION, "datasets without a test split: the share held out as test images, "
                                    "stratified and seeded", ge=0, lt=1)
     strict: bool = setting(False, "refuse an image folder with unreadable images instead of skipping and listing them")
     limit_train: Optional[int] = setting(None, "keep this many training images, stratified (quick runs and tests); "
@@ -116,6 +123,7 @@ class TrainConfig:
     device: str = device_setting()
     precision: str = precision_setting()
     channels_last: Optional[bool] = channels_last_setting()
+    data_on_device: str = setting("auto", PLACEMENT_HELP, choices=PLACEMENTS)
     compile: str = setting("off", "torch.compile the model's step (reduce-overhead adds CUDA graphs, GPU only)",
                            choices=COMPILE_MODES)
     fused: Optional[bool] = setting(None, "the fused SGD/AdamW kernel (one launch for all parameters; LARS has none); "
@@ -131,8 +139,9 @@ class TrainConfig:
                                         "on collapse)", ge=0, le=10)
     out: str = setting("runs", "the folder run folders are made in")
     name: Optional[str] = setting(None, "the run folder's name inside --out; none: <method>-<dataset>-<backbone>-<time>",
-                                  rule=Rule(is_folder_name, "a plain folder name (no '/', '\\' or '..') of at most "
-                                                            "255 bytes"))
+                                  rule=Rule(is_folder_name, "a plain folder name of at most 255 bytes that Windows "
+                                                            "accepts too (none of <>:\"/\\|?*, not CON or NUL, no "
+                                                            "trailing dot or space)"))
     progress: bool = progress_setting()
     progress_every: float = progress_every_setting()
     time_limit: Optional[float] = time_limit_setting("training")

@@ -19,12 +19,13 @@ from sslab.analysis.augment_preview import PreviewOptions, preview_augment
 from sslab.analysis.embedding import describe_embed, embed_run
 from sslab.analysis.export import export_images
 from sslab.analysis.report import build_report
-from sslab.config import Config
+from sslab.config import Config, TrainConfig
 from sslab.data import load_from_config
 from sslab.eval.evaluate import EvalOptions, evaluate_run
 from sslab.eval.table import format_results, written_line
 from sslab.pretrain import fit
 from sslab.pretrained import load_trained
+from sslab.progress import Heartbeat, heartbeats
 from sslab.resume import read_config
 from sslab.scan.demo import demo_step as demo_scan
 
@@ -33,23 +34,41 @@ DEMO_SETTINGS: dict[str, Any] = {
     "backbone": "simple-cnn-bn",  # without BatchNorm the short run gains less (docs/methods.md)
     "method": "simclr", "temperature": 0.1,
     "crop_scale": (0.3, 1.0),  # 28 px clothes: an 8% crop of a sneaker is a few grey pixels
-    "epochs": 3, "batch_size": 64, "device": "cpu", "knn_k": 20, "progress": False,
+    "epochs": 3, "batch_size": 64, "device": "cpu", "knn_k": 20,
+    "progress_every": 5.0,  # piped to a file: a progress line every 5 s, never a long silence
 }
 
 Log = Callable[[str], None]
+DEMO_HEARTBEAT = 5.0  # seconds of silence after which a long call says it is still running (sslab.progress)
 
 
-def demo_config(out: str = "runs", **settings: Any) -> Config:
+def demo_config(out: str = TrainConfig.out, **settings: Any) -> Config:
     return Config.from_values({**DEMO_SETTINGS, "out": out, **settings}, where="the demo")
 
 
-def run_demo(out: str = "runs", log: Log = print, steps: list[Callable[[Path, Log], None]] | None = None,
+def run_demo(out: str = TrainConfig.out, log: Log = print, steps: list[Callable[[Path, Log], None]] | None = None,
              **settings: Any) -> dict[str, Any]:
-    summary = fit(demo_config(out, **settings), log=log)
-    log(learning_verdict(summary))
-    for step in DEMO_STEPS if steps is None else steps:
-        step(Path(summary["run_dir"]), log)
+    """Train, run the later steps on the run folder, and end with the summary lines (`closing_lines`). Long calls
+    inside the steps (k-means, t-SNE) say they are still running every DEMO_HEARTBEAT seconds."""
+    with heartbeats(DEMO_HEARTBEAT):
+        with Heartbeat("demo: training"):
+            summary = fit(demo_config(out, **settings), log=log)
+        log(learning_verdict(summary))
+        for step in DEMO_STEPS if steps is None else steps:
+            with Heartbeat(f"demo: {step.__name__.removeprefix('demo_')}"):  # the innermost heartbeat speaks
+                step(Path(summary["run_dir"]), log)
+    for line in closing_lines(summary):
+        log(line)
     return summary
+
+
+def closing_lines(summary: dict[str, Any]) -> list[str]:
+    """The demo's last lines, so that a reader who scrolls to the end sees the outcome: the learned kNN beside
+    its baselines, and where the report and the run folder are."""
+    run_dir = Path(summary["run_dir"])
+    report = run_dir / "report.html"
+    return ["", learning_verdict(summary),
+            f"demo: report {report} (open it in a browser)" if report.exists() else f"demo: run folder {run_dir}"]
 
 
 def learning_verdict(summary: dict[str, Any]) -> str:

@@ -2,8 +2,9 @@
 a loop with a checkpoint (`Interrupted`), which says how to continue."""
 from __future__ import annotations
 
-import signal
 from pathlib import Path
+
+from sslab import portable
 
 
 class UserError(Exception):
@@ -41,9 +42,9 @@ class Interrupted(Exception):
     `resume` (a command line) continues."""
 
     def __init__(self, run_dir: Path | None, signum: int, resume: str | None = None):
-        name = signal.Signals(signum).name
+        name = portable.signal_name(signum)
         resume = resume or f"sslab train --resume {run_dir}"
-        if signum == signal.SIGALRM and run_dir is not None:
+        if signum == portable.TIME_LIMIT and run_dir is not None:
             message = f"stopped at the --time-limit; checkpoint saved; continue with: {resume}"
         elif run_dir is None:
             message = f"interrupted by {name} before training started; no checkpoint was written"
@@ -54,4 +55,4 @@ class Interrupted(Exception):
 
     @property
     def exit_code(self) -> int:
-        return 0 if self.signum == signal.SIGALRM else 128 + self.signum  # the time limit is a planned stop
+        return portable.exit_code(self.signum)  # 0 for the time limit: a planned stop

@@ -36,8 +36,8 @@ def set_lr(opt: torch.optim.Optimizer, lr: float, peak: float | None = None) -> 
         g["lr"] = peak if g.get("fixed_lr") and peak is not None else lr
 
 
-def make_optimizer(name: str, groups: Iterable[dict[str, Any]], lr: float, momentum: float = 0.9,
-                   weight_decay: float = 0.0, device: torch.device | None = None,
+def make_optimizer(name: str, groups: Iterable[dict[str, Any]], lr: float, momentum: float,
+                   weight_decay: float, device: torch.device | None = None,
                    fused: bool | None = None) -> torch.optim.Optimizer:
     """sgd (momentum), adamw or lars over parameter `groups` (dicts with "params"; empty groups are dropped).
     `fused`: the fused SGD/AdamW kernel; None: on a GPU only (LARS has none)."""

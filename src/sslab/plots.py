@@ -21,7 +21,8 @@ DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "stl10": "STL-1
                  "fashion-mnist-mini": "Fashion-MNIST mini",
                  "mnist": "MNIST", "digits": "digits (8x8)", "folder": "image folder", "npz": "npz arrays"}
 METHOD_NAMES = {"simsiam": "SimSiam", "phinet": "PhiNet", "xphinet": "X-PhiNet", "simclr": "SimCLR", "byol": "BYOL",
-                "mocov2": "MoCo v2"}
+                "mocov2": "MoCo v2", "barlowtwins": "Barlow Twins", "vicreg": "VICReg", "dino": "DINO",
+                "mocov3": "MoCo v3", "nnclr": "NNCLR", "swav": "SwAV"}
 # fonts with CJK glyphs, most common first (Debian/Ubuntu fonts-noto-cjk, fonts-wqy-*, macOS, Windows)
 CJK_FONTS = ("Noto Sans CJK JP", "Noto Sans CJK SC", "Noto Sans CJK TC", "Noto Sans CJK KR", "Source Han Sans",
              "WenQuanYi Zen Hei", "WenQuanYi Micro Hei", "Droid Sans Fallback", "IPAGothic", "IPAexGothic",
@@ -206,7 +207,7 @@ def knn_curve(records: list[dict[str, Any]], baselines: dict[str, float]) -> lis
 
 def _read_summary(run: "RunDir") -> dict[str, Any] | None:
     try:
-        summary = json.loads(run.summary_path.read_text())
+        summary = json.loads(run.summary_path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return summary if isinstance(summary, dict) else None

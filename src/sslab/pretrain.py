@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -27,11 +28,11 @@ from sslab import distributed as ddp
 from sslab.augment.views import ViewMaker
 from sslab.checkpoint import first_line, save_checkpoint
 from sslab.config import Config
-from sslab.data import load_from_config
-from sslab.data.base import ImageData
+from sslab.data import load_from_config, rows_of
+from sslab.data.base import ImageData, ImageRows, Images
 from sslab.errors import ConfigError
 from sslab.eval.baselines import pixel_knn_accuracy
-from sslab.eval.features import extract_features
+from sslab.eval.features import KNN_BANK_MAX, PIXEL_KNN_MAX_BYTES, bank_rows, extract_features
 from sslab.eval.knn import knn_accuracy
 from sslab.kit import (
     BatchSource,
@@ -53,6 +54,7 @@ from sslab.plots import plot_learning_curves
 from sslab.recipe import fit_to_data
 from sslab.resume import Resumed, open_run
 from sslab.run import RunDir, check_out_dir, run_locks
+from sslab.streaming import StreamedImages, StreamingFeed, decide_placement
 
 Log = Callable[[str], None]
 
@@ -67,40 +69,46 @@ def fit(cfg: Config | None = None, resume: str | Path | None = None, data: Image
         raise ConfigError("fit() needs a run spec (sslab.config.Config), or a run folder to resume")
     cfg = resumed.cfg if resumed is not None else cfg
     cfg.check()  # every setting within its range, before any work
-    with run_locks(), distributed_session(cfg.train.device) as group, StopFlag() as stop:
+    with (run_locks(), distributed_session(cfg.train.device) as group, StopFlag() as stop,
+          contextlib.ExitStack() as on_exit):  # on_exit: closes a streaming feed
         rank, world = group.rank, group.world_size
         log = log if rank == 0 else _quiet
-        ddp.on_rank0(lambda: check_out_dir(cfg.train.out) if resumed is None else resumed.run.lock().check_writable())
+        ddp.on_rank0(lambda: check_out_dir(cfg.train.out) if resumed is None else resumed.run.lock(announce=False).check_writable())
         device = dev.pick_device(cfg.train.device, group.local_rank if world > 1 else None)
         seed_everything(cfg.train.seed)
         data = data if data is not None else load_data(cfg, log)
-        cfg = fit_to_data(cfg, data.image_size, len(data.train_x), device, log if resumed is None else None)
+        cfg = fit_to_data(cfg, data.train_size, len(data.train_x), device, log if resumed is None else None)
         cfg.check()
         t, m = cfg.train, cfg.method
         source = BatchSource(len(data.train_x), m.batch_size, t.seed, device, rank, world)
         if resumed is not None:
             resumed.check(data_info(data))
-        data = data.to(device)
+        data, images = place_data(data, t.data_on_device, device, source, on_exit, log)
         model = build_model(cfg, data, device, world)
         opt, lr_at = build_optimizer(model, cfg, source.steps_per_epoch)
         aug_gen = torch.Generator(device=device)  # this rank's augmentations
         aug_gen.manual_seed(augment_seed(t.seed, rank))
-        monitor = KnnMonitor(model, data, t.knn_k, t.knn_t, dev.uses_bf16(t.precision, device), t.channels_last)
+        precision = dev.Precision.for_device(t.precision, device)
+        log(f"device: {dev.device_name(device)}; {precision.describe()}")
+        monitor = KnnMonitor(model, data, t.knn_k, t.knn_t, precision, t.channels_last, t.seed, log)
         run, pos, baselines = start_or_resume(resumed, cfg, data, model, opt, source, aug_gen, world, log)
+        if resumed is not None and resumed.state is not None:
+            precision.load_state_dict(resumed.state.get("precision"))  # the fp16 scaler's scale, as it was
         stop.arm(t.time_limit)  # from here on a signal (or the time limit) is answered with a checkpoint
         epochs = EpochLog(run.metrics_path, run.tensorboard_dir, "train", rank == 0,
                           pos.epoch if resumed is not None and resumed.state is not None else None,
                           source.steps_per_epoch, run.truncate_metrics, run.append_metrics)
-        step = TrainStep(model=model, forward=compiled(model, cfg, device, world), opt=opt, images=data.train_x,
-                         views=ViewMaker(model.view_specs(data.image_size), cfg.augment, data.image_size, data.mean,
+        step = TrainStep(model=model, forward=compiled(model, cfg, device, world), opt=opt, images=images,
+                         views=ViewMaker(model.view_specs(data.train_size), cfg.augment, data.train_size, data.mean,
                                          data.std),
                          aug_gen=aug_gen, lr_at=lr_at, peak_lr=m.lr * m.batch_size / 256,
-                         autocast=dev.autocast(device, dev.uses_bf16(t.precision, device)),
+                         precision=precision,
                          channels_last=t.channels_last, steps_per_epoch=source.steps_per_epoch,
                          total_steps=m.epochs * source.steps_per_epoch)
 
         def save(p: LoopPosition) -> None:
-            payload = {**run_state(cfg, data, model), "optimizer": opt.state_dict(), **loop_state(p, source, aug_gen, world)}
+            payload = {**run_state(cfg, data, model), "optimizer": opt.state_dict(), "precision": precision.state_dict(),
+                       **loop_state(p, source, aug_gen, world)}
             payload["loop"].update(baselines)
             keep = [run.checkpoints_dir / f"epoch_{p.epoch:04d}.pt"] if due(t.checkpoint_every, p) else []
             ddp.on_rank0(lambda: [save_checkpoint(payload, path) for path in [run.last_checkpoint, *keep]])
@@ -109,7 +117,7 @@ def fit(cfg: Config | None = None, resume: str | Path | None = None, data: Image
                          checkpoint_path=run.last_checkpoint, resume=f"sslab train --resume {run.path}",
                          nan_hint="start a new run with a lower --lr (or --precision fp32)", progress=t.progress,
                          progress_every=t.progress_every, rank=rank, on_step=step_loss_logger(epochs, t.step_loss_every),
-                         run_dir=run.path)
+                         run_dir=run.path, on_epoch_start=getattr(images, "start_epoch", None))
         if resumed is None or resumed.state is None:  # step 0: the untrained network and the baselines
             ddp.on_rank0(lambda: save_checkpoint(run_state(cfg, data, model), run.checkpoints_dir / "init.pt"))
             baselines = measure_baselines(monitor, data, t, log)
@@ -165,9 +173,24 @@ def load_data(cfg: Config, log: Log) -> ImageData:
     return data
 
 
+def place_data(data: ImageData, mode: str, device: torch.device, source: BatchSource, on_exit: contextlib.ExitStack,
+               log: Log) -> tuple[ImageData, torch.Tensor | StreamedImages]:
+    """The data where `--data-on-device` (auto: its size against the device's free memory) puts it, and the
+    training images as the step indexes them: the tensor on the device (resident), or `StreamedImages` that
+    gather each step's batch from the host's mapped cache a step ahead (the feed is closed by `on_exit`)."""
+    rows = any(isinstance(x, ImageRows) for x in (data.train_x, data.test_x))
+    placement = decide_placement(mode, data.nbytes, device, rows_of_cache=rows)
+    log(placement.reason)
+    if placement.resident:
+        data = data.to(device)
+        return data, data.train_x
+    feed = on_exit.enter_context(StreamingFeed(data.train_x, device))
+    return data.labels_to(device), StreamedImages(feed, source.indices, source.steps_per_epoch)
+
+
 def build_model(cfg: Config, data: ImageData, device: torch.device, world: int) -> Method:
     """The method on `device`; with several processes BatchNorm sees the global batch."""
-    model = build_method(cfg, data.channels, data.image_size).to(device)
+    model = build_method(cfg, data.channels, data.train_size).to(device)
     if world > 1:
         model = ddp.convert_sync_batchnorm(model, device)
     if cfg.train.channels_last:
@@ -190,8 +213,10 @@ def compiled(model: Method, cfg: Config, device: torch.device, world: int) -> Ca
     Buffers are kept equal by construction (synced BN stats, gathered MoCo keys), so DDP does not broadcast them."""
     forward: Any = model
     if world > 1:
-        forward = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if dev.is_gpu(device) else None, broadcast_buffers=False)
+        with warnings.catch_warnings():  # torch >= 2.13 renames the flag; 2.11 knows only this one
+            warnings.filterwarnings("ignore", message=".*broadcast_buffers.* is deprecated", category=FutureWarning)
+            forward = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if dev.is_gpu(device) else None, broadcast_buffers=False)
     mode = cfg.train.compile
     if mode != "off":
         forward = torch.compile(forward, mode=None if mode == "default" else mode)
@@ -207,10 +232,10 @@ class TrainStep:
     opt: torch.optim.Optimizer
     views: ViewMaker
     aug_gen: torch.Generator
-    images: torch.Tensor  # the training images, uint8 on the device
+    images: torch.Tensor | StreamedImages  # the training images: uint8 on the device, or streamed to it
     lr_at: Callable[[int], float]
     peak_lr: float
-    autocast: Any
+    precision: dev.Precision  # autocast and, in fp16, the gradient scaler
     channels_last: bool
     steps_per_epoch: int
     total_steps: int
@@ -223,18 +248,47 @@ class TrainStep:
         clean = as_input(self.views.clean(x), self.channels_last) if model.needs_clean else None
         set_lr(self.opt, self.lr_at(global_step), self.peak_lr)
         model.before_step(progress)
-        with self.autocast:
+        with self.precision.autocast():
             out = self.forward(views, clean)
         self.opt.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        model.after_backward(progress)
-        self.opt.step()
+        skipped = self.precision.backward_and_step(out["loss"], self.opt, lambda: model.after_backward(progress))
         model.after_step(progress)
         metrics = {k: v.detach() for k, v in out.items() if k != "z" and v.ndim == 0}
         if "z" in out:
             self.z_dim = out["z"].shape[1]
             metrics["z_std"] = std_of_normalized(out["z"].detach())
-        return metrics
+        return metrics if skipped is None else without_skipped_step(metrics, skipped)
+
+
+SKIPPED = "scaler_skipped"  # the epoch's share of steps the fp16 gradient scaler skipped (a metric of its sums)
+DROPPED = "scaler_dropped"  # the share of skipped steps whose metrics were inf/NaN, left out of the means
+
+
+def without_skipped_step(metrics: dict[str, torch.Tensor], skipped: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A step's metrics in fp16. The gradient scaler skips a step whose scaled gradients are inf/NaN: normal
+    while it calibrates its scale (it starts at 2^16 and halves at each skip). Such a step counts in `SKIPPED`;
+    when its metrics are inf/NaN too they add 0 to the epoch's sums and count in `DROPPED`, so they are not
+    taken for the NaN stop, and `taken_step_means` divides by the steps kept. No sync: all on the device."""
+    finite = torch.stack([torch.isfinite(v).all() for v in metrics.values()]).all()
+    dropped = ((skipped > 0) & ~finite).float()
+    out = {k: torch.where(dropped > 0, torch.zeros_like(v), v) for k, v in metrics.items()}
+    out[SKIPPED], out[DROPPED] = skipped, dropped
+    return out
+
+
+def taken_step_means(means: dict[str, Any], steps: int, epoch: int) -> dict[str, Any]:
+    """The epoch's means over the steps kept, and `skipped_steps` (the steps the scaler skipped); unchanged
+    without a scaler. An epoch whose every step had an inf/NaN loss is the NaN stop (the last checkpoint is kept)."""
+    if SKIPPED not in means:
+        return means
+    skipped, dropped = means.pop(SKIPPED), means.pop(DROPPED)
+    if round(dropped * steps) >= steps:
+        raise NonFiniteLoss(f"the loss was inf/NaN at every step of epoch {epoch} in fp16 (the gradient scaler "
+                            "skipped them all); start a new run with --precision bf16 or fp32, or a lower --lr")
+    scale = 1 / (1 - dropped)
+    out = {k: [x * scale for x in v] if isinstance(v, list) else v * scale for k, v in means.items()}
+    out["skipped_steps"] = round(skipped * steps)
+    return out
 
 
 def step_loss_logger(log: EpochLog, every: int) -> Callable[[int, dict[str, torch.Tensor]], None] | None:
@@ -251,21 +305,49 @@ def step_loss_logger(log: EpochLog, every: int) -> Callable[[int, dict[str, torc
 
 class KnnMonitor:
     """kNN top-1 of the backbone's test features against its train features (every rank computes it: the
-    same number; no rank waits on another). None without a labelled test split."""
+    same number; no rank waits on another). None without a labelled test split. The features are extracted in
+    chunks wherever the images are (on the device, or streamed from the mapped cache); a bank of more than
+    KNN_BANK_MAX training images is a stated, seeded, stratified subset of them."""
 
-    def __init__(self, model: Method, data: ImageData, k: int, t: float, bf16: bool, channels_last: bool):
-        self.model, self.data, self.k, self.t, self.bf16, self.channels_last = model, data, k, t, bf16, channels_last
+    def __init__(self, model: Method, data: ImageData, k: int, t: float, precision: dev.Precision,
+                 channels_last: bool, seed: int, log: Log):
+        self.model, self.data, self.k, self.t = model, data, k, t
+        self.precision, self.channels_last = precision, channels_last
+        self.rows, note = bank_rows(data.train_y, KNN_BANK_MAX, seed)
+        if note is not None and self.usable():
+            log(note)
 
     def usable(self) -> bool:
         return self.data.test_x.shape[0] > 0 and bool((self.data.train_y >= 0).any())
 
+    def bank(self) -> tuple[Images, torch.Tensor]:
+        """The bank's training images and labels (all of them, or the bounded subset's rows)."""
+        d = self.data
+        if self.rows is None:
+            return d.train_x, d.train_y
+        return rows_of(d.train_x, self.rows), d.train_y[self.rows.to(d.train_y.device)]
+
     def __call__(self) -> float | None:
         if not self.usable():
             return None
-        d = self.data
-        bank, queries = (extract_features(self.model.backbone, x, d.mean, d.std, bf16=self.bf16,
-                                          channels_last=self.channels_last) for x in (d.train_x, d.test_x))
-        return knn_accuracy(bank, d.train_y, queries, d.test_y, d.num_classes, self.k, self.t)
+        d, (bank_x, bank_y) = self.data, self.bank()
+        with self.precision.autocast():  # the training precision (fp16 needs no scaler without a backward pass)
+            bank, queries = (extract_features(self.model.backbone, x, d.mean, d.std, bf16=False,
+                                              channels_last=self.channels_last, crop=d.crop_size)
+                             for x in (bank_x, d.test_x))
+        return knn_accuracy(bank, bank_y, queries, d.test_y, d.num_classes, self.k, self.t)
+
+    def pixels(self, log: Log) -> float | None:
+        """kNN of the raw pixels, the same bank, k and t, computed where the images are; None (with a line that
+        says why) when their float32 pixels would take more than PIXEL_KNN_MAX_BYTES."""
+        d, (bank_x, bank_y) = self.data, self.bank()
+        pixel_bytes = 4 * (bank_x.numel() + d.test_x.numel())
+        if pixel_bytes > PIXEL_KNN_MAX_BYTES:
+            log(f"kNN of the raw pixels skipped: their float32 vectors would take {pixel_bytes / 2**30:.0f} GiB")
+            return None
+        bank_x, test_x = (x if isinstance(x, torch.Tensor) else x[torch.arange(len(x))] for x in (bank_x, d.test_x))
+        return pixel_knn_accuracy(bank_x, bank_y.to(bank_x.device), test_x, d.test_y.to(test_x.device),
+                                  d.num_classes, self.k, self.t)
 
 
 def measure_baselines(monitor: KnnMonitor, data: ImageData, t: Any, log: Log) -> dict[str, float | None]:
@@ -273,7 +355,7 @@ def measure_baselines(monitor: KnnMonitor, data: ImageData, t: Any, log: Log) ->
     if t.knn_every == 0:
         return {"knn_top1_init": None, "knn_top1_pixels": None}
     init = monitor()
-    pixels = pixel_knn_accuracy(data.train_x, data.train_y, data.test_x, data.test_y, data.num_classes, t.knn_k, t.knn_t)
+    pixels = monitor.pixels(log)
     if init is not None:
         log(f"kNN before training: {percent(init)} (raw pixels {percent(pixels)})")
     return {"knn_top1_init": init, "knn_top1_pixels": pixels}
@@ -284,6 +366,7 @@ def epoch_record(epoch: int, means: dict[str, Any], seconds: float, source: Batc
     """One line of metrics.jsonl: the epoch's means, lr, kNN (when due), timing and the collapse check (`z_dim`:
     the width of the embedding z)."""
     t, steps = cfg.train, source.steps_per_epoch
+    means = taken_step_means(means, steps, epoch)
     tick = time.perf_counter()
     knn = monitor() if t.knn_every > 0 and (epoch % t.knn_every == 0 or epoch == cfg.method.epochs) else None
     record = {"epoch": epoch, "step": epoch * steps, "loss": means.pop("loss"), "lr": lr_at(epoch * steps - 1),
@@ -381,8 +464,9 @@ def percent(value: float | None) -> str:
 def format_epoch(r: dict[str, Any], epochs: int) -> str:
     knn = f"knn {100 * r['knn_top1']:.2f}%" if r.get("knn_top1") is not None else "knn -"
     z = f"z_std {r['z_std']:.4f}" if r.get("z_std") is not None else ""
+    skipped = f" ({r['skipped_steps']} steps skipped by the fp16 scaler)" if r.get("skipped_steps") else ""
     return (f"epoch {r['epoch']}/{epochs} loss {r['loss']:.4f} lr {r['lr']:.4g} {knn} {z} "
-            f"{r['epoch_seconds']:.1f} s {r['images_per_second']:.0f} img/s")
+            f"{r['epoch_seconds']:.1f} s {r['images_per_second']:.0f} img/s{skipped}")
 
 
 def _quiet(message: str) -> None:

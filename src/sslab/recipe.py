@@ -18,6 +18,10 @@ did not give (`Config.given`), they are adapted to the data, and each change is 
 3. **The augmentation.** `--preset auto`: the method's preset for the image size (`<family>-small` up to 64 px,
    `<family>-large` above, with blur); the digit datasets get no flips (a mirrored 2 is not a digit).
 4. **The device.** channels-last on a GPU unless `--channels-last` says otherwise.
+5. **Small images.** Without `--backbone`, images below SMALL_BACKBONE_BELOW (32) pixels a side (8 px digits,
+   28 px grey MNIST and Fashion-MNIST) get `simple-cnn-bn` instead of resnet18: a ResNet-18 is 11 M weights
+   made for 32 px colour, slow on a CPU and no better there; on these images the 3-layer CNN with BatchNorm
+   learns in a few CPU epochs (docs/methods.md, "Backbones").
 
 A run of SHORT_RUN_EPOCHS or more epochs, or one that leaves `--epochs` to the recipe, keeps the published
 recipe exactly. `sslab methods --image-size N` shows what step 1 and 3 give.
@@ -35,6 +39,8 @@ from sslab.errors import ConfigError
 from sslab.models.resnet import SMALL_IMAGE_MAX
 from sslab.settings import names_of, one_of
 
+SMALL_BACKBONE_BELOW = 32  # images with a side below this get SMALL_BACKBONE unless --backbone is given
+SMALL_BACKBONE = "simple-cnn-bn"
 SHORT_RUN_EPOCHS = 100  # runs with fewer epochs get the short-run recipe
 MIN_STEPS_PER_EPOCH = 32  # a short run on a small dataset lowers the batch to keep this many steps per epoch
 MIN_BATCH = 64  # ... but never below this (BatchNorm and the contrastive losses need a batch)
@@ -59,11 +65,23 @@ def fit_to_data(cfg: Config, image_size: int, n_train: Optional[int] = None, dev
     changes = short_run_recipe(method, cfg.given, n_train)
     if changes and log is not None:
         log(f"short-run recipe ({method.epochs} < {SHORT_RUN_EPOCHS} epochs; docs/methods.md): " + "; ".join(changes))
+    model = small_image_backbone(cfg, image_size, log)
     train = cfg.train
     if train.channels_last is None:
         train = dataclasses.replace(train, channels_last=device is not None and device.type == "cuda")
     augment = fit_augment(cfg, image_size)
-    return dataclasses.replace(cfg, method=method, augment=augment, train=train)
+    return dataclasses.replace(cfg, method=method, model=model, augment=augment, train=train)
+
+
+def small_image_backbone(cfg: Config, image_size: int, log: Optional[Log] = None) -> Any:
+    """The model settings: SMALL_BACKBONE for images below SMALL_BACKBONE_BELOW px when --backbone was not given
+    (module docstring, step 5), saying so on `log`; else `cfg.model` as it is."""
+    if "backbone" in cfg.given or image_size >= SMALL_BACKBONE_BELOW or cfg.model.backbone == SMALL_BACKBONE:
+        return cfg.model
+    if log is not None:
+        log(f"backbone: {SMALL_BACKBONE} for these {image_size} px images (no --backbone given; {cfg.model.backbone} "
+            f"is made for {SMALL_BACKBONE_BELOW} px and larger and is slow on a CPU; docs/methods.md, Backbones)")
+    return dataclasses.replace(cfg.model, backbone=SMALL_BACKBONE)
 
 
 def large_image_recipe(method: Any, given: frozenset[str], image_size: int) -> list[str]:
@@ -142,5 +160,5 @@ def fit_augment(cfg: Config, image_size: int) -> AugmentConfig:
     return dataclasses.replace(base, preset=cfg.augment.preset, **given)  # "auto" stays: config.yaml says so
 
 
-__all__ = ["fit_to_data", "fit_augment", "auto_preset", "short_run_recipe", "large_image_recipe", "smaller_batch",
+__all__ = ["fit_to_data", "fit_augment", "small_image_backbone", "SMALL_BACKBONE", "SMALL_BACKBONE_BELOW", "auto_preset", "short_run_recipe", "large_image_recipe", "smaller_batch",
            "smaller_queue", "SHORT_RUN_EPOCHS", "NO_FLIP_DATASETS"]

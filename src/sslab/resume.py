@@ -112,6 +112,7 @@ class Resumed:
     def accept(self, cfg: Config) -> None:
         """Everything checked: config.yaml now says what the run goes on with; the metrics the checkpoint does not
         cover and the temp files of writes cut short go (rank 0 calls it)."""
+        self.run.announce()
         if config_changes(read_config(self.run.path), cfg):
             write_bytes(self.run.config_path, dump_yaml(cfg.to_dict()))
         if self.state is None:  # stopped before its first checkpoint: starts again in its folder

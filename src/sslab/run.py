@@ -70,10 +70,12 @@ class RunDir:
         write_bytes(run.config_path, dump_yaml(cfg.to_dict()), hint="or choose another --out")
         return run
 
-    def lock(self) -> "RunDir":
+    def lock(self, announce: bool = True) -> "RunDir":
         """Hold RUN/.lock until this process ends or `run_locks()` exits: a second process training the same
         folder (two `--resume` at once) gets one line. The OS drops the lock when the process dies (a `kill -9`
         leaves no stale lock); the file is never truncated nor opened through a link (`safe_write.lock_file`).
+        `announce`: write this process's pid into the lock file now; a resume does it (`announce()`) only once
+        it is accepted, so that a refused one leaves every byte of the folder as it was.
         Temp files of writes a dead holder cut short are removed once the lock is held."""
         key = str(self.path.resolve())
         if key in _HELD:
@@ -88,11 +90,16 @@ class RunDir:
             os.close(fd)
             raise RunFolderError(f"run folder {self.path} is in use by another sslab process (pid {holder}); wait "
                                  "for it to finish or stop it, then try again")
-        safe_write.write_holder(fd)
+        if announce:
+            safe_write.write_holder(fd)
         _HELD[key] = fd
         self.refuse_links()  # before anything is read or written: a link where train writes is refused at once
         self.remove_temp_files()
         return self
+
+    def announce(self) -> None:
+        """Write this process's pid into the lock it holds (what a second process's "in use by pid N" reads)."""
+        safe_write.write_holder(_HELD[str(self.path.resolve())])
 
     def refuse_links(self) -> None:
         """RunFolderError for a link at any file train writes, or anywhere in plots/, checkpoints/, tensorboard/."""
@@ -285,8 +292,10 @@ def check_out_dir(out: str | Path, need_bytes: int = 0) -> None:
     """--out is (or can be made) a writable folder on a disk with MIN_FREE_BYTES (+ `need_bytes`) free: checked
     before the data is loaded, so a bad --out fails in a second, not after a long load."""
     path = Path(out).expanduser()
-    safe_write.check_writable(path, what="--out folder", advice="choose a writable --out")
-    _check_free(path, need_bytes)
+    base = _existing_parent(path)  # probed, not made: a command that fails later leaves no empty --out folder
+    safe_write.check_writable(base, what="--out folder" if base == path else f"--out folder {path}: its folder",
+                              advice="choose a writable --out")
+    _check_free(base, need_bytes)
 
 
 def _existing_parent(path: Path) -> Path:

@@ -298,7 +298,16 @@ def help_text(cls: type, name: str, default: str | None = None, extra: str = "")
         default = ",".join(map(str, value)) if isinstance(value, tuple) else str(value).lower() \
             if isinstance(value, bool) or value is None else str(value)
     parts.append(f"default: {default}")
-    return "; ".join(parts).replace("%", "%%")
+    return sentence("; ".join(parts)).replace("%", "%%")
+
+
+def sentence(text: str) -> str:
+    """`text` as a sentence: a capital first letter (unless the first word is a symbol such as `w` or `z_std`) and
+    a full stop."""
+    first = text.split(" ", 1)[0].rstrip(",:;")
+    if first.replace("-", "").isalpha() and first.islower() and (len(first) > 1 or first == "a"):
+        text = text[0].upper() + text[1:]
+    return text if text.endswith((".", "?", "!")) else text + "."
 
 
 def _has_plain_default(cls: type, name: str) -> bool:

@@ -24,6 +24,7 @@ from sslab.analysis.structure import image_map, pca, pca_figures, subsample, thu
 from sslab.errors import ConfigError, DataError
 from sslab.plots import DATASET_NAMES, run_title
 from sslab.pretrained import TrainedRun
+from sslab.progress import Steps
 from sslab.run import RunDir
 
 ANALYSIS_JSON = "analysis.json"
@@ -42,65 +43,59 @@ def check_options(max_points: int, map_size: int, n_init: int) -> None:
                           f"{MAX_MAP_SIZE} px already takes {3 * 4 * MAX_MAP_SIZE**2 / 2**30:.1f} GiB while it is drawn)")
 
 
+ANALYZE_STEPS = 6  # data, features, PCA, t-SNE and maps, k-means, baselines
+
+
 def analyze_run(trained: TrainedRun, split: str = "test", max_points: int = 5000, seed: int = 0,
-                map_size: int = 1600, n_init: int = 10, log: Callable[[str], None] = print) -> dict[str, Any]:
+                map_size: int = 1600, n_init: int = 10, log: Callable[[str], None] = print,
+                progress: bool = True) -> dict[str, Any]:
+    """Every figure and number of `sslab analyze` into the run folder; returns analysis.json's dict. Each step
+    is announced on stderr as it starts (`progress`), as `sslab train` shows its steps."""
     check_options(max_points, map_size, n_init)
     start = time.perf_counter()
-    cfg, run = trained.cfg, RunDir(trained.run_dir)
-    info = trained.data_info
-    data = trained.load_data().to(trained.device)
-    classes = list(data.classes)
+    cfg, run, info = trained.cfg, RunDir(trained.run_dir), trained.data_info
     title = run_title(cfg)
     out_dir = run.path / ANALYSIS_DIR
-    emb = compute_embeddings(trained.backbone, data, split, info["mean"], info["std"])
-    feats = emb.features.float().cpu().numpy()
-    labels = emb.labels
-    n = len(labels)
-    if n < max(len(classes), 2):  # k-means makes one cluster per class
-        raise DataError(f"the {split} split holds {n} image(s), fewer than the {len(classes)} classes that analyze "
-                        "clusters them into; pass --split all (or train), or hold out more test images")
-    where = f"{emb.split[0]} split" if len(set(emb.split.tolist())) == 1 else "train + test splits"
-    log(f"analyze: {title}; {n} images of the {where}, {feats.shape[1]}-d features")
+    with Steps("analyze", ANALYZE_STEPS, enabled=progress) as steps:
+        with steps.step(f"loading the {info.get('dataset', cfg.data.dataset)} images"):
+            data = trained.load_data().to(trained.device)
+        classes = list(data.classes)
+        with steps.step(f"features of the {split} split ({cfg.model.backbone})"):
+            emb = compute_embeddings(trained.backbone, data, split, info["mean"], info["std"])
+        feats, labels = emb.features.float().cpu().numpy(), emb.labels
+        n = len(labels)
+        if n < max(len(classes), 2):  # k-means makes one cluster per class
+            raise DataError(f"the {split} split holds {n} image(s), fewer than the {len(classes)} classes that analyze "
+                            "clusters them into; pass --split all (or train), or hold out more test images")
+        where = f"{emb.split[0]} split" if len(set(emb.split.tolist())) == 1 else "train + test splits"
+        log(f"analyze: {title}; {n} images of the {where}, {feats.shape[1]}-d features")
 
-    figures = []
-    t0 = time.perf_counter()
-    p = pca(feats)
-    figures += pca_figures(p, labels, classes, out_dir, title)
-    log(f"PCA in {time.perf_counter() - t0:.1f} s")
+        with steps.step(f"PCA of {n} features") as timer:
+            p = pca(feats)
+            figures = pca_figures(p, labels, classes, out_dir, title)
+        log(f"PCA in {timer.seconds:.1f} s")
 
-    t0 = time.perf_counter()
-    rows = subsample(n, max_points, seed)
-    coords, tsne_info = tsne_2d(feats[rows], seed)
-    scatter_by_class(coords, labels[rows], classes, out_dir / "tsne.png", f"t-SNE ({len(rows)} images): {title}",
-                     "t-SNE 1", "t-SNE 2")
-    figures.append(out_dir / "tsne.png")
-    images = emb.images[torch_index(rows, emb.images.device)]
-    thumb = thumb_size(info["image_size"], len(rows), map_size)
-    thumbs = to_display(images, thumb)
-    plain = image_map(thumbs, coords, map_size)
-    save_image_figure(plain, out_dir / "image-map.png", f"images at their t-SNE positions: {title}", max_inches=16)
-    colors = class_colors(len(classes))
-    row_colors = np.where(labels[rows, None] >= 0, colors[np.clip(labels[rows], 0, None)], 0.5)
-    tinted = image_map(thumbs, coords, map_size, colors=row_colors)
-    save_image_figure(tinted, out_dir / "image-map-classes.png",
-                      f"images at their t-SNE positions, border = class: {title}", legend=(classes, colors), max_inches=16)
-    figures += [out_dir / "image-map.png", out_dir / "image-map-classes.png"]
-    log(f"t-SNE and image maps in {time.perf_counter() - t0:.1f} s")
+        rows = subsample(n, max_points, seed)
+        with steps.step(f"t-SNE of {len(rows)} features and the image maps") as timer:
+            coords, tsne_info = tsne_2d(feats[rows], seed)
+            figures += tsne_figures(emb, labels, rows, coords, classes, info, map_size, out_dir, title)
+        log(f"t-SNE and image maps in {timer.seconds:.1f} s")
 
-    t0 = time.perf_counter()
-    k = len(classes)
-    fitted = kmeans_of_run(trained, data, k, seed, n_init, info)
-    assign = km.split_assignments(fitted, emb.split, emb.indices)
-    dist = km.distances(feats, assign, fitted["centres"])
-    report = km.cluster_report(assign, labels, k, len(classes), classes)
-    km.cluster_tiles_figure(emb.images, assign, dist, report, out_dir / "cluster-tiles.png", title,
-                            size=max(info["image_size"], 24) if info["image_size"] < 24 else min(info["image_size"], 64))
-    figures.append(out_dir / "cluster-tiles.png")
-    from sslab.eval.baselines import kmeans_baselines
+        k = len(classes)
+        with steps.step(f"k-means (k={k}, n_init={n_init}) of the learned features") as timer:
+            fitted = kmeans_of_run(trained, data, k, seed, n_init, info)
+            assign = km.split_assignments(fitted, emb.split, emb.indices)
+            dist = km.distances(feats, assign, fitted["centres"])
+            report = km.cluster_report(assign, labels, k, len(classes), classes)
+            size = max(info["image_size"], 24) if info["image_size"] < 24 else min(info["image_size"], 64)
+            km.cluster_tiles_figure(emb.images, assign, dist, report, out_dir / "cluster-tiles.png", title, size=size)
+            figures.append(out_dir / "cluster-tiles.png")
+        with steps.step("k-means baselines: the raw pixels and the untrained network") as baseline_timer:
+            from sslab.eval.baselines import kmeans_baselines
 
-    baselines = kmeans_baselines(trained, data, k, seed, n_init)
-    log(f"k-means (k={k}, n_init={n_init}) and its raw-pixel and untrained-network baselines in "
-        f"{time.perf_counter() - t0:.1f} s")
+            baselines = kmeans_baselines(trained, data, k, seed, n_init)
+        log(f"k-means (k={k}, n_init={n_init}) and its raw-pixel and untrained-network baselines in "
+            f"{timer.seconds + baseline_timer.seconds:.1f} s")
 
     save_embeddings(run.path / EMBEDDINGS_FILE, {**emb.arrays(), "clusters": assign, "tsne": coords.astype(np.float32),
                                                  "tsne_rows": rows.astype(np.int64)})
@@ -114,10 +109,27 @@ def analyze_run(trained: TrainedRun, split: str = "test", max_points: int = 5000
               "kmeans": {**report, "n_init": n_init, "seed": seed, "baselines": baselines,
                          "input": "l2-normalised backbone features; fitted on the train split, test images assigned to "
                                   "the nearest centre (the k-means result `sslab scan` reports too)"},
-              "figures": [str(f.relative_to(run.path)) for f in figures], "embeddings": EMBEDDINGS_FILE,
+              "figures": [f.relative_to(run.path).as_posix() for f in figures], "embeddings": EMBEDDINGS_FILE,
               "seconds": time.perf_counter() - start}
     run.write_json(ANALYSIS_JSON, result)
     return result
+
+
+def tsne_figures(emb, labels: np.ndarray, rows: np.ndarray, coords: np.ndarray, classes: list[str],
+                 info: dict[str, Any], map_size: int, out_dir, title: str) -> list:
+    """The t-SNE scatter and the two image maps (thumbnails at their t-SNE positions, plain and class-tinted)."""
+    scatter_by_class(coords, labels[rows], classes, out_dir / "tsne.png", f"t-SNE ({len(rows)} images): {title}",
+                     "t-SNE 1", "t-SNE 2")
+    images = emb.images[torch_index(rows, emb.images.device)]
+    thumbs = to_display(images, thumb_size(info["image_size"], len(rows), map_size))
+    plain = image_map(thumbs, coords, map_size)
+    save_image_figure(plain, out_dir / "image-map.png", f"images at their t-SNE positions: {title}", max_inches=16)
+    colors = class_colors(len(classes))
+    row_colors = np.where(labels[rows, None] >= 0, colors[np.clip(labels[rows], 0, None)], 0.5)
+    tinted = image_map(thumbs, coords, map_size, colors=row_colors)
+    save_image_figure(tinted, out_dir / "image-map-classes.png",
+                      f"images at their t-SNE positions, border = class: {title}", legend=(classes, colors), max_inches=16)
+    return [out_dir / "tsne.png", out_dir / "image-map.png", out_dir / "image-map-classes.png"]
 
 
 def kmeans_of_run(trained: TrainedRun, data, k: int, seed: int, n_init: int, info: dict[str, Any]) -> dict[str, Any]:

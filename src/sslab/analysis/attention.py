@@ -1,8 +1,10 @@
 """Where the network looks: channel-mean activation maps of a stage, and Grad-CAM (Selvaraju et al. 2017)
-for a class score of the run's linear probe.
+for a class score of the run's linear probe; for a ViT, the CLS token's self-attention per head (Caron et al.
+2021, DINO's figure 1), beside the untrained network's.
 
     RUN/attention/activation-LAYER.png   original | activation map (upsampled) | image weighted by the map
     RUN/attention/gradcam-LAYER.png      original | Grad-CAM of the target class | overlay   (needs RUN/probe.pt)
+    RUN/attention/cls-attention-blockN.png   (ViT) original | each head's CLS attention | the same, untrained
     RUN/attention/attention.json         images, layer, probe, targets
 
 Grad-CAM: weights a_k = mean over positions of d score_c / d A_k (A = the stage's output), map =
@@ -158,13 +160,33 @@ def resolve_target(target: str, classes: Sequence[str]) -> int | str:
                       f"classes: {', '.join(classes[:20])}{' ...' if len(classes) > 20 else ''}")
 
 
+def grid_figure(columns: list[tuple[str, list[np.ndarray], dict]], captions: list[str], title: str, path) -> None:
+    """One row per image, one column per (heading, panels, imshow arguments); the first column is the image."""
+    from sslab.plots import new_figure, save_figure
+
+    n = len(captions)
+    fig, axes = new_figure(2.0 * len(columns) + 0.4, 2.0 * n + 0.8)
+    fig.clf()
+    axes = fig.subplots(n, len(columns), squeeze=False)
+    for r in range(n):
+        for c, (head, panels, kw) in enumerate(columns):
+            ax = axes[r, c]
+            ax.imshow(panels[r], interpolation="nearest" if c == 0 else "bilinear", **kw)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(head, fontsize=8)
+        axes[r, 0].set_ylabel(captions[r], fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    save_figure(fig, path)
+
+
 def attention_figures(backbone: nn.Module, images: torch.Tensor, labels: torch.Tensor, classes: Sequence[str],
                       mean: Sequence[float], std: Sequence[float], layer: str, out_dir, title: str,
                       probe: tuple[str, ProbeWeights] | None, target: str = "predicted",
                       log: Callable[[str], None] = print) -> dict[str, Any]:
     """Write the activation figure (and the Grad-CAM one with a probe); returns what attention.json records."""
     from sslab.analysis.figures import to_display
-    from sslab.plots import new_figure, save_figure
 
     device = next(backbone.parameters()).device
     backbone.eval()
@@ -175,26 +197,11 @@ def attention_figures(backbone: nn.Module, images: torch.Tensor, labels: torch.T
     n = len(images)
     names = [classes[int(y)] if int(y) >= 0 else "unlabelled" for y in labels]
 
-    def grid(columns: list[tuple[str, list[np.ndarray], dict]], captions: list[str], path) -> None:
-        fig, axes = new_figure(2.0 * len(columns) + 0.4, 2.0 * n + 0.8)
-        fig.clf()
-        axes = fig.subplots(n, len(columns), squeeze=False)
-        for r in range(n):
-            for c, (head, panels, kw) in enumerate(columns):
-                ax = axes[r, c]
-                ax.imshow(panels[r], interpolation="nearest" if c == 0 else "bilinear", **kw)
-                ax.set_xticks([])
-                ax.set_yticks([])
-                if r == 0:
-                    ax.set_title(head, fontsize=8)
-            axes[r, 0].set_ylabel(captions[r], fontsize=7)
-        fig.suptitle(title, fontsize=9)
-        save_figure(fig, path)
-
     weighted = [np.clip(shown[i] * act[i][..., None], 0, 1) for i in range(n)]
     path_act = out_dir / f"activation-{layer}.png"
-    grid([("image", list(shown), {}), (f"mean activation, {layer}", list(act), {"cmap": "inferno", "vmin": 0, "vmax": 1}),
-          ("image x activation", weighted, {})], [f"{names[i]}" for i in range(n)], path_act)
+    grid_figure([("image", list(shown), {}),
+                 (f"mean activation, {layer}", list(act), {"cmap": "inferno", "vmin": 0, "vmax": 1}),
+                 ("image x activation", weighted, {})], [f"{names[i]}" for i in range(n)], title, path_act)
     record: dict[str, Any] = {"layer": layer, "figures": [path_act], "images": n, "gradcam": None}
 
     if probe is None:
@@ -216,9 +223,9 @@ def attention_figures(backbone: nn.Module, images: torch.Tensor, labels: torch.T
     overlay = [np.clip(0.55 * shown[i] + 0.45 * heat[i], 0, 1) for i in range(n)]
     path_cam = out_dir / f"gradcam-{layer}.png"
     captions = [f"true {names[i]}\ntarget {classes[int(targets[i])]}\npred {classes[int(pred[i])]}" for i in range(n)]
-    grid([("image", list(shown), {}),
-          (f"Grad-CAM ({probe_name}), {layer}", list(cam), {"cmap": "jet", "vmin": 0, "vmax": 1}),
-          ("overlay", overlay, {})], captions, path_cam)
+    grid_figure([("image", list(shown), {}),
+                 (f"Grad-CAM ({probe_name}), {layer}", list(cam), {"cmap": "jet", "vmin": 0, "vmax": 1}),
+                 ("overlay", overlay, {})], captions, title, path_cam)
     record["figures"].append(path_cam)
     record["gradcam"] = {"probe": probe_name, "target": target, "targets": [classes[int(t)] for t in targets],
                          "predicted": [classes[int(p)] for p in pred]}
@@ -231,48 +238,115 @@ def _heatmap(maps: np.ndarray) -> np.ndarray:
     return matplotlib.colormaps["jet"](maps)[..., :3]
 
 
-def attention_run(trained, num_images: int = 8, layer: str | None = None, target: str = "predicted",
+def attention_run(trained, num_images: int, layer: str | None = None, target: str = "predicted",
                   probe_name: str = "auto", split: str = "test", seed: int = 0,
                   log: Callable[[str], None] = print) -> dict[str, Any]:
-    """`sslab attention`: pick images, write the figures and RUN/attention/attention.json."""
+    """`sslab attention`: pick images, write the figures and RUN/attention/attention.json: activation maps and
+    Grad-CAM for a CNN, the CLS token's self-attention per head for a ViT."""
     from sslab.analysis.embedding import split_images
-    from sslab.eval.evaluate import load_probe
     from sslab.plots import run_title
     from sslab.run import RunDir
 
     if num_images < 1:
         raise ConfigError("--num-images must be >= 1")
-    info = trained.data_info
-    backbone = trained.backbone
-    stages_of(backbone)  # a clear error for backbones without stages
+    vit = is_vit(trained.backbone)
+    if not vit:
+        stages_of(trained.backbone)  # a clear error for backbones without stages, before the data loads
+    data = trained.load_data()
+    images, labels, indices, names = split_images(data, split)
+    rows = torch.from_numpy(pick_images(labels, num_images, seed))
+    run = RunDir(trained.run_dir)
+    picked = (images[rows], labels[rows], list(data.classes))
+    if vit:
+        record = vit_attention(trained, *picked, layer, run.path / ATTENTION_DIR, run_title(trained.cfg), log)
+    else:
+        record = cnn_attention(trained, *picked, layer, target, probe_name, run.path / ATTENTION_DIR,
+                               run_title(trained.cfg), log)
+    record.update({"split": str(names[rows[0]]) if len(rows) else split, "indices": indices[rows.numpy()].tolist(),
+                   "labels": [list(data.classes)[int(y)] if int(y) >= 0 else None for y in labels[rows]],
+                   "figures": [str(p.relative_to(run.path)) for p in record["figures"]]})
+    run.write_json(f"{ATTENTION_DIR}/attention.json", record)
+    return record
+
+
+def cnn_attention(trained, images: torch.Tensor, labels: torch.Tensor, classes: list[str], layer: str | None,
+                  target: str, probe_name: str, out_dir, title: str, log: Callable[[str], None]) -> dict[str, Any]:
+    """A CNN's channel-mean activation maps of `layer` and, with a fitting probe in the run folder, Grad-CAM."""
+    from sslab.eval.evaluate import load_probe
+
+    info, backbone = trained.data_info, trained.backbone
     layer = layer or default_layer(backbone, info["channels"], info["image_size"])
     shapes = stage_shapes(backbone, info["channels"], info["image_size"])
     warning = coarse_map_warning(layer, shapes[layer], info["image_size"], shapes) if layer in shapes else None
     if warning:
         log(warning)
-    data = trained.load_data()
-    images, labels, indices, names = split_images(data, split)
-    rows = pick_images(labels, num_images, seed)
     loaded = load_probe(trained.run_dir, probe_name)
     probe = None
     if loaded is not None:
         name, weights, probe_classes = loaded
-        if probe_classes != list(data.classes) or weights.weight.shape[1] != _feature_dim(backbone, info):
+        if probe_classes != classes or weights.weight.shape[1] != _feature_dim(backbone, info):
             log(f"attention: the probe in {trained.run_dir} does not fit this model (run `sslab eval` again); "
                 "Grad-CAM skipped")
         else:
             probe = (name, weights)
-    run = RunDir(trained.run_dir)
-    out_dir = run.path / ATTENTION_DIR
-    record = attention_figures(backbone, images[torch.from_numpy(rows)], labels[torch.from_numpy(rows)],
-                               list(data.classes), info["mean"], info["std"], layer, out_dir, run_title(trained.cfg),
+    record = attention_figures(backbone, images, labels, classes, info["mean"], info["std"], layer, out_dir, title,
                                probe, target, log)
-    record.update({"split": str(names[rows[0]]) if len(rows) else split, "indices": indices[rows].tolist(),
-                   "labels": [list(data.classes)[int(y)] if int(y) >= 0 else None for y in labels[torch.from_numpy(rows)]],
-                   "stages": {k: list(v) for k, v in shapes.items()}, "coarse_map_warning": warning,
-                   "figures": [str(p.relative_to(run.path)) for p in record["figures"]]})
-    run.write_json(f"{ATTENTION_DIR}/attention.json", record)
+    record.update({"stages": {k: list(v) for k, v in shapes.items()}, "coarse_map_warning": warning})
     return record
+
+
+# ---- ViT: the CLS token's self-attention ------------------------------------------------------------------------
+def is_vit(backbone: nn.Module) -> bool:
+    return hasattr(backbone, "cls_attention")
+
+
+def vit_block(backbone: nn.Module, layer: str | None) -> int:
+    """--layer blockN (1-based) -> a block index; default the last block, as DINO's figure."""
+    names = [f"block{i + 1}" for i in range(len(backbone.blocks))]
+    if layer is None:
+        return len(names) - 1
+    if layer not in names:
+        raise ConfigError(f"unknown --layer {layer!r}; a ViT's maps are the CLS token's attention in one of its "
+                          f"blocks: block1 ... {names[-1]} (default {names[-1]})")
+    return names.index(layer)
+
+
+def head_maps(backbone: nn.Module, x: torch.Tensor, block: int, size: int) -> np.ndarray:
+    """CLS attention per head, upsampled and scaled to [0, 1] per map: (N, heads, size, size)."""
+    att = backbone.cls_attention(x, block)  # N x heads x h x w
+    n, heads = att.shape[:2]
+    return upsample_unit(att.flatten(0, 1), size).view(n, heads, size, size).cpu().numpy()
+
+
+def vit_attention(trained, images: torch.Tensor, labels: torch.Tensor, classes: list[str], layer: str | None,
+                  out_dir, title: str, log: Callable[[str], None]) -> dict[str, Any]:
+    """RUN/attention/cls-attention-blockN.png: per image, the image, each head's CLS attention in the trained
+    network, and the same heads in the untrained network (the reference: what the architecture alone gives)."""
+    from sslab.analysis.figures import to_display
+    from sslab.eval.baselines import untrained_method
+
+    info, backbone = trained.data_info, trained.backbone.eval()
+    block = vit_block(backbone, layer)
+    untrained, source = untrained_method(trained.run_dir, trained.cfg, info["channels"], info["image_size"],
+                                         trained.device)
+    x = normalize_images(images.to(trained.device), info["mean"], info["std"])
+    size = max(DISPLAY_MIN, images.shape[-1])
+    maps = {"trained": head_maps(backbone, x, block, size), "untrained": head_maps(untrained.backbone, x, block, size)}
+    heads = maps["trained"].shape[1]
+    style = {"cmap": "inferno", "vmin": 0, "vmax": 1}
+    columns = [("image", list(to_display(images, size)), {})]
+    for which in ("trained", "untrained"):
+        columns += [(f"{which}, head {h + 1}", list(maps[which][:, h]), style) for h in range(heads)]
+    name = f"block{block + 1}"
+    path = out_dir / f"cls-attention-{name}.png"
+    captions = [classes[int(y)] if int(y) >= 0 else "unlabelled" for y in labels]
+    grid_figure(columns, captions, f"{title} · CLS attention per head, {name}", path)
+    grid = list(backbone.cls_attention(x[:1], block).shape[-2:])
+    log(f"attention: CLS self-attention of {heads} heads in {name} ({grid[0]}x{grid[1]} patches); the untrained "
+        f"network's from {source}")
+    return {"layer": name, "figures": [path], "images": len(images), "heads": heads, "patch_grid": grid,
+            "untrained_source": source, "gradcam": None,
+            "gradcam_note": "not drawn: a ViT shows the CLS token's attention per head instead"}
 
 
 @torch.no_grad()

@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from sslab.data import TEST_FRACTION
 from sslab.data.base import ImageData
 from sslab.errors import ConfigError, DataError, RunFolderError
 
@@ -108,7 +109,7 @@ def loaded_like_folder(data: ImageData) -> ImageData:
 
 
 # ---- image folders: original names and sizes ---------------------------------------------------------------------
-def export_folder(root: str | Path, out: str | Path, image_size: int | None = None, test_fraction: float = 0.2,
+def export_folder(root: str | Path, out: str | Path, image_size: int | None = None, test_fraction: float = TEST_FRACTION,
                   seed: int = 0, progress: bool = True, log: Callable[[str], None] = print) -> dict[str, dict[str, int]]:
     """Write every readable image of the folder dataset at `root` under `out` as PNG, keeping its name,
     sub-folder and size (`image_size`: resized to that square, as `--image-size` trains); returns

@@ -206,6 +206,7 @@ def section_attention(run: Path) -> str:
         cam = info.get("gradcam")
         note = (f"<p>Layer {_esc(info.get('layer'))}; Grad-CAM "
                 + (f"for the {_esc(cam.get('target'))} class of probe {_esc(cam.get('probe'))}" if cam else
+                   _esc(info["gradcam_note"]) if info.get("gradcam_note") else
                    "skipped (no linear probe: run <code>sslab eval</code> first)") + ".</p>")
     return note + figures(pngs, run)
 

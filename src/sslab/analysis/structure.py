@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from sslab.progress import Heartbeat
+
 PCA_THRESHOLDS = (0.5, 0.8, 0.9, 0.95, 0.99)
 SMALL_PROBLEM = 2000  # points; below this scikit-learn runs single-threaded
 
@@ -97,7 +99,7 @@ def tsne_2d(features: np.ndarray, seed: int = 0, perplexity: float = 30.0) -> tu
     x = np.asarray(features, dtype=np.float64)
     x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     perplexity = float(min(perplexity, max(1.0, (len(x) - 1) / 3)))
-    with sklearn_threads(len(x)):
+    with sklearn_threads(len(x)), Heartbeat(f"t-SNE of {len(x)} points"):
         if x.shape[1] > 50 and len(x) > 50:
             x = PCA(n_components=50, random_state=seed).fit_transform(x)
         y = TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto",

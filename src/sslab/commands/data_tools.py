@@ -1,7 +1,9 @@
-"""`sslab export-images` and `sslab preview-augment`: look at a dataset, before or without training."""
+"""`sslab export-images`, `sslab preview-augment` and `sslab imagenet100`: look at a dataset, before or without
+training, and make ImageNet-100 from ImageNet."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Callable
 
 from sslab.analysis.augment_preview import PreviewOptions, preview_augment
@@ -9,6 +11,7 @@ from sslab.analysis.export import export_folder, export_images
 from sslab.commands.train import add_run_flags, spec_from_args
 from sslab.config import DataConfig, TrainConfig
 from sslab.data import default_root, load_dataset
+from sslab.data.imagenet100 import make_subset
 from sslab.errors import ConfigError
 from sslab.settings import add_flags, check, from_dict, given_flags, names_of
 
@@ -33,6 +36,23 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     add_flags(p, PreviewOptions, aliases={"num_images": ["-n"]})
     add_run_flags(p, ("data", "method", "augment"))
     p.set_defaults(handler=preview_command)
+
+    p = sub.add_parser("imagenet100", help="make ImageNet-100 (CMC's 100 classes) from ImageNet by links",
+                       description="Link OUT/train/<wnid> and OUT/val/<wnid> to the ImageNet folder's class folders "
+                                   "of the 100 classes of CMC (Tian et al. 2019) used by solo-learn; no image is "
+                                   "copied. Then train with --dataset folder --data-dir OUT.")
+    p.add_argument("--imagenet", required=True, type=Path,
+                   help="the ImageNet-1k folder, with train/<wnid>/ and val/<wnid>/")
+    p.add_argument("--out", required=True, type=Path, help="the folder to create the ImageNet-100 links in (new or "
+                                                           "empty)")
+    p.set_defaults(handler=imagenet100_command)
+
+
+def imagenet100_command(args: argparse.Namespace, log: Callable[[str], None] = print) -> int:
+    counts = make_subset(args.imagenet.expanduser(), args.out.expanduser())
+    log(f"ImageNet-100 in {args.out}: {counts['train']} class folders in train/ and {counts['val']} in val/, linked "
+        f"to {args.imagenet}; train on it with --dataset folder --data-dir {args.out}")
+    return 0
 
 
 def export_command(args: argparse.Namespace, log: Callable[[str], None] = print) -> int:

@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 from typing import Callable
 
+from sslab.commands import quick
 from sslab.errors import UserError
 
 # what each registered dataset is read from; a dataset registered without a line here fails tests/test_export.py
@@ -42,6 +43,7 @@ def dataset_rows() -> list[dict[str, str]]:
         places: list[Path] = [] if name in ("digits", "fashion-mnist-mini") else [root]  # bundled
         if name == "fashion-mnist":
             places.append(idx.DEBIAN_FASHION_MNIST)
+        quick.watch([root, *places])  # what is found there decides "present": `sslab datasets` is kept until it changes
         try:
             DATASETS.get(name)(LoadRequest(root, root_given=False))
             present = "yes"

@@ -6,7 +6,7 @@ import textwrap
 from typing import Any, Callable
 
 FORMAT_HELP = ("state-dict: sslab's own names (sslab.models.create_backbone loads it); torchvision / timm: the names "
-               "of torchvision.models.resnetNN() / timm.create_model('resnetNN'), ResNets only; onnx: an ONNX graph "
+               "of torchvision.models.resnetNN() (ResNets) / timm.create_model('resnetNN' or 'vit_tiny_patch16_224', ...) (ResNets and ViTs); onnx: an ONNX graph "
                "images -> features, checked against onnxruntime (needs onnx, onnxscript, onnxruntime)")
 
 

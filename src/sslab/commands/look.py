@@ -30,10 +30,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("attention", help="activation maps and Grad-CAM of test images; PNGs in RUN/attention/",
                        description="For N test images: the channel-mean activation map of a stage (upsampled) and the "
                                    "image weighted by it, and Grad-CAM for a class score of the run's linear probe "
-                                   "(RUN/probe.pt, written by `sslab eval`; skipped when there is none).")
+                                   "(RUN/probe.pt, written by `sslab eval`; skipped when there is none). For a ViT: "
+                                   "the CLS token's self-attention per head, beside the untrained network's.")
     add_run_arguments(p)
     p.add_argument("--layer", default=None,
-                   help="stage to look at, e.g. layer3 (default: the last stage with a map of at least 4x4)")
+                   help="stage to look at, e.g. layer3 (default: the last stage with a map of at least 4x4); "
+                        "for a ViT, blockN (default: the last block)")
     p.add_argument("--num-images", "-n", type=int, default=8, help="how many images (default: 8)")
     p.add_argument("--target", default="predicted",
                    help="Grad-CAM class: predicted, true, a class name or index (default: predicted)")

@@ -159,7 +159,19 @@ def summary_table(summary: dict) -> str:
             ("time this session", f"{summary.get('wall_seconds_this_session', 0):.0f} s"),
             ("run folder", str(summary.get("run_dir")))]
     width = max(len(name) for name, _ in rows)
-    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+    note = below_pixels_note(summary)
+    return "\n".join([f"{name:<{width}}  {value}" for name, value in rows] + ([note] if note else []))
+
+
+def below_pixels_note(summary: dict) -> str | None:
+    """One line when the learned kNN ends below the raw pixels': what happened and one thing to try."""
+    learned, pixels = summary.get("knn_top1"), summary.get("knn_top1_pixels")
+    if learned is None or pixels is None or learned >= pixels:
+        return None
+    epochs = summary.get("epochs") or 1
+    return (f"note: the learned features end below the raw pixels ({100 * learned:.1f}% < {100 * pixels:.1f}% kNN); "
+            f"{epochs} epoch{'s' if epochs != 1 else ''} is a short run: try --epochs {max(20, 4 * epochs)} "
+            "(on small, centred images the raw pixels are a strong reference; docs/methods.md, The demo)")
 
 
 # ---- sslab methods --------------------------------------------------------------------------------------------

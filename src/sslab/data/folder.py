@@ -1,15 +1,16 @@
 """An image folder: `ROOT/<class>/**/*.{png,jpg,jpeg,bmp,webp,tif,tiff,gif}`, or `ROOT/train/<class>/...` with
-`ROOT/test/<class>/...` (without `test/`, load_dataset holds out a stratified, seeded share). As with
-torchvision's `ImageFolder`, images in sub-folders of a class folder belong to that class; a GIF or a
-multi-page TIFF gives its first frame.
+`ROOT/test/<class>/...`, `ROOT/val/<class>/...` or `ROOT/validation/<class>/...` (ImageNet's layout; without
+any, load_dataset holds out a stratified, seeded share). As with torchvision's `ImageFolder`, images in
+sub-folders of a class folder belong to that class; a GIF or a multi-page TIFF gives its first frame.
 
-Images are decoded in a thread pool (PIL releases the GIL while decoding); with `image_size` a large image
-is decoded reduced (JPEG DCT scaling, else an integer box reduction) to no less than that size, so memory
-follows the training size, not the file's. Grey images stay one channel when every image is grey; otherwise
-all become RGB, transparent ones composited on white. Images of another size than the most common one (or
-than `image_size`) are resized, with a warning. Every file that is not used is listed in one warning with
-the reason (not an image extension, unreadable, symlink loop, ...), or with `strict` an unreadable one
-stops the load.
+Images are decoded on worker processes (data/parallel.py), in order, chunk by chunk, straight into the cache
+(`build_cache`, resumable) or into memory (`decode`); first the headers fix the stored size and channels
+(`plan_folder`). With `image_size` a large image is decoded reduced (JPEG DCT scaling, else an integer box
+reduction) to no less than that size, so memory follows the training size, not the file's. Grey images stay
+one channel when every image is grey; otherwise all become RGB, transparent ones composited on white. Images
+of another size than the most common one (or than `image_size`) are resized, with a warning. Every file that
+is not used is listed in one warning with the reason (not an image extension, unreadable, symlink loop, ...),
+or with `strict` an unreadable one stops the load.
 """
 from __future__ import annotations
 
@@ -17,17 +18,18 @@ import errno
 import logging
 import os
 from collections import Counter, defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from sslab.data.base import ImageData
+from sslab.data.cache import DecodeSink, collect_warnings
+from sslab.data.parallel import BuildProgress, default_workers, ordered_map
 from sslab.data.prepare import resize_images
 from sslab.data.source import LoadRequest, Source
 from sslab.errors import DataError
@@ -36,7 +38,8 @@ from sslab.registry import DATASETS
 log = logging.getLogger("sslab.data")
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
-LAYOUT_HINT = "ROOT/<class>/<image>.png, or ROOT/train/<class>/... and ROOT/test/<class>/..."
+LAYOUT_HINT = "ROOT/<class>/<image>.png, or ROOT/train/<class>/... and ROOT/test/<class>/... (or ROOT/val/<class>/...)"
+TEST_SPLITS = ("test", "val", "validation")  # beside train/, the first of these with class folders is the test split
 _EXIF_ORIENTATION = 0x0112
 _EXIF_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
                    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
@@ -44,6 +47,8 @@ _EXIF_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE
 _REDUCIBLE_MODES = ("L", "LA", "I", "F", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr")
 _SHOW_AT_MOST = 10  # files named per reason in the skipped-files warning
 _FILES_PER_TASK = 256  # small images decode in ~0.1 ms: one task per file would cost more than the decoding
+_TASK_BYTES = 32 * 2**20  # decoded bytes a task returns at most (the parent holds about 2 x workers of them)
+PROCESS_MIN_FILES = 2000  # smaller folders decode in this process (starting workers would take longer)
 
 
 @dataclass(frozen=True)
@@ -59,7 +64,8 @@ class FolderListing:
 @DATASETS.register("folder")
 def image_folder(request: LoadRequest) -> Source:
     listing = list_folder(request.root)
-    return Source(decode=partial(decode, request.root, listing, request.image_size, request.strict),
+    settings = (request.root, listing, request.image_size, request.strict, request.workers)
+    return Source(decode=partial(decode, *settings), build=partial(build_cache, *settings),
                   files=listing.train + listing.test, files_base=request.root, cached=True,
                   options={"strict": request.strict})
 
@@ -67,20 +73,53 @@ def image_folder(request: LoadRequest) -> Source:
 def list_folder(root: Path) -> FolderListing:
     if not root.is_dir():
         raise DataError(f"image folder {root} not found; lay it out as {LAYOUT_HINT}".replace("ROOT", str(root)))
-    train_dir, test_dir = root / "train", root / "test"
+    train_dir = root / "train"
     if not train_dir.is_dir():
+        _report_split_without_train(root)
         classes, train, train_labels, skipped = list_classes(root)
         return FolderListing(classes, train, train_labels, [], [], skipped)
     classes, train, train_labels, skipped = list_classes(train_dir)
-    if not test_dir.is_dir():
+    held_out = [name for name in TEST_SPLITS if _has_subfolders(root / name)]  # ImageNet's test/ has no classes
+    _report_unused_top_level(root, held_out[:1])
+    if not held_out:
         return FolderListing(classes, train, train_labels, [], [], skipped)
+    test_dir = root / held_out[0]
     test_classes, test, test_labels, test_skipped = list_classes(test_dir)
     if test_classes != classes:
         only_train = sorted(set(classes) - set(test_classes)) or ["-"]
         only_test = sorted(set(test_classes) - set(classes)) or ["-"]
         raise DataError(f"the class folders of {train_dir} and {test_dir} differ (only in train: "
-                        f"{', '.join(only_train)}; only in test: {', '.join(only_test)}); use the same classes in both")
+                        f"{', '.join(only_train)}; only in {held_out[0]}: {', '.join(only_test)}); use the same classes "
+                        "in both")
     return FolderListing(classes, train, train_labels, test, test_labels, skipped + test_skipped)
+
+
+def _has_subfolders(folder: Path) -> bool:
+    try:
+        return any(e.is_dir() and not e.name.startswith(".") for e in os.scandir(folder))
+    except OSError:
+        return False
+
+
+def _report_unused_top_level(root: Path, used_test: list[str]) -> None:
+    """Beside train/, anything but the test split used is left out: say so (an ImageNet download also holds
+    test/ without labels, devkits, CSV files; a misspelt split folder must not vanish silently)."""
+    used = {"train", *used_test}
+    unused = sorted(e.name + ("/" if e.is_dir() else "") for e in os.scandir(root)
+                    if e.name not in used and not e.name.startswith("."))
+    if unused:
+        shown = ", ".join(unused[:_SHOW_AT_MOST]) + (f" and {len(unused) - _SHOW_AT_MOST} more" if len(unused) > _SHOW_AT_MOST else "")
+        test = (f"{used_test[0]}/ as the test split" if used_test else
+                "no test split (none of test/, val/, validation/ has class folders; one is held out of train/)")
+        log.warning("%s: using train/ and %s; left out the other top-level entries: %s", root, test, shown)
+
+
+def _report_split_without_train(root: Path) -> None:
+    """`val/` or `test/` without `train/`: each subfolder is read as a class, which is likely not what was meant."""
+    splits = [name for name in TEST_SPLITS if (root / name).is_dir()]
+    if splits:
+        log.warning("%s has %s but no train/, so every subfolder, %s included, is read as a class; to use a split, put "
+                    "the training images in %s/train/<class>/", root, "/, ".join(splits) + "/", " and ".join(splits), root)
 
 
 def list_classes(folder: Path) -> tuple[list[str], list[Path], list[int], list[tuple[Path, str]]]:
@@ -169,31 +208,159 @@ def _is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
 
 
-def decode(root: Path, listing: FolderListing, image_size: int | None, strict: bool) -> ImageData:
+def decode(root: Path, listing: FolderListing, image_size: int | None, strict: bool,
+           workers: int | None = None) -> ImageData:
+    """The whole folder decoded in memory (`cache=False`); the cache's build (`build_cache`) writes the same
+    images chunk by chunk instead."""
+    sink = MemorySink()
+    decode_into(sink, root, listing, image_size, strict, workers)
+    return sink.data("folder", listing.classes)
+
+
+def build_cache(root: Path, listing: FolderListing, image_size: int | None, strict: bool, workers: int | None,
+                writer: Any) -> tuple[str, list[str], list[str]]:
+    """Decode the folder into the cache entry `writer` (data/cache.py), continuing where a stopped build got to."""
+    with collect_warnings() as warnings:
+        decode_into(writer, root, listing, image_size, strict, workers)
+    return "folder", listing.classes, warnings
+
+
+def decode_into(sink: DecodeSink, root: Path, listing: FolderListing, image_size: int | None, strict: bool,
+                workers: int | None = None) -> None:
+    """Decode every image of `listing` in order into `sink` (an EntryWriter or a MemorySink), on `workers`
+    processes (default: every core; folders under PROCESS_MIN_FILES files: this process), chunk by chunk.
+
+    First the plan (kept in the sink, so a resumed build reuses it): the image size (`image_size` square, else
+    the most common size) and the channels (1 when every image is grey), read from the files' headers."""
     paths = listing.train + listing.test
-    results = read_images(paths, desc=f"decoding {root.name}", image_size=image_size)
-    failed = [(path, r) for path, r in zip(paths, results) if isinstance(r, str)]
     broken_links = [(path, why) for path, why in listing.skipped if "symlink" in why]
-    if (failed or broken_links) and strict:
-        path, reason = (failed + broken_links)[0]
-        raise DataError(f"cannot read image {path} ({reason}); remove it, or drop --strict to skip unreadable images")
-    if len(failed) == len(paths):
+    if broken_links and strict:
+        raise DataError(f"cannot read image {broken_links[0][0]} ({broken_links[0][1]}); remove it, or drop --strict to "
+                        "skip unreadable images")
+    workers = (workers or default_workers()) if len(paths) >= PROCESS_MIN_FILES else 1
+    if sink.plan is None:
+        sink.set_plan(plan_folder(root, paths, image_size, workers))
+    plan = sink.plan
+    channels, size = plan["channels"], tuple(plan["size"])
+    image_bytes = channels * size[0] * size[1]
+    sink.reserve(len(paths) * (image_bytes + 8), f"folder {root}")
+    per_task = min(_FILES_PER_TASK, max(16, _TASK_BYTES // image_bytes))
+    done = sum(sink.done(split)[1] for split in ("train", "test"))
+    with BuildProgress(f"decoding {root.name or root}" + (f" ({workers} processes)" if workers > 1 else ""),
+                       len(paths), done) as bar:
+        for split, files, labels in (("train", listing.train, listing.train_labels),
+                                     ("test", listing.test, listing.test_labels)):
+            sink.start_split(split, (channels, *size))
+            first = sink.done(split)[1]
+            chunks = [(files[i:i + per_task], labels[i:i + per_task]) for i in range(first, len(files), per_task)]
+            tasks = (([str(f) for f in chunk], image_size, channels, size) for chunk, _ in chunks)
+            for (chunk, chunk_labels), (x, reasons, sizes) in zip(chunks, ordered_map(_decode_task, tasks, workers)):
+                skipped = [(str(path), f"unreadable: {why}") for path, why in zip(chunk, reasons) if why]
+                if skipped and strict:
+                    raise DataError(f"cannot read image {skipped[0][0]} ({skipped[0][1][len('unreadable: '):]}); remove "
+                                    "it, or drop --strict to skip unreadable images")
+                y = [label for label, why in zip(chunk_labels, reasons) if not why]
+                sink.append(split, x, np.asarray(y, dtype=np.int64), len(chunk), skipped, sizes)
+                bar.update(len(chunk))
+    _report(sink, root, listing, size, image_size)
+
+
+def _report(sink: DecodeSink, root: Path, listing: FolderListing, size: tuple[int, int], image_size: int | None) -> None:
+    """The warnings of a finished decode: files left out, images resized; a DataError when nothing was readable."""
+    paths = listing.train + listing.test
+    failed = [(Path(path), why) for path, why in sink.state["skipped"]]
+    if paths and len(failed) == len(paths):
         raise DataError(f"none of the {len(paths)} images in {root} could be read (first: {failed[0][0]}: "
-                        f"{failed[0][1]})")
-    left_out = listing.skipped + [(path, f"unreadable: {reason}") for path, reason in failed]
+                        f"{failed[0][1][len('unreadable: '):]})")
+    left_out = listing.skipped + failed
     if left_out:
+        unreadable = failed or [item for item in listing.skipped if "symlink" in item[1]]
         log.warning("left out %d of the %d files in %s: %s%s", len(left_out), len(paths) + len(listing.skipped), root,
                     describe_skipped(left_out, root), " (pass --strict to stop at unreadable images instead)"
-                    if failed or broken_links else "")
+                    if unreadable else "")
+    sizes = sink.state["sizes"]
+    if len(sizes) > 1:
+        total, target = sum(sizes.values()), f"{size[0]}x{size[1]}"
+        common, count = max(sizes.items(), key=lambda item: item[1])
+        reason = ("as --image-size asks" if image_size else
+                  f"the most common size ({count} of {total} images); pass --image-size to choose another")
+        log.warning("images in %s come in %d sizes; resized %d of them to %dx%d (HxW), %s", root, len(sizes),
+                    total - sizes.get(target, 0), size[0], size[1], reason)
 
-    n_train = len(listing.train)
-    train = [(a, y) for a, y in zip(results[:n_train], listing.train_labels) if not isinstance(a, str)]
-    test = [(a, y) for a, y in zip(results[n_train:], listing.test_labels) if not isinstance(a, str)]
-    arrays = [a for a, _ in train + test]
-    channels = 3 if any(a.shape[2] == 3 for a in arrays) else 1
-    size = _common_size(arrays, image_size, root)
-    return ImageData("folder", stack_images([a for a, _ in train], channels, size), _labels(train),
-                     stack_images([a for a, _ in test], channels, size), _labels(test), listing.classes)
+
+def plan_folder(root: Path, paths: list[Path], image_size: int | None, workers: int) -> dict[str, Any]:
+    """What every decoded image becomes: {"files", "channels", "size": [H, W], "image_size"}, from the headers
+    (PIL reads a file's size and mode without decoding it)."""
+    tasks = [([str(p) for p in paths[i:i + _FILES_PER_TASK]], image_size is None)
+             for i in range(0, len(paths), _FILES_PER_TASK)]
+    shapes: list[tuple[int, int, int]] = []
+    with BuildProgress(f"reading the image headers of {root.name or root}", len(paths)) as bar:
+        for task, found in zip(tasks, ordered_map(_survey_task, tasks, workers)):
+            shapes += [shape for shape in found if shape is not None]
+            bar.update(len(task[0]))
+    channels = 3 if any(c == 3 for _, _, c in shapes) or not shapes else 1
+    if image_size:
+        size = (image_size, image_size)
+    else:
+        size = Counter((h, w) for h, w, _ in shapes).most_common(1)[0][0] if shapes else (1, 1)
+    return {"files": len(paths), "channels": channels, "size": list(size), "image_size": image_size}
+
+
+def _survey_task(task: tuple[list[str], bool]) -> list[tuple[int, int, int] | None]:
+    """(H, W, channels) of each file as `read_image` will return it (None: unreadable); `oriented`: apply the
+    EXIF orientation to H and W (needed only to find the most common size)."""
+    paths, oriented = task
+    out: list[tuple[int, int, int] | None] = []
+    for path in paths:
+        try:
+            with Image.open(path) as im:
+                w, h = im.size
+                if oriented and im.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):
+                    h, w = w, h
+                out.append((h, w, mode_channels(im.mode)))
+        except Exception:  # PIL raises many kinds for damaged files; decoding reports them
+            out.append(None)
+    return out
+
+
+def mode_channels(mode: str) -> int:
+    """Channels `_to_array` gives an image of PIL `mode`: grey modes 1, everything else (palette included) 3."""
+    return 1 if mode in ("1", "L", "LA", "La", "I", "F") or mode.startswith("I;16") else 3
+
+
+def _decode_task(task: tuple[list[str], int | None, int, tuple[int, int]]) -> tuple[np.ndarray, list[str | None], dict[str, int]]:
+    """Decode files into uint8 (n readable, channels, *size) in order; why each unreadable one failed (None:
+    read); the decoded sizes, "HxW": count (for the resized-images warning)."""
+    paths, image_size, channels, size = task
+    results = [_read_or_reason(Path(p), image_size) for p in paths]
+    arrays = [a for a in results if not isinstance(a, str)]
+    sizes = Counter(f"{a.shape[0]}x{a.shape[1]}" for a in arrays)
+    x = stack_images(arrays, channels, size).numpy()
+    return x, [r if isinstance(r, str) else None for r in results], dict(sizes)
+
+
+class MemorySink(DecodeSink):
+    """Where `decode_into` puts the images when there is no cache: lists of chunks, joined at the end."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.chunks: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
+
+    def start_split(self, split: str, image_shape: tuple[int, ...]) -> None:
+        super().start_split(split, image_shape)
+        self.chunks[split] = ([np.zeros((0, *image_shape), np.uint8)], [np.zeros(0, np.int64)])
+
+    def append(self, split: str, x: np.ndarray, y: np.ndarray, files_done: int, skipped: Any = (),
+               sizes: dict[str, int] | None = None) -> None:
+        self.chunks[split][0].append(x)
+        self.chunks[split][1].append(y)
+        self._count(split, len(x), files_done, skipped, sizes)
+
+    def data(self, name: str, classes: list[str]) -> ImageData:
+        def joined(split: str, i: int) -> torch.Tensor:
+            return torch.from_numpy(np.concatenate(self.chunks[split][i]))
+
+        return ImageData(name, joined("train", 0), joined("train", 1), joined("test", 0), joined("test", 1), classes)
 
 
 def describe_skipped(skipped: list[tuple[Path, str]], root: Path) -> str:
@@ -211,20 +378,6 @@ def describe_skipped(skipped: list[tuple[Path, str]], root: Path) -> str:
     return "; ".join(parts)
 
 
-def _common_size(arrays: list[np.ndarray], image_size: int | None, root: Path) -> tuple[int, int]:
-    """`image_size` square if given, else the most common (H, W); mixed sizes are reported."""
-    sizes = Counter(a.shape[:2] for a in arrays)
-    (h, w), count = sizes.most_common(1)[0]
-    target = (image_size, image_size) if image_size else (h, w)
-    if len(sizes) > 1:
-        n_resized = len(arrays) - sizes.get(target, 0)
-        reason = ("as --image-size asks" if image_size else
-                  f"the most common size ({count} of {len(arrays)} images); pass --image-size to choose another")
-        log.warning("images in %s come in %d sizes; resized %d of them to %dx%d (HxW), %s", root, len(sizes),
-                    n_resized, target[0], target[1], reason)
-    return target
-
-
 def stack_images(arrays: list[np.ndarray], channels: int, size: tuple[int, int]) -> torch.Tensor:
     """(H, W, 1 or 3) uint8 arrays -> (N, channels, *size) uint8; each size group is resized in one batch."""
     out = torch.empty((len(arrays), channels, *size), dtype=torch.uint8)
@@ -240,23 +393,6 @@ def stack_images(arrays: list[np.ndarray], channels: int, size: tuple[int, int])
 
 def _labels(pairs: list[tuple[np.ndarray, int]]) -> torch.Tensor:
     return torch.tensor([y for _, y in pairs], dtype=torch.int64)
-
-
-def read_images(paths: list[Path], desc: str, image_size: int | None = None) -> list[np.ndarray | str]:
-    """Decode `paths` in a thread pool, in order: an array per readable file, else why it is unreadable.
-    With `image_size`, large images come reduced to no less than image_size x image_size."""
-    tasks = [paths[i:i + _FILES_PER_TASK] for i in range(0, len(paths), _FILES_PER_TASK)]
-    results: list[np.ndarray | str] = []
-    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool, \
-            tqdm(total=len(paths), desc=desc, unit="img", disable=None) as bar:
-        for decoded in pool.map(partial(_read_task, image_size=image_size), tasks):
-            results += decoded
-            bar.update(len(decoded))
-    return results
-
-
-def _read_task(paths: list[Path], image_size: int | None) -> list[np.ndarray | str]:
-    return [_read_or_reason(p, image_size) for p in paths]
 
 
 def _read_or_reason(path: Path, image_size: int | None) -> np.ndarray | str:

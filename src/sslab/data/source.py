@@ -18,14 +18,18 @@ class LoadRequest:
     train_split: str = "train"
     image_size: Optional[int] = None
     strict: bool = False
+    workers: Optional[int] = None  # decoding processes (folders); None: every core (data/parallel.py)
 
 
 @dataclass
 class Source:
     """A located dataset. `decode()` reads `files` into uint8 tensors; it returns an empty test split when
-    the source ships none. `options` are the loader settings that change the decoded content (cache key)."""
+    the source ships none. `options` are the loader settings that change the decoded content (cache key).
+    `build(writer)`, where given, writes the decoded images into a cache entry chunk by chunk without holding
+    them in memory, and continues a stopped build (data/cache.py); otherwise the cache writes `decode()`'s."""
 
     decode: Callable[[], ImageData]
+    build: Optional[Callable[[Any], tuple[str, list[str], list[str]]]] = None
     files: list[Path] = field(default_factory=list)  # their sizes and mtimes key the cache
     files_base: Optional[Path] = None  # `files` are keyed by their path relative to this folder
     cached: bool = False  # decode once and keep the tensors in the cache folder (data/cache.py)

@@ -56,7 +56,7 @@ def find_folder(root: Path, needed: list[str]) -> Path | None:
 def decode(folder: Path, train_parts: list[str]) -> ImageData:
     train_x, train_y = read_images(folder, [SPLIT_FILES[part] for part in train_parts])
     test_x, test_y = read_images(folder, [SPLIT_FILES["test"]])
-    classes = [line.strip() for line in (folder / "class_names.txt").read_text().splitlines() if line.strip()]
+    classes = [line.strip() for line in (folder / "class_names.txt").read_text(encoding="utf-8").splitlines() if line.strip()]
     return ImageData("stl10", train_x, train_y, test_x, test_y, classes)
 
 

@@ -72,7 +72,7 @@ def pixel_description(images: torch.Tensor) -> str:
 
 @torch.no_grad()
 def pixel_knn_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
-                       num_classes: int, k: int = 200, t: float = 0.1) -> float | None:
+                       num_classes: int, k: int, t: float) -> float | None:
     """kNN top-1 of raw pixel vectors, the better of plain and centred on the train mean (same k and t as
     the learned features). None when there is nothing to score (no test images or no labelled train image)."""
     labelled = train_y >= 0

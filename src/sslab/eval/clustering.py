@@ -15,6 +15,8 @@ import numpy as np
 
 from sslab.analysis.structure import sklearn_threads
 
+from sslab.progress import Heartbeat
+
 
 def contingency(clusters: np.ndarray, labels: np.ndarray, num_clusters: int, num_classes: int) -> np.ndarray:
     """counts[c, k] = number of samples in cluster c with class k."""
@@ -93,7 +95,8 @@ def kmeans_fit(train: np.ndarray, test: np.ndarray, k: int, seed: int = 0, n_ini
     from sklearn.cluster import KMeans
 
     x = l2_normalised(train)
-    with sklearn_threads(len(x)):
+    with sklearn_threads(len(x)), Heartbeat(f"k-means, {k} clusters of {x.shape[0]} x {x.shape[1]} features, "
+                                            f"{n_init} restarts"):
         model = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit(x)
         test_assign = model.predict(l2_normalised(test)) if len(test) else np.zeros(0, dtype=np.int64)
     return {"train": model.labels_.astype(np.int64), "test": np.asarray(test_assign, dtype=np.int64),

@@ -392,7 +392,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     import json
 
     try:
-        found = json.loads(path.read_text())
+        found = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError):
         return None
     return found if isinstance(found, dict) else None  # a JSON list (edited by hand) is no eval.json

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 @torch.no_grad()
 def knn_predict(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, num_classes: int,
-                k: int = 200, t: float = 0.1, chunk: int = 1024) -> torch.Tensor:
+                k: int, t: float, chunk: int = 1024) -> torch.Tensor:
     """Class scores (Q, num_classes) for each query. Features need not be normalised."""
     bank = F.normalize(bank.float(), dim=1)
     queries = F.normalize(queries.float(), dim=1)
@@ -28,7 +28,7 @@ def knn_predict(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Te
 
 
 def knn_accuracy(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, query_labels: torch.Tensor,
-                 num_classes: int, k: int = 200, t: float = 0.1) -> float:
+                 num_classes: int, k: int, t: float) -> float:
     """Top-1 accuracy of the weighted kNN vote. Unlabelled bank entries (label -1) are left out."""
     keep = bank_labels >= 0
     bank, bank_labels = bank[keep], bank_labels[keep]

@@ -146,8 +146,8 @@ def walk_c_grid(grid: Sequence[float], score: Callable[[float], float]) -> dict[
 
 
 def fit_fast_probe(train_features: torch.Tensor, train_labels: torch.Tensor, num_classes: int,
-                   classifier: str = "logistic", c_grid: Sequence[float] | None = None, val_fraction: float = 0.1,
-                   seed: int = 0) -> ProbeResult:
+                   classifier: str, c_grid: Sequence[float] | None, val_fraction: float,
+                   seed: int) -> ProbeResult:
     """Pick C on a stratified validation split of the train features, refit on all of them.
 
     Labelled train features only (label >= 0), standardised and PCA-whitened with the fitting set's statistics
@@ -246,8 +246,8 @@ def crop_flip_augmenter(image_size: int, mean: Sequence[float], std: Sequence[fl
 
 
 def train_standard_probe(backbone: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
-                         mean: Sequence[float], std: Sequence[float], epochs: int = 100, batch_size: int = 256,
-                         lr: float = 0.3, momentum: float = 0.9, weight_decay: float = 0.0,
+                         mean: Sequence[float], std: Sequence[float], epochs: int, batch_size: int,
+                         lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
                          crop_scale: tuple[float, float] | None = None, flip_p: float | None = None, seed: int = 0,
                          bf16: bool | None = None, log: Callable[[str], None] | None = None,
                          reference: ProbeWeights | None = None, loop: LoopSettings | None = None,

@@ -32,7 +32,7 @@ def labelled_subset(labels: torch.Tensor, fraction: float, seed: int, num_classe
 
 
 def finetune(backbone: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
-             mean: Sequence[float], std: Sequence[float], epochs: int = 30, batch_size: int = 64, lr: float = 0.05,
+             mean: Sequence[float], std: Sequence[float], epochs: int, batch_size: int, lr: float,
              weight_decay: float = 5e-4, crop_scale: tuple[float, float] | None = None, flip_p: float | None = None,
              seed: int = 0, bf16: bool | None = None, log: Callable[[str], None] | None = None,
              loop: LoopSettings | None = None, identity: dict | None = None,

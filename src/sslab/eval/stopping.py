@@ -1,12 +1,15 @@
 """Stopping `sslab eval` at any stage, keeping what it finished.
 
-SIGINT, SIGTERM and `--time-limit` (SIGALRM) are answered everywhere in `eval`:
+SIGINT and SIGTERM (and SIGBREAK on Windows) are answered everywhere in `eval`:
 
 - inside a training loop (the standard probe, a baseline's standard probe, a semi-supervised fine-tune, the
   transfer probe: `EvalStop.looping()`), they raise a flag the kit's loop checks after every step, so it
   writes its checkpoint first and a rerun resumes it exactly;
 - anywhere else (feature extraction, kNN, the fast probe's L-BFGS: seconds, with nothing worth a checkpoint)
   they stop at once.
+
+`--time-limit` is a deadline (no SIGALRM: Windows has none) checked where a checkpoint can be written, after
+each step of a training loop, like `train`'s; the stages between take seconds. A stop at the limit exits 0.
 
 Either way every finished result is already in eval.json and every finished baseline in the store, and the
 one-line message says where it stopped, what is kept and the command that continues.
@@ -17,10 +20,12 @@ import contextlib
 import shlex
 import signal
 import threading
+import time
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from sslab import portable
 from sslab.kit import Interrupted
 
 
@@ -40,6 +45,7 @@ class EvalStop:
     def __init__(self, time_limit: float | None, resume: str, kept: Callable[[], list[str]] = list):
         self.time_limit, self.resume, self.kept = time_limit, resume, kept
         self.signum: int | None = None
+        self.deadline: float | None = None
         self.stage = "loading the run"
         self.checkpoint: Path | None = None
         self._looping = 0
@@ -47,15 +53,13 @@ class EvalStop:
 
     def __enter__(self) -> "EvalStop":
         if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM):
+            for s in portable.stop_signals():
                 self._old[s] = signal.signal(s, self._handle)
-            if self.time_limit:
-                signal.setitimer(signal.ITIMER_REAL, self.time_limit)
+        if self.time_limit:
+            self.deadline = time.monotonic() + self.time_limit
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self._old:
-            signal.setitimer(signal.ITIMER_REAL, 0)
         for s, old in self._old.items():
             signal.signal(s, old)
         self._old = {}
@@ -68,6 +72,9 @@ class EvalStop:
             raise self.interrupted(signum, checkpoint=False)
 
     def asked(self) -> bool:
+        """A signal came, or the time limit passed (checked here: after every step of a loop)."""
+        if self.signum is None and self.deadline is not None and time.monotonic() >= self.deadline:
+            self.signum = portable.TIME_LIMIT
         return self.signum is not None
 
     @contextlib.contextmanager
@@ -86,8 +93,8 @@ class EvalStop:
 
     def interrupted(self, signum: int, checkpoint: bool) -> EvalInterrupted:
         """The exception to stop with: one line saying where, what is kept, and how to continue."""
-        name = signal.Signals(signum).name
-        parts = ["stopped at the --time-limit" if signum == signal.SIGALRM else f"interrupted by {name}"]
+        name = portable.signal_name(signum)
+        parts = ["stopped at the --time-limit" if signum == portable.TIME_LIMIT else f"interrupted by {name}"]
         if checkpoint and self.checkpoint is not None:  # the words of every other loop's stop, then eval's own
             parts.append(f"checkpoint saved ({self.stage}: {self.checkpoint})")
         else:

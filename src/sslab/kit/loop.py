@@ -48,6 +48,8 @@ class EpochLoop:
     rank: int = 0
     on_step: Callable[[int, dict[str, torch.Tensor]], None] | None = None  # after each step (per-step logging)
     run_dir: Path | None = None  # the folder an Interrupted names (default: the checkpoint's)
+    # (the epoch's CPU order, its first step) before its steps: a streamed feed gathers the next batches from it
+    on_epoch_start: Callable[[torch.Tensor, int], None] | None = None
 
     def run(self, pos: LoopPosition, step: Callable[[torch.Tensor, int], dict[str, torch.Tensor]],
             save: Callable[[LoopPosition], None], end_epoch: Callable[[int, dict[str, Any], float], None]) -> None:
@@ -79,6 +81,8 @@ class EpochLoop:
         bar = Progress(self.stage, spe, epoch=pos.epoch + 1, epochs=self.epochs, initial=pos.step_in_epoch,
                        batch_size=self.source.batch_size, every=self.progress_every,
                        enabled=self.progress and self.rank == 0)
+        if self.on_epoch_start is not None:
+            self.on_epoch_start(pos.perm, pos.step_in_epoch)
         tick, stopping = time.perf_counter(), False
         for i in range(pos.step_in_epoch, spe):
             global_step = pos.epoch * spe + i

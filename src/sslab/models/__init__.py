@@ -1,5 +1,5 @@
-"""Backbones (resnet18/34/50, simple-cnn) and MLP heads. Importing this registers the backbones."""
-from sslab.models import resnet, simple_cnn  # noqa: F401  (registration)
+"""Backbones (resnet18/34/50, simple-cnn, vit-tiny/small) and MLP heads. Importing this registers the backbones."""
+from sslab.models import resnet, simple_cnn, vit  # noqa: F401  (registration)
 from sslab.models.heads import mlp
 from sslab.registry import BACKBONES
 

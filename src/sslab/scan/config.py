@@ -24,6 +24,7 @@ from sslab.settings import Rule, check, dump_yaml, from_dict, read_yaml_file, se
 
 STAGES = ("mine", "cluster", "selflabel")
 AUGMENTS = ("strong", "weak", "none")  # strong: RandAugment + Cutout; weak: crop + flip; none: the image itself
+HEAD_INPUTS = ("features", "l2", "standardized")  # what the clustering heads read (sslab/scan/model.py)
 ORDERED = Rule(lambda pair: pair[0] <= pair[1], "two numbers min,max with min <= max")
 
 
@@ -48,6 +49,9 @@ class ScanConfig:
     freeze_backbone: bool = setting(False, "train the heads only, in both steps (docs, ref.: backbone trainable)")
     cluster_augment: str = setting("strong", "views of anchors and neighbours: strong (RandAugment + Cutout, ref. "
                                    "'ours'), weak (crop + flip, ref. 'standard') or none", choices=AUGMENTS)
+    head_input: str = setting("features", "what the heads read: features (the backbone's output, ref.), l2 "
+                              "(l2-normalised) or standardized (centred and scaled per dimension by the pretext "
+                              "train features' mean and std); see docs/methods.md, The demo", choices=HEAD_INPUTS)
     include_self: bool = setting(True, "the anchor is one of its own K+1 candidate neighbours (ref. NeighborsDataset)")
     # self-labelling (docs/methods.md step 4)
     selflabel_epochs: int = setting(200, "self-labelling epochs (ref. 200)", ge=0, le=100_000)
@@ -118,7 +122,7 @@ FIELD_TYPES: dict[str, Any] = types_of(ScanConfig)
 # fields changed is refused, so a rerun never mixes two settings silently)
 STAGE_FIELDS: dict[str, tuple[str, ...]] = {
     "mine": ("neighbors", "kmeans_init", "num_clusters", "seed"),
-    "cluster": ("heads", "entropy_weight", "cluster_epochs", "batch_size", "lr", "weight_decay", "freeze_backbone",
+    "cluster": ("heads", "head_input", "entropy_weight", "cluster_epochs", "batch_size", "lr", "weight_decay", "freeze_backbone",
                 "cluster_augment", "include_self", "strong_ops", "cutout", "flip_p", "weak_crop_scale"),
     "selflabel": ("selflabel_epochs", "selflabel_batch_size", "selflabel_lr", "selflabel_weight_decay", "confidence",
                   "class_balance", "selflabel_target_view", "selflabel_augment"),

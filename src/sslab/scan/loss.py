@@ -28,7 +28,7 @@ def entropy_of_mean(probs: torch.Tensor) -> torch.Tensor:
 
 
 def scan_loss(anchor_logits: torch.Tensor, neighbor_logits: torch.Tensor,
-              entropy_weight: float = 5.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+              entropy_weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(total, consistency, entropy) for logits (B, C) of anchors and their sampled neighbours, or (..., B, C)
     for several heads at once (then each is per head, shape (...)).
 
@@ -50,8 +50,8 @@ def confident_targets(weak_logits: torch.Tensor, threshold: float) -> tuple[torc
     return target, max_prob > threshold
 
 
-def selflabel_loss(weak_logits: torch.Tensor, strong_logits: torch.Tensor, threshold: float = 0.99,
-                   class_balance: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def selflabel_loss(weak_logits: torch.Tensor, strong_logits: torch.Tensor, threshold: float,
+                   class_balance: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, confident fraction). The weak logits are detached (they only make targets).
 
     Equal to the reference's `F.cross_entropy(strong[mask], target[mask], weight=w, reduction="mean")` with

@@ -39,6 +39,7 @@ from sslab.eval.clustering import cached_kmeans, clustering_scores
 from sslab.eval.features import extract_features, finite_features, normalize_images
 from sslab.kit import BatchSource, EpochLog, EpochLoop, LoopCheckpoint, LoopPosition, StopFlag
 from sslab.pretrained import TrainedRun, load_trained, run_folder
+from sslab.progress import Heartbeat, heartbeats
 from sslab.run import RunDir, check_output_folder
 from sslab.safe_write import refuse_links
 from sslab.scan.config import STAGES, ScanConfig, stage_settings
@@ -50,6 +51,7 @@ Log = Callable[[str], None]
 STAGE_FILES = {"mine": ["neighbors.pt"],
                "cluster": ["cluster.pt", "cluster_metrics.jsonl", "tensorboard/cluster"],
                "selflabel": ["selflabel.pt", "selflabel_metrics.jsonl", "tensorboard/selflabel"]}
+SETTINGS_BEFORE_THEY_EXISTED = {"head_input": "features"}
 OUTPUT_FILES = ["scan.json", "clusters.npz", "confident_images.png", "confusion.png"]
 
 
@@ -69,6 +71,7 @@ class ScanContext:
     pretext_epoch: int
     stop: StopFlag = field(default_factory=StopFlag)  # SIGINT/SIGTERM/--time-limit, checked between steps
     _features: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    _last_epoch_line: float = field(default=float("-inf"), repr=False)
 
     @property
     def device(self) -> torch.device:
@@ -83,12 +86,21 @@ class ScanContext:
     def pretext_features(self, split: str) -> torch.Tensor:
         """The pretext backbone's features (N, D) of the un-augmented `split` images (computed once)."""
         if split not in self._features:
-            self._features[split] = finite_features(self.features(self.run.backbone, self.images(split)),
-                                                    f"the checkpoint of {self.run.run_dir}")
+            with Heartbeat(f"scan: pretext features of the {len(self.images(split))} {split} images"):
+                self._features[split] = finite_features(self.features(self.run.backbone, self.images(split)),
+                                                        f"the checkpoint of {self.run.run_dir}")
         return self._features[split]
 
     def train_features(self) -> torch.Tensor:
         return self.pretext_features("train")
+
+    def cluster_model(self, heads: int) -> ClusterModel:
+        """A fresh clustering model on a copy of the pretext backbone, its heads reading `cfg.head_input`
+        ("standardized": with the pretext train features' mean and std, as an affine-free BatchNorm would)."""
+        feats = self.train_features().float()
+        stats = (feats.mean(dim=0), torch.sqrt(feats.var(dim=0) + 1e-5)) if self.cfg.head_input == "standardized" else None
+        return ClusterModel(copy.deepcopy(self.run.backbone), feats.shape[1], self.num_clusters, heads,
+                            self.cfg.head_input, stats)
 
     def features(self, backbone: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
         return extract_features(backbone, images, self.data.mean, self.data.std, batch_size=1024, bf16=self.bf16,
@@ -134,6 +146,14 @@ class ScanContext:
     def sync(self) -> None:
         device_lib.sync(self.device)
 
+    def epoch_line(self, line: str, epoch: int, last: int, evaluated: bool) -> None:
+        """Log an epoch's line when its test metrics were computed, at the last epoch, or when no epoch line was
+        logged for --progress-every seconds: short epochs do not flood the log, long ones all show."""
+        now = time.perf_counter()
+        if evaluated or epoch == last or now - self._last_epoch_line >= self.cfg.progress_every:
+            self._last_epoch_line = now
+            self.log(line)
+
 
 def scores(clusters: np.ndarray, labels: np.ndarray, num_clusters: int, num_classes: int) -> Optional[dict[str, Any]]:
     """ACC/NMI/ARI over the labelled samples (label >= 0); None when there are none."""
@@ -160,6 +180,7 @@ def load_stage(ctx: ScanContext, stage: str) -> Optional[dict[str, Any]]:
     if not isinstance(have, dict):
         raise CheckpointError(f"{path} is not a SCAN {stage} stage file written by sslab (its settings are a "
                               f"{type(have).__name__}); pass --restart {stage} to redo the stage")
+    have = {**SETTINGS_BEFORE_THEY_EXISTED, **have}  # a checkpoint from before a setting existed had its old behaviour
     changed = [f"{k}={have.get(k)!r} (now {v!r})" for k, v in want.items() if have.get(k) != v]
     if changed:
         raise ConfigError(f"{path} was made with other settings: {', '.join(changed[:4])}; rerun with the same "
@@ -188,8 +209,9 @@ def mine_stage(ctx: ScanContext) -> dict[str, Any]:
         raise ConfigError(f"--neighbors {cfg.neighbors} must be smaller than the {n} training images")
     t0 = time.perf_counter()
     feats = ctx.train_features()
-    indices, sims = mine_neighbors(feats, cfg.neighbors)
-    ctx.sync()
+    with Heartbeat(f"scan: {cfg.neighbors} nearest neighbours of {n} images"):
+        indices, sims = mine_neighbors(feats, cfg.neighbors)
+        ctx.sync()
     mine_seconds = time.perf_counter() - t0
     acc = neighbor_accuracy(indices, data.train_y)
     ctx.log(f"mine: {cfg.neighbors} neighbours of {n} images in {mine_seconds:.1f} s"
@@ -204,7 +226,9 @@ def mine_stage(ctx: ScanContext) -> dict[str, Any]:
                 f"{100 * s['acc']:.1f}% NMI {s['nmi']:.3f} ARI {s['ari']:.3f} ({kmeans_seconds:.1f} s)")
     from sslab.eval.baselines import kmeans_baselines
 
-    baselines = kmeans_baselines(ctx.run, data, ctx.num_clusters, cfg.seed, cfg.kmeans_init, ctx.features)
+    ctx.log("k-means baselines: the same k-means on the raw pixels and on the untrained network's features")
+    with Heartbeat("scan: k-means baselines (raw pixels, untrained network)"):
+        baselines = kmeans_baselines(ctx.run, data, ctx.num_clusters, cfg.seed, cfg.kmeans_init, ctx.features)
     result = {"neighbor_accuracy": acc, "kmeans": kmeans["scores"], "baselines": baselines,
               "seconds": {"mine": mine_seconds, "kmeans": kmeans_seconds}}
     save_checkpoint({"settings": ctx.settings("mine"), "done": True, "indices": indices.cpu(),
@@ -289,8 +313,7 @@ def cluster_stage(ctx: ScanContext, neighbors: torch.Tensor, state: Optional[dic
     cfg, data, dev = ctx.cfg, ctx.data, ctx.device
     gen = ctx.generator("cluster")  # sample order, neighbour picks and views
     source = BatchSource(len(data.train_x), cfg.batch_size, cfg.seed, dev, generator=gen)  # drop_last (ref.)
-    feat_dim = ctx.train_features().shape[1]
-    model = ClusterModel(copy.deepcopy(ctx.run.backbone), feat_dim, ctx.num_clusters, cfg.heads).to(dev)
+    model = ctx.cluster_model(cfg.heads).to(dev)
     if cfg.freeze_backbone:
         model.freeze_backbone()
     if ctx.channels_last:
@@ -326,9 +349,10 @@ def cluster_stage(ctx: ScanContext, neighbors: torch.Tensor, state: Optional[dic
                   "epoch_seconds": seconds}
         test = monitor(ctx, model, best) if due(cfg.eval_every, epoch, cfg.cluster_epochs) else None
         record.update({f"test_{k}": v for k, v in (test or {}).items() if k != "acc_mapping"})
-        ctx.log(f"cluster epoch {epoch}/{cfg.cluster_epochs} loss {record['loss']:.4f} (consistency "
-                f"{record['consistency']:.4f}, entropy {record['entropy']:.4f}) best head {best}"
-                + (f" test ACC {100 * test['acc']:.1f}%" if test else "") + f" {seconds:.1f} s")
+        ctx.epoch_line(f"cluster epoch {epoch}/{cfg.cluster_epochs} loss {record['loss']:.4f} (consistency "
+                       f"{record['consistency']:.4f}, entropy {record['entropy']:.4f}) best head {best}"
+                       + (f" test ACC {100 * test['acc']:.1f}%" if test else "") + f" {seconds:.1f} s",
+                       epoch, cfg.cluster_epochs, test is not None)
         return record
 
     ckpt, pos = run_stage(ctx, "cluster", cfg.cluster_epochs, source, model, opt, gen, state, step, end_epoch,
@@ -394,9 +418,7 @@ def finish_stage(ckpt: LoopCheckpoint, pos: LoopPosition, result: dict[str, Any]
 
 def model_from(ctx: ScanContext, state: dict[str, Any], heads: int) -> ClusterModel:
     """The model saved in a stage checkpoint (the pretext backbone where it was frozen)."""
-    feat_dim = state["model"]["heads"]["weight"].shape[1]
-    model = ClusterModel(copy.deepcopy(ctx.run.backbone), feat_dim, ctx.num_clusters, heads)
-    return load_model_state(model, state["model"]).to(ctx.device)
+    return load_model_state(ctx.cluster_model(heads), state["model"]).to(ctx.device)
 
 
 def cluster_model_from(ctx: ScanContext, state: dict[str, Any]) -> ClusterModel:
@@ -440,8 +462,9 @@ def selflabel_stage(ctx: ScanContext, cluster_state: dict[str, Any], state: Opti
         record = {"epoch": epoch, "loss": means["loss"], "confident_fraction": confident[0], "epoch_seconds": seconds}
         test = monitor(ctx, model, 0) if due(cfg.eval_every, epoch, cfg.selflabel_epochs) else None
         record.update({f"test_{k}": v for k, v in (test or {}).items() if k != "acc_mapping"})
-        ctx.log(f"selflabel epoch {epoch}/{cfg.selflabel_epochs} loss {means['loss']:.4f} confident "
-                f"{100 * confident[0]:.1f}%" + (f" test ACC {100 * test['acc']:.1f}%" if test else "") + f" {seconds:.1f} s")
+        ctx.epoch_line(f"selflabel epoch {epoch}/{cfg.selflabel_epochs} loss {means['loss']:.4f} confident "
+                       f"{100 * confident[0]:.1f}%" + (f" test ACC {100 * test['acc']:.1f}%" if test else "")
+                       + f" {seconds:.1f} s", epoch, cfg.selflabel_epochs, test is not None)
         return record
 
     ckpt, pos = run_stage(ctx, "selflabel", cfg.selflabel_epochs, source, model, opt, gen, state, step, end_epoch,
@@ -517,6 +540,8 @@ def run_scan(run_dir: str | Path, cfg: Optional[ScanConfig] = None, *, until: st
     if cfg is None:  # continue with the last call's settings, unless redoing everything
         cfg = (None if restart == "mine" else saved_config(run_folder(run_dir))) or ScanConfig()
     cfg.validate()
+    if cfg.precision == "fp16":  # its stages have no gradient scaler yet: say so rather than run fp32 silently
+        raise ConfigError("sslab scan --precision fp16 is not supported yet (train's is); use auto, bf16 or fp32")
     trained = load_trained(run_dir, cfg.device)
     out = scan_dir(trained.run_dir)
     check_output_folder(trained.run_dir, "scan")  # before any work: a read-only folder, a link inside RUN/scan
@@ -536,10 +561,11 @@ def run_scan(run_dir: str | Path, cfg: Optional[ScanConfig] = None, *, until: st
     # load (and check against the settings) every existing stage before computing anything
     states = {s: load_stage(ctx, s) for s in STAGES}
     cfg.replace(time_limit=None).save(out / "config.yaml")  # a time limit applies to the call that set it
-    with StopFlag() as ctx.stop:
+    with StopFlag() as ctx.stop, heartbeats(cfg.progress_every if cfg.progress else None):
         ctx.stop.arm(cfg.time_limit)  # from here on a signal (or the time limit) is answered with a checkpoint
         results, mine, model, final_stage = run_stages(ctx, states, until)
-    report = write_outputs(ctx, results, mine, model, final_stage)
+        with Heartbeat("scan: cluster assignments and figures"):
+            report = write_outputs(ctx, results, mine, model, final_stage)
     log(summary_line(report) + f" ({time.perf_counter() - started:.1f} s this call)")
     return report
 

@@ -43,6 +43,7 @@ def three_runs(tmp_path_factory) -> list[Path]:
     return [first, simclr, other_split]
 
 
+@pytest.mark.slow  # minutes of the default suite on 2 cores (CI's 10-minute budget); run with -m slow
 def test_three_runs_give_the_table_the_curves_and_the_page(three_runs, tmp_path, capsys):
     before = {str(r): _snapshot(r) for r in three_runs}
     out = tmp_path / "cmp"
@@ -76,6 +77,7 @@ def test_three_runs_give_the_table_the_curves_and_the_page(three_runs, tmp_path,
 
 
 @needs_chromium
+@pytest.mark.slow  # minutes of the default suite on 2 cores (CI's 10-minute budget); run with -m slow
 def test_compare_page_renders_in_headless_chromium(three_runs, tmp_path):
     out = tmp_path / "cmp"
     assert main(["compare", *map(str, three_runs), "--out", str(out)]) == 0
@@ -87,6 +89,7 @@ def test_compare_page_renders_in_headless_chromium(three_runs, tmp_path):
     assert (assert_png_not_blank(shot) < 128).any(axis=2).mean() > 0.005
 
 
+@pytest.mark.slow  # minutes of the default suite on 2 cores (CI's 10-minute budget); run with -m slow
 def test_default_folder_and_refusals_are_one_line(three_runs, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     runs = list(map(str, three_runs[:2]))

@@ -144,6 +144,7 @@ def _digits_npz(folder: Path) -> Path:
     return path
 
 
+@pytest.mark.slow  # minutes of the default suite on 2 cores (CI's 10-minute budget); run with -m slow
 def test_torchrun_trains_on_two_processes_stops_on_a_signal_and_resumes_on_one(tmp_path):
     if shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists():
         pytest.skip("torchrun not installed")

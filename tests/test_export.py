@@ -137,6 +137,7 @@ def test_library_loads_the_export_strictly_and_gives_the_same_features(tmp_path,
         assert torch.allclose(scope["features"], _sslab_features(run, images), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow  # minutes of the default suite on 2 cores (CI's 10-minute budget); run with -m slow
 def test_onnx_gives_the_pytorch_features_on_the_same_inputs(tmp_path):
     import onnxruntime
 

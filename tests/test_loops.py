@@ -84,9 +84,9 @@ def outputs(run: Path) -> dict:
     return strip(json.loads((run / "eval.json").read_text())["results"])
 
 
-# the default suite keeps the standard probe's loop (the same kit loop as the others); SCAN's stages and the
-# fine-tune take minutes on 2 cores: `-m slow` (SCAN's stage-by-stage resume is also in test_scan.py)
-LOOP_CASES = [pytest.param(name, marks=pytest.mark.slow) if name != "linear-standard" else name for name in LOOPS]
+# subprocess runs that take minutes on 2 cores: `-m slow`; the default suite checks eval's loops in-process
+# (test_eval.py: signals inside the probes resume to the same eval.json) and SCAN's in test_scan.py
+LOOP_CASES = [pytest.param(name, marks=pytest.mark.slow) for name in LOOPS]  # each a subprocess eval or scan pair
 
 
 @pytest.mark.parametrize("loop", LOOP_CASES)

@@ -438,7 +438,7 @@ def test_newer_method_state_resumes_bitwise_from_its_state_dict(name):
         assert int(model.queue_filled) == 8
 
 
-@pytest.mark.parametrize("name", NEWER)
+@pytest.mark.parametrize("name", [n if n in ("dino", "swav") else pytest.param(n, marks=pytest.mark.slow) for n in NEWER])
 def test_newer_method_trains_from_the_cli(name, tmp_path):
     """`sslab train` for one epoch of 2 steps: a finite loss, a run folder, weights that moved."""
     from sslab.cli import main

@@ -42,6 +42,7 @@ def test_every_example_of_the_python_api_page_runs(tmp_path, monkeypatch, capsys
     assert "linear-fast" in out and "load_state_dict" in out
 
 
+@pytest.mark.slow  # minutes of the default suite on 2 cores (CI's 10-minute budget); run with -m slow
 def test_quickstart_notebook_runs(tmp_path):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")

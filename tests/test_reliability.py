@@ -130,6 +130,7 @@ def assert_same_run(run: Path, ref: Path) -> None:
     assert not list(run.rglob("*.tmp"))
 
 
+@pytest.mark.slow  # minutes of the default suite on 2 cores (CI's 10-minute budget); run with -m slow
 @pytest.mark.parametrize("sig", list(CASES))
 def test_interrupted_and_resumed_run_ends_as_the_uninterrupted_one(first_runs, reference, sig):
     runs, procs = first_runs

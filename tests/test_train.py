@@ -12,6 +12,9 @@ from sslab.config import Config
 from sslab.methods.base import negative_cosine
 from sslab.pretrain import fit
 
+# a ResNet-18 trained on Fashion-MNIST, several times: minutes on 2 cores (CI's 10-minute budget): -m slow
+pytestmark = pytest.mark.slow
+
 FASHION_MNIST = shared_dataset_root("fashion-mnist")  # where the CLI would find it (conftest), or None
 PROJ_DIM = 256
 

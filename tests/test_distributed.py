@@ -188,10 +188,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-# Slow, and flaky: it passed on one clean-clone CI run here and failed on the next, when one node's process
-# aborted at exit ("terminate called without an active exception", exit -6) after training. To be found (gloo/c10d
-# teardown of a two-launcher job?) before it goes back into the default suite.
-@pytest.mark.slow
 def test_two_torchrun_nodes_train_as_one_process_with_the_same_global_batch(tmp_path):
     """Two "machines" (two torchrun launchers, --nnodes 2, one process each, c10d rendezvous on 127.0.0.1,
     gloo) against one process with the same global batch: with views that draw no randomness (full-image

@@ -13,6 +13,7 @@ folder back is sslab/resume.py's, and adapting the spec to the data sslab/recipe
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import time
 import warnings
@@ -71,73 +72,81 @@ def fit(cfg: Config | None = None, resume: str | Path | None = None, data: Image
     cfg.check()  # every setting within its range, before any work
     with (run_locks(), distributed_session(cfg.train.device) as group, StopFlag() as stop,
           contextlib.ExitStack() as on_exit):  # on_exit: closes a streaming feed
-        rank, world = group.rank, group.world_size
-        log = log if rank == 0 else _quiet
-        ddp.on_rank0(lambda: check_out_dir(cfg.train.out) if resumed is None else resumed.run.lock(announce=False).check_writable())
-        device = dev.pick_device(cfg.train.device, group.local_rank if world > 1 else None)
-        seed_everything(cfg.train.seed)
-        data = data if data is not None else load_data(cfg, log)
-        cfg = fit_to_data(cfg, data.train_size, len(data.train_x), device, log if resumed is None else None)
-        cfg.check()
-        t, m = cfg.train, cfg.method
-        source = BatchSource(len(data.train_x), m.batch_size, t.seed, device, rank, world)
-        if resumed is not None:
-            resumed.check(data_info(data))
-        data, images = place_data(data, t.data_on_device, device, source, on_exit, log)
-        model = build_model(cfg, data, device, world)
-        opt, lr_at = build_optimizer(model, cfg, source.steps_per_epoch)
-        aug_gen = torch.Generator(device=device)  # this rank's augmentations
-        aug_gen.manual_seed(augment_seed(t.seed, rank))
-        precision = dev.Precision.for_device(t.precision, device)
-        log(f"device: {dev.device_name(device)}; {precision.describe()}")
-        monitor = KnnMonitor(model, data, t.knn_k, t.knn_t, precision, t.channels_last, t.seed, log)
-        run, pos, baselines = start_or_resume(resumed, cfg, data, model, opt, source, aug_gen, world, log)
-        if resumed is not None and resumed.state is not None:
-            precision.load_state_dict(resumed.state.get("precision"))  # the fp16 scaler's scale, as it was
-        stop.arm(t.time_limit)  # from here on a signal (or the time limit) is answered with a checkpoint
-        epochs = EpochLog(run.metrics_path, run.tensorboard_dir, "train", rank == 0,
-                          pos.epoch if resumed is not None and resumed.state is not None else None,
-                          source.steps_per_epoch, run.truncate_metrics, run.append_metrics)
-        step = TrainStep(model=model, forward=compiled(model, cfg, device, world), opt=opt, images=images,
-                         views=ViewMaker(model.view_specs(data.train_size), cfg.augment, data.train_size, data.mean,
-                                         data.std),
-                         aug_gen=aug_gen, lr_at=lr_at, peak_lr=m.lr * m.batch_size / 256,
-                         precision=precision,
-                         channels_last=t.channels_last, steps_per_epoch=source.steps_per_epoch,
-                         total_steps=m.epochs * source.steps_per_epoch)
+        # The run has its own frame: when it returns, its DDP wrapper (which holds the process group) is freed
+        # before the group is destroyed, so the group's gloo threads end here, not at interpreter exit.
+        return train_in_session(cfg, resumed, data, group, stop, on_exit, log)
 
-        def save(p: LoopPosition) -> None:
-            payload = {**run_state(cfg, data, model), "optimizer": opt.state_dict(), "precision": precision.state_dict(),
-                       **loop_state(p, source, aug_gen, world)}
-            payload["loop"].update(baselines)
-            keep = [run.checkpoints_dir / f"epoch_{p.epoch:04d}.pt"] if due(t.checkpoint_every, p) else []
-            ddp.on_rank0(lambda: [save_checkpoint(payload, path) for path in [run.last_checkpoint, *keep]])
 
-        loop = EpochLoop(stage="train", epochs=m.epochs, source=source, model=model, stop=stop,
-                         checkpoint_path=run.last_checkpoint, resume=f"sslab train --resume {run.path}",
-                         nan_hint="start a new run with a lower --lr (or --precision fp32)", progress=t.progress,
-                         progress_every=t.progress_every, rank=rank, on_step=step_loss_logger(epochs, t.step_loss_every),
-                         run_dir=run.path, on_epoch_start=getattr(images, "start_epoch", None))
-        if resumed is None or resumed.state is None:  # step 0: the untrained network and the baselines
-            ddp.on_rank0(lambda: save_checkpoint(run_state(cfg, data, model), run.checkpoints_dir / "init.pt"))
-            baselines = measure_baselines(monitor, data, t, log)
-            save(pos)  # a run folder always holds a loadable checkpoint
-            epochs.append({"epoch": 0, "step": 0, "knn_top1": baselines["knn_top1_init"], **baselines}, 0)
-        loop.raise_if_asked()
+def train_in_session(cfg: Config, resumed: Resumed | None, data: ImageData | None, group: ddp.DistributedRun,
+                     stop: StopFlag, on_exit: contextlib.ExitStack, log: Log) -> dict[str, Any]:
+    """`fit` inside its process group, stop flag and exit stack: the run from the data to the summary."""
+    rank, world = group.rank, group.world_size
+    log = log if rank == 0 else _quiet
+    ddp.on_rank0(lambda: check_out_dir(cfg.train.out) if resumed is None else resumed.run.lock(announce=False).check_writable())
+    device = dev.pick_device(cfg.train.device, group.local_rank if world > 1 else None)
+    seed_everything(cfg.train.seed)
+    data = data if data is not None else load_data(cfg, log)
+    cfg = fit_to_data(cfg, data.train_size, len(data.train_x), device, log if resumed is None else None)
+    cfg.check()
+    t, m = cfg.train, cfg.method
+    source = BatchSource(len(data.train_x), m.batch_size, t.seed, device, rank, world)
+    if resumed is not None:
+        resumed.check(data_info(data))
+    data, images = place_data(data, t.data_on_device, device, source, on_exit, log)
+    model = build_model(cfg, data, device, world)
+    opt, lr_at = build_optimizer(model, cfg, source.steps_per_epoch)
+    aug_gen = torch.Generator(device=device)  # this rank's augmentations
+    aug_gen.manual_seed(augment_seed(t.seed, rank))
+    precision = dev.Precision.for_device(t.precision, device)
+    log(f"device: {dev.device_name(device)}; {precision.describe()}")
+    monitor = KnnMonitor(model, data, t.knn_k, t.knn_t, precision, t.channels_last, t.seed, log)
+    run, pos, baselines = start_or_resume(resumed, cfg, data, model, opt, source, aug_gen, world, log)
+    if resumed is not None and resumed.state is not None:
+        precision.load_state_dict(resumed.state.get("precision"))  # the fp16 scaler's scale, as it was
+    stop.arm(t.time_limit)  # from here on a signal (or the time limit) is answered with a checkpoint
+    epochs = EpochLog(run.metrics_path, run.tensorboard_dir, "train", rank == 0,
+                      pos.epoch if resumed is not None and resumed.state is not None else None,
+                      source.steps_per_epoch, run.truncate_metrics, run.append_metrics)
+    step = TrainStep(model=model, forward=compiled(model, cfg, device, world), opt=opt, images=images,
+                     views=ViewMaker(model.view_specs(data.train_size), cfg.augment, data.train_size, data.mean,
+                                     data.std),
+                     aug_gen=aug_gen, lr_at=lr_at, peak_lr=m.lr * m.batch_size / 256,
+                     precision=precision,
+                     channels_last=t.channels_last, steps_per_epoch=source.steps_per_epoch,
+                     total_steps=m.epochs * source.steps_per_epoch)
 
-        def end_epoch(epoch: int, means: dict[str, Any], seconds: float) -> None:
-            record = epoch_record(epoch, means, seconds, source, lr_at, monitor, cfg, step.z_dim, log)
-            epochs.append(record, record["step"])
-            log(format_epoch(record, m.epochs))
-            if rank == 0 and (epoch == m.epochs or epoch % max(1, m.epochs // 20) == 0):
-                plot_curves(run, cfg, log)
+    def save(p: LoopPosition) -> None:
+        payload = {**run_state(cfg, data, model), "optimizer": opt.state_dict(), "precision": precision.state_dict(),
+                   **loop_state(p, source, aug_gen, world)}
+        payload["loop"].update(baselines)
+        keep = [run.checkpoints_dir / f"epoch_{p.epoch:04d}.pt"] if due(t.checkpoint_every, p) else []
+        ddp.on_rank0(lambda: [save_checkpoint(payload, path) for path in [run.last_checkpoint, *keep]])
 
-        started = time.perf_counter()
-        try:
-            loop.run(pos, step, save, end_epoch)
-        finally:
-            epochs.close()
-        return ddp.on_rank0(lambda: finish(run, cfg, data, device, world, baselines, started, log))
+    loop = EpochLoop(stage="train", epochs=m.epochs, source=source, model=model, stop=stop,
+                     checkpoint_path=run.last_checkpoint, resume=f"sslab train --resume {run.path}",
+                     nan_hint="start a new run with a lower --lr (or --precision fp32)", progress=t.progress,
+                     progress_every=t.progress_every, rank=rank, on_step=step_loss_logger(epochs, t.step_loss_every),
+                     run_dir=run.path, on_epoch_start=getattr(images, "start_epoch", None))
+    if resumed is None or resumed.state is None:  # step 0: the untrained network and the baselines
+        ddp.on_rank0(lambda: save_checkpoint(run_state(cfg, data, model), run.checkpoints_dir / "init.pt"))
+        baselines = measure_baselines(monitor, data, t, log)
+        save(pos)  # a run folder always holds a loadable checkpoint
+        epochs.append({"epoch": 0, "step": 0, "knn_top1": baselines["knn_top1_init"], **baselines}, 0)
+    loop.raise_if_asked()
+
+    def end_epoch(epoch: int, means: dict[str, Any], seconds: float) -> None:
+        record = epoch_record(epoch, means, seconds, source, lr_at, monitor, cfg, step.z_dim, log)
+        epochs.append(record, record["step"])
+        log(format_epoch(record, m.epochs))
+        if rank == 0 and (epoch == m.epochs or epoch % max(1, m.epochs // 20) == 0):
+            plot_curves(run, cfg, log)
+
+    started = time.perf_counter()
+    try:
+        loop.run(pos, step, save, end_epoch)
+    finally:
+        epochs.close()
+    return ddp.on_rank0(lambda: finish(run, cfg, data, device, world, baselines, started, log))
 
 
 # ---- the steps of the recipe ----------------------------------------------------------------------------
@@ -445,7 +454,10 @@ def distributed_session(device_name: str) -> Iterator[ddp.DistributedRun]:
     run = ddp.init_from_env(device_name)
     try:
         yield run
+        ddp.barrier()  # a run that ended well: every rank is done with the group before any rank leaves it
     finally:
+        if run.created:
+            gc.collect()  # what still holds the group (a DDP reducer in a reference cycle) lets go of it first
         run.close()
 
 

@@ -15,6 +15,9 @@ did not give (`Config.given`), they are adapted to the data, and each change is 
      follows, as every recipe's lr is per 256 images);
    - a queue (`queue_size`, MoCo v2): at most the largest power of two <= a quarter of the training images, so
      that it holds real keys for most of the run and not the random ones it starts with.
+   - the augmentation, on images up to SMALL_IMAGE_MAX px: the method's `short_run_augment` (Barlow Twins:
+     crops of at least 20% of the image instead of 8%; with its CIFAR recipe's crops it ends a 3-epoch CPU run
+     below its untrained network, docs/benchmarks.md).
 3. **The augmentation.** `--preset auto`: the method's preset for the image size (`<family>-small` up to 64 px,
    `<family>-large` above, with blur); the digit datasets get no flips (a mirrored 2 is not a digit).
 4. **The device.** channels-last on a GPU unless `--channels-last` says otherwise.
@@ -70,6 +73,12 @@ def fit_to_data(cfg: Config, image_size: int, n_train: Optional[int] = None, dev
     if train.channels_last is None:
         train = dataclasses.replace(train, channels_last=device is not None and device.type == "cuda")
     augment = fit_augment(cfg, image_size)
+    changes = [f"{k} {getattr(augment, k)} -> {v}" for k, v in short_run_augment(cfg, image_size).items()]
+    if changes:
+        augment = dataclasses.replace(augment, **short_run_augment(cfg, image_size))
+        if log is not None:
+            log(f"short-run augmentation ({cfg.method.method}, {cfg.method.epochs} < {SHORT_RUN_EPOCHS} epochs; "
+                "docs/methods.md): " + "; ".join(changes))
     return dataclasses.replace(cfg, method=method, model=model, augment=augment, train=train)
 
 
@@ -116,6 +125,16 @@ def short_run_recipe(method: Any, given: frozenset[str], n_train: Optional[int])
     return changes
 
 
+def short_run_augment(cfg: Config, image_size: int) -> dict[str, Any]:
+    """The method's `short_run_augment` changes for a short run on images up to SMALL_IMAGE_MAX px with
+    `--preset auto`, less the settings the user gave (module docstring, step 2)."""
+    method = cfg.method
+    if ("epochs" not in cfg.given or method.epochs >= SHORT_RUN_EPOCHS or image_size > SMALL_IMAGE_MAX
+            or cfg.augment.preset != "auto"):
+        return {}
+    return {k: v for k, v in type(method).short_run_augment.items() if k not in cfg.given}
+
+
 def _set(obj: Any, name: str, value: Any) -> str:
     old = getattr(obj, name)
     setattr(obj, name, value)
@@ -160,5 +179,5 @@ def fit_augment(cfg: Config, image_size: int) -> AugmentConfig:
     return dataclasses.replace(base, preset=cfg.augment.preset, **given)  # "auto" stays: config.yaml says so
 
 
-__all__ = ["fit_to_data", "fit_augment", "small_image_backbone", "SMALL_BACKBONE", "SMALL_BACKBONE_BELOW", "auto_preset", "short_run_recipe", "large_image_recipe", "smaller_batch",
+__all__ = ["fit_to_data", "fit_augment", "small_image_backbone", "SMALL_BACKBONE", "SMALL_BACKBONE_BELOW", "auto_preset", "short_run_recipe", "short_run_augment", "large_image_recipe", "smaller_batch",
            "smaller_queue", "SHORT_RUN_EPOCHS", "NO_FLIP_DATASETS"]

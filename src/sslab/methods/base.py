@@ -65,6 +65,9 @@ class MethodSettings:
     large_images: ClassVar[Mapping[str, Any]] = {}
     large_augment: ClassVar[Mapping[str, Any]] = {}
     short_run_min_warmup: ClassVar[int] = 0  # warm-up epochs a short run keeps at least (sslab/recipe.py)
+    # augmentation changes a short run makes on images up to 64 px, where the CIFAR recipe's fails to learn in a
+    # few epochs (measured; sslab/recipe.py, docs/methods.md)
+    short_run_augment: ClassVar[Mapping[str, Any]] = {}
 
 
 @dataclass

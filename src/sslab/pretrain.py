@@ -457,7 +457,7 @@ def distributed_session(device_name: str) -> Iterator[ddp.DistributedRun]:
         ddp.barrier()  # a run that ended well: every rank is done with the group before any rank leaves it
     finally:
         if run.created:
-            gc.collect()  # what still holds the group (a DDP reducer in a reference cycle) lets go of it first
+            gc.collect()  # anything in a reference cycle that still holds the group lets go of it first
         run.close()
 
 

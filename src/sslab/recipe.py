@@ -73,12 +73,12 @@ def fit_to_data(cfg: Config, image_size: int, n_train: Optional[int] = None, dev
     if train.channels_last is None:
         train = dataclasses.replace(train, channels_last=device is not None and device.type == "cuda")
     augment = fit_augment(cfg, image_size)
-    changes = [f"{k} {getattr(augment, k)} -> {v}" for k, v in short_run_augment(cfg, image_size).items()]
-    if changes:
-        augment = dataclasses.replace(augment, **short_run_augment(cfg, image_size))
+    short = short_run_augment(cfg, image_size)
+    if short:
         if log is not None:
             log(f"short-run augmentation ({cfg.method.method}, {cfg.method.epochs} < {SHORT_RUN_EPOCHS} epochs; "
-                "docs/methods.md): " + "; ".join(changes))
+                "docs/methods.md): " + "; ".join(f"{k} {getattr(augment, k)} -> {v}" for k, v in short.items()))
+        augment = dataclasses.replace(augment, **short)
     return dataclasses.replace(cfg, method=method, model=model, augment=augment, train=train)
 
 
@@ -104,7 +104,7 @@ def large_image_recipe(method: Any, given: frozenset[str], image_size: int) -> l
 def short_run_recipe(method: Any, given: frozenset[str], n_train: Optional[int]) -> list[str]:
     """The short-run changes (module docstring), in place; one text per change (none when the run is not short)."""
     epochs = method.epochs
-    if "epochs" not in given or epochs >= SHORT_RUN_EPOCHS:
+    if not is_short(method, given):
         return []
     changes = []
     cap = max(epochs // 10, min(type(method).short_run_min_warmup, epochs - 1))
@@ -128,11 +128,14 @@ def short_run_recipe(method: Any, given: frozenset[str], n_train: Optional[int])
 def short_run_augment(cfg: Config, image_size: int) -> dict[str, Any]:
     """The method's `short_run_augment` changes for a short run on images up to SMALL_IMAGE_MAX px with
     `--preset auto`, less the settings the user gave (module docstring, step 2)."""
-    method = cfg.method
-    if ("epochs" not in cfg.given or method.epochs >= SHORT_RUN_EPOCHS or image_size > SMALL_IMAGE_MAX
-            or cfg.augment.preset != "auto"):
+    if not is_short(cfg.method, cfg.given) or image_size > SMALL_IMAGE_MAX or cfg.augment.preset != "auto":
         return {}
-    return {k: v for k, v in type(method).short_run_augment.items() if k not in cfg.given}
+    return {k: v for k, v in type(cfg.method).short_run_augment.items() if k not in cfg.given}
+
+
+def is_short(method: Any, given: frozenset[str]) -> bool:
+    """A SHORT run (module docstring, step 2): `--epochs` given and below SHORT_RUN_EPOCHS."""
+    return "epochs" in given and method.epochs < SHORT_RUN_EPOCHS
 
 
 def _set(obj: Any, name: str, value: Any) -> str:

@@ -15,6 +15,19 @@ settings.register_profile("ci", derandomize=True, database=None, max_examples=40
 settings.register_profile("explore", derandomize=False, max_examples=400, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
+
+def pytest_configure(config):
+    """Under pytest-xdist (pyproject's addopts: `-n auto`), the workers share the machine's cores: each one's
+    PyTorch gets its share of them instead of all of them, so two workers on 2 cores do not make four threads
+    wait on each other. Serial runs (`-n 0`) keep PyTorch's default."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers > 1:
+        import torch
+
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        torch.set_num_threads(max(1, cores // workers))
+
+
 # the test hooks (tests/hooks/signal_at_step.py: a signal after a chosen step of any loop) importable in-process
 sys.path.insert(0, str(Path(__file__).resolve().parent / "hooks"))
 

@@ -3,6 +3,7 @@ nothing else in src/ touched, it is listed by `sslab methods`, trains from the c
 a flag of another method is refused in one line."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -10,6 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from sslab import cli
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -60,32 +63,61 @@ def package_copy(tmp_path_factory) -> Path:
     return src
 
 
-def sslab(src: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+# One Python process runs the four commands through sslab's entry point, as four `sslab ...` processes would
+# (the entry point is what the console script calls): one interpreter start instead of four on a 2-core CI box.
+DRIVER = """
+import contextlib, io, json, sys
+
+import sslab.cli
+
+results = []
+for argv in json.loads(sys.argv[1]):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = sslab.cli.main(argv)
+        except SystemExit as stop:  # argparse's --help and usage errors
+            code = stop.code if isinstance(stop.code, int) else 1
+    results.append({"code": code, "stdout": out.getvalue(), "stderr": err.getvalue()})
+print(json.dumps(results))
+"""
+
+
+def sslab_commands(src: Path, *commands: list[str], cwd: Path) -> list[dict]:
+    """Exit code, stdout and stderr of each command, run in order in one fresh Python that imports sslab from
+    `src` only."""
     env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "sslab", *args], capture_output=True, text=True, env=env, cwd=cwd,
-                          timeout=300)
+    p = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(commands)], capture_output=True, text=True,
+                       env=env, cwd=cwd, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    return json.loads(p.stdout.splitlines()[-1])
 
 
-def test_a_method_file_dropped_into_methods_is_listed_trains_and_owns_its_flags(package_copy, tmp_path):
-    listed = sslab(package_copy, "methods", cwd=tmp_path)
-    assert listed.returncode == 0, listed.stderr
-    assert "toy" in listed.stdout
-    helped = sslab(package_copy, "train", "--help", cwd=tmp_path)
-    assert "--spread" in helped.stdout and "weight of the variance term" in " ".join(helped.stdout.lower().split())
-    run = sslab(package_copy, "train", "--method", "toy", "--spread", "0.5", "--dataset", "digits", "--backbone",
-                "simple-cnn", "--epochs", "1", "--batch-size", "64", "--device", "cpu", "--no-progress",
-                "--out", str(tmp_path / "runs"), "--name", "toy", cwd=tmp_path)
-    assert run.returncode == 0, run.stderr[-2000:]
+def test_a_method_file_dropped_into_methods_is_listed_trains_and_owns_its_flags(package_copy, tmp_path, capsys):
+    runs = str(tmp_path / "runs")
+    listed, helped, run, refused = sslab_commands(
+        package_copy,
+        ["methods"],
+        ["train", "--help"],
+        ["train", "--method", "toy", "--spread", "0.5", "--dataset", "digits", "--backbone", "simple-cnn",
+         "--epochs", "1", "--batch-size", "64", "--device", "cpu", "--no-progress", "--out", runs, "--name", "toy"],
+        ["train", "--method", "toy", "--queue-size", "7", "--dataset", "digits", "--out", runs],
+        cwd=tmp_path)
+    assert listed["code"] == 0, listed["stderr"]
+    assert "toy" in listed["stdout"].split()
+    assert helped["code"] == 0 and "--spread" in helped["stdout"]
+    assert "weight of the variance term" in " ".join(helped["stdout"].lower().split())
+    assert run["code"] == 0, run["stderr"][-2000:]
     config = (tmp_path / "runs" / "toy" / "config.yaml").read_text()
     assert "method: toy" in config and "spread: 0.5" in config
-    refused = sslab(package_copy, "train", "--method", "toy", "--queue-size", "7", "--dataset", "digits",
-                    "--out", str(tmp_path / "runs"), cwd=tmp_path)
-    assert refused.returncode == 2
-    assert refused.stderr.startswith("sslab: error: --queue-size is not a setting of toy") and \
-        refused.stderr.count("\n") == 1 and "--spread" in refused.stderr, refused.stderr
-    # the copy really is the only place the method exists: the installed package does not know it
-    assert "toy" not in subprocess.run([sys.executable, "-m", "sslab", "methods"], capture_output=True, text=True,
-                                       env={**os.environ, "PYTHONPATH": str(SRC)}).stdout.split()
+    assert refused["code"] == 2
+    assert refused["stderr"].startswith("sslab: error: --queue-size is not a setting of toy") and \
+        refused["stderr"].count("\n") == 1 and "--spread" in refused["stderr"], refused["stderr"]
+    # the copy really is the only place the method exists: the package under test (this process's) does not know it
+    capsys.readouterr()
+    assert cli.main(["methods"]) == 0
+    listing = capsys.readouterr().out.split()
+    assert "simsiam" in listing and "toy" not in listing
 
 
 def test_simsiam_refuses_another_methods_setting_naming_its_own():

@@ -24,8 +24,9 @@ def pytest_configure(config):
     if workers > 1:
         import torch
 
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        torch.set_num_threads(max(1, cores // workers))
+        from sslab.portable import usable_cores
+
+        torch.set_num_threads(max(1, usable_cores() // workers))
 
 
 # the test hooks (tests/hooks/signal_at_step.py: a signal after a chosen step of any loop) importable in-process

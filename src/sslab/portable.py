@@ -22,6 +22,15 @@ TIME_LIMIT = -1  # StopFlag.signum when the --time-limit deadline passed (no sig
 MPS_FALLBACK_ENV = "PYTORCH_ENABLE_MPS_FALLBACK"
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity where the OS has one (Linux), else every core (macOS,
+    Windows)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 def stop_signals() -> tuple[int, ...]:
     """The signals that ask a run to stop with a checkpoint, those this OS has: SIGINT, SIGTERM, SIGBREAK."""
     names = ("SIGINT", "SIGTERM", "SIGBREAK")

@@ -19,6 +19,8 @@ from concurrent.futures import Future, ProcessPoolExecutor
 import multiprocessing
 from typing import Any, Callable, Iterable, Iterator, TextIO
 
+from sslab.portable import usable_cores
+
 WORKERS_ENV = "SSLAB_DECODE_WORKERS"
 PLAIN_EVERY_SECONDS = 30.0
 
@@ -28,10 +30,7 @@ def default_workers() -> int:
     value = os.environ.get(WORKERS_ENV)
     if value and value.isdigit() and int(value) >= 1:
         return int(value)
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
+    return usable_cores()
 
 
 def _worker_init() -> None:

@@ -5,7 +5,6 @@ import io
 import threading
 import time
 
-import pytest
 import torch
 
 from sslab.progress import Heartbeat, Progress, heartbeat_every, heartbeats, spoke
@@ -45,9 +44,6 @@ def test_disabled_or_resumed_progress():
     assert out.getvalue() == "train step 7/10 5 img/s\n"  # images/s counts this session's steps only
 
 
-# slow (CI's 10-minute budget): the plain lines are unit-tested above, and the demo's piped run is measured by
-# bench/output_gaps.py (docs/benchmarks.md)
-@pytest.mark.slow
 def test_train_redirected_to_a_file_writes_plain_progress_lines(tmp_path):
     """`sslab train ... > log 2>&1` (no terminal): plain progress lines during the epoch, not only at its end."""
     import os

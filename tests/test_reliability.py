@@ -518,9 +518,6 @@ def test_a_real_process_prints_one_line_and_exits_2(tmp_path):
                                              f"{tmp_path / 'nope'}/val/<class>/...)"]
 
 
-# slow (CI's 10-minute budget): the deadline is unit-tested in test_portability and a probe's time limit, through
-# the same loop, in test_loops
-@pytest.mark.slow
 def test_time_limit_stops_cleanly_with_a_checkpoint(tmp_path):
     """--time-limit: a planned stop (exit 0) that leaves a checkpoint to resume from."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
